@@ -1,0 +1,52 @@
+"""recurrentkit: readable recurrent cells, stacks with explicit state routing, torch.nn drop-ins.
+
+The public names, re-exported; nothing is defined here.
+"""
+
+from recurrentkit import routing
+from recurrentkit.causality import causality_violation, check_causal
+from recurrentkit.cells import (
+    Cell,
+    CellBase,
+    GRUCell,
+    LSTMCell,
+    LSTMState,
+    NestedLSTMCell,
+    NestedLSTMState,
+    RNNCell,
+)
+from recurrentkit.errors import (
+    ConfigError,
+    DeviceError,
+    InputTypeError,
+    RecurrentKitError,
+    ShapeError,
+    StateError,
+)
+from recurrentkit.routing import RoutingPolicy
+from recurrentkit.stack import Stack, StackCell
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cell",
+    "CellBase",
+    "ConfigError",
+    "DeviceError",
+    "GRUCell",
+    "InputTypeError",
+    "LSTMCell",
+    "LSTMState",
+    "NestedLSTMCell",
+    "NestedLSTMState",
+    "RNNCell",
+    "RecurrentKitError",
+    "RoutingPolicy",
+    "ShapeError",
+    "Stack",
+    "StackCell",
+    "StateError",
+    "causality_violation",
+    "check_causal",
+    "routing",
+]

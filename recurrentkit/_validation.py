@@ -1,0 +1,185 @@
+"""Checks shared by every public boundary: one place that words the errors.
+
+Private module: each function raises a :mod:`recurrentkit.errors` subclass whose
+message names the argument, what was expected and what arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from recurrentkit.errors import (
+    ConfigError,
+    DeviceError,
+    InputTypeError,
+    ShapeError,
+    StateError,
+)
+
+T = TypeVar("T")
+
+
+def shape_str(shape: Iterable[Any]) -> str:
+    """``(3, 4)`` for a shape, ``()`` for a scalar."""
+    items = [str(s) for s in shape]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def describe(value: object) -> str:
+    """A short description of what arrived, for error messages."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {shape_str(value.shape)} on {value.device}"
+    if isinstance(value, tuple):
+        return f"a {type(value).__name__} of {len(value)} elements"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """An integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputTypeError(name, f"an int >= {minimum}", describe(value))
+    if value < minimum:
+        raise ConfigError(name, f"an int >= {minimum}", value)
+    return value
+
+
+def check_choice(name: str, value: object, choices: Sequence[T]) -> T:
+    """One of ``choices``; the message lists them all."""
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(name, f"one of {listed}", repr(value))
+    return value  # type: ignore[return-value]
+
+
+def check_probability(name: str, value: object) -> float:
+    """A real number in [0, 1] (dropout rates)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputTypeError(name, "a float in [0, 1]", describe(value))
+    if not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(name, "a float in [0, 1]", value)
+    return float(value)
+
+
+def check_tensor(
+    name: str,
+    x: object,
+    *,
+    ranks: Sequence[int],
+    size_last: int | None = None,
+    like: Tensor | None = None,
+    layout: str = "",
+) -> Tensor:
+    """A floating tensor of one of ``ranks``, last dim ``size_last``, matching ``like``.
+
+    ``layout`` spells the expected shape for messages, e.g. ``"(T, B, I)"``.
+    """
+    expected = layout or " or ".join(f"rank {r}" for r in ranks)
+    if not isinstance(x, Tensor):
+        raise InputTypeError(name, f"a tensor of shape {expected}", describe(x))
+    if not x.is_floating_point():
+        raise InputTypeError(
+            name, "a floating-point tensor (token ids go through an nn.Embedding first)", x.dtype
+        )
+    if x.dim() not in ranks:
+        raise ShapeError(name, f"shape {expected}", shape_str(x.shape))
+    if size_last is not None and x.shape[-1] != size_last:
+        raise ShapeError(name, f"shape {expected} with last dim {size_last}", shape_str(x.shape))
+    if like is not None:
+        check_like(name, x, like)
+    return x
+
+
+def check_like(name: str, x: Tensor, like: Tensor) -> None:
+    """``x`` shares ``like``'s dtype and device (the module's parameters)."""
+    if x.dtype != like.dtype:
+        raise DeviceError(name, f"dtype {like.dtype} (the module's parameters)", x.dtype)
+    if x.device != like.device:
+        raise DeviceError(name, f"device {like.device} (the module's parameters)", x.device)
+
+
+def check_nonempty(name: str, x: Tensor, dims: Sequence[int], what: Sequence[str]) -> None:
+    """No zero-length dimension among ``dims`` (named ``what`` in the message)."""
+    for d, label in zip(dims, what):
+        if x.shape[d] == 0:
+            raise ShapeError(name, f"a non-empty {label} dimension", shape_str(x.shape))
+
+
+def check_state(
+    name: str, state: object, template: object, *, device: torch.device | None = None
+) -> Any:
+    """Check ``state`` against ``template`` (same structure, shapes, dtypes, devices).
+
+    ``template`` is what ``initial_state`` returns, typically on the meta device: then
+    devices are compared with ``device`` instead. Tuples are rebuilt as the template's
+    type, so a plain ``(h, c)`` tuple becomes an ``LSTMState``. Returns the normalised
+    state.
+    """
+    if isinstance(template, Tensor):
+        if not isinstance(state, Tensor):
+            raise InputTypeError(
+                name, f"a tensor of shape {shape_str(template.shape)}", describe(state)
+            )
+        if not state.is_floating_point():
+            raise InputTypeError(name, "a floating-point tensor", state.dtype)
+        if state.shape != template.shape:
+            raise StateError(name, f"shape {shape_str(template.shape)}", shape_str(state.shape))
+        if state.dtype != template.dtype:
+            raise DeviceError(name, f"dtype {template.dtype} (the input's)", state.dtype)
+        want = device if template.device.type == "meta" else template.device
+        if want is not None and state.device != want:
+            raise DeviceError(name, f"device {want} (the input's)", state.device)
+        return state
+    if isinstance(template, tuple):
+        fields = getattr(template, "_fields", None)
+        kind = type(template).__name__ if fields else "tuple"
+        if not isinstance(state, (tuple, list)) or isinstance(state, Tensor):
+            raise InputTypeError(name, f"a {kind} of {len(template)} elements", describe(state))
+        if len(state) != len(template):
+            raise StateError(name, f"a {kind} of {len(template)} elements", len(state))
+        labels = fields or [str(i) for i in range(len(template))]
+        items = [
+            check_state(f"{name}.{label}", s, t, device=device)
+            for label, s, t in zip(labels, state, template)
+        ]
+        return type(template)(*items) if fields else tuple(items)
+    return state
+
+
+def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
+    """Apply ``fn`` to every tensor of a (nested, NamedTuple) state."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, tuple):
+        items = [map_state(fn, s) for s in state]
+        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
+    return state
+
+
+def zip_state(fn: Callable[[Tensor, Tensor], Tensor], a: Any, b: Any) -> Any:
+    """Combine two states of the same structure tensor by tensor."""
+    if isinstance(a, Tensor):
+        return fn(a, b)
+    items = [zip_state(fn, x, y) for x, y in zip(a, b)]
+    return type(a)(*items) if hasattr(a, "_fields") else tuple(items)
+
+
+def first_tensor(state: Any) -> Tensor:
+    """The first tensor of a state (its batch size, dtype and device)."""
+    if isinstance(state, Tensor):
+        return state
+    for s in state:
+        found = first_tensor(s)
+        if found is not None:
+            return found
+    raise StateError("state", "at least one tensor", "none")  # pragma: no cover
+
+
+def param_like(module: torch.nn.Module) -> Tensor | None:
+    """A tensor carrying the module's dtype and device: its first parameter, if any."""
+    for p in module.parameters():
+        return p
+    return None

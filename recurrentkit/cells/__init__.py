@@ -1,0 +1,18 @@
+"""Hand-built recurrent cells: one time step each, torch.nn's parameter names."""
+
+from recurrentkit.cells.gru import GRUCell
+from recurrentkit.cells.lstm import LSTMCell, LSTMState
+from recurrentkit.cells.nested_lstm import NestedLSTMCell, NestedLSTMState
+from recurrentkit.cells.protocol import Cell, CellBase
+from recurrentkit.cells.rnn import RNNCell
+
+__all__ = [
+    "Cell",
+    "CellBase",
+    "GRUCell",
+    "LSTMCell",
+    "LSTMState",
+    "NestedLSTMCell",
+    "NestedLSTMState",
+    "RNNCell",
+]

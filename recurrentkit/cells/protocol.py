@@ -1,0 +1,150 @@
+"""The cell protocol: one step of a recurrent cell, and a base class that checks its input.
+
+A *cell* is anything with::
+
+    cell.initial_state(batch_size, *, device=None, dtype=None) -> state
+    cell(x, state=None) -> (output, new_state)        # one time step
+
+and, optionally, ``input_size`` and ``output_size`` (ints) so that a
+:class:`~recurrentkit.Stack` can check that layer widths chain. A state is a tensor
+or a NamedTuple of states. A cell knows nothing of time, layers or routing.
+
+:class:`CellBase` implements the public call once for every built-in cell: it checks
+``x`` and ``state`` (raising :mod:`recurrentkit.errors`), accepts unbatched input the
+way torch cells do, and hands batched tensors to the subclass's :meth:`CellBase._step`,
+which holds only the equations.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from recurrentkit._validation import check_int, check_state, check_tensor, map_state
+
+__all__ = ["Cell", "CellBase"]
+
+
+@runtime_checkable
+class Cell(Protocol):
+    """What a :class:`~recurrentkit.Stack` needs of a layer (structural typing)."""
+
+    def initial_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any: ...
+
+    def __call__(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]: ...
+
+
+class CellBase(nn.Module, ABC):
+    """Base of the built-in cells: input checks, unbatched input, zero initial state.
+
+    Subclasses set ``input_size``, ``hidden_size`` and ``output_size``, create their
+    parameters, and implement :meth:`_zero_state` and :meth:`_step`.
+    """
+
+    input_size: int
+    hidden_size: int
+    output_size: int
+
+    def initial_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any:
+        """The zero state for ``batch_size`` sequences.
+
+        Args:
+            batch_size: number of sequences, ``B >= 1``.
+            device: defaults to the device of the cell's parameters.
+            dtype: defaults to the dtype of the cell's parameters.
+
+        Returns:
+            A tensor of shape ``(B, hidden_size)`` or a NamedTuple of such tensors,
+            depending on the cell.
+        """
+        check_int("batch_size", batch_size)
+        ref = self.weight_ih
+        return self._zero_state(
+            batch_size,
+            torch.device(device) if device is not None else ref.device,
+            dtype if dtype is not None else ref.dtype,
+        )
+
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """One time step.
+
+        Args:
+            x: input of shape ``(B, input_size)``, or ``(input_size,)`` unbatched.
+            state: the previous state (see :meth:`initial_state`), unbatched when
+                ``x`` is; ``None`` means zeros.
+
+        Returns:
+            ``(output, new_state)``; ``output`` has shape ``(B, output_size)``
+            (``(output_size,)`` unbatched).
+        """
+        ref = self.weight_ih
+        check_tensor(
+            "x",
+            x,
+            ranks=(1, 2),
+            size_last=self.input_size,
+            like=ref,
+            layout=f"(B, {self.input_size}) or ({self.input_size},)",
+        )
+        unbatched = x.dim() == 1
+        batch = 1 if unbatched else x.shape[0]
+        if batch == 0:
+            check_int("x.shape[0] (batch size)", 0)
+        if state is None:
+            state = self._zero_state(batch, x.device, x.dtype)
+        else:
+            template = self._zero_state(batch, torch.device("meta"), x.dtype)
+            if unbatched:
+                template = map_state(lambda t: t[0], template)
+            state = check_state("state", state, template, device=x.device)
+            if unbatched:
+                state = map_state(lambda t: t.unsqueeze(0), state)
+        if unbatched:
+            x = x.unsqueeze(0)
+        y, new_state = self._step(x, state)
+        if unbatched:
+            return y.squeeze(0), map_state(lambda t: t.squeeze(0), new_state)
+        return y, new_state
+
+    @abstractmethod
+    def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
+        """The zero state; no argument checks."""
+
+    @abstractmethod
+    def _step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """The cell's equations on batched, already-checked input ``(B, input_size)``."""
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters(recurse=False):
+            nn.init.uniform_(p, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+def make_weight(rows: int, cols: int, factory: dict[str, Any]) -> nn.Parameter:
+    """An uninitialised ``(rows, cols)`` parameter (filled by ``reset_parameters``)."""
+    return nn.Parameter(torch.empty(rows, cols, **factory))
+
+
+def make_bias(rows: int, factory: dict[str, Any]) -> nn.Parameter:
+    """An uninitialised ``(rows,)`` parameter."""
+    return nn.Parameter(torch.empty(rows, **factory))

@@ -1,0 +1,88 @@
+"""The Elman RNN cell, torch.nn.RNNCell's equations and parameter names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from recurrentkit._validation import check_choice, check_int
+from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
+
+__all__ = ["RNNCell"]
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+class RNNCell(CellBase):
+    r"""Elman RNN cell.
+
+    $$
+    h' = \phi(W_{ih} x + b_{ih} + W_{hh} h + b_{hh}), \quad \phi \in \{\tanh, \mathrm{relu}\}
+    $$
+
+    The output is ``h'`` and so is the new state.
+
+    Args:
+        input_size: ``I``, features of ``x``.
+        hidden_size: ``H``, features of the state.
+        bias: create ``bias_ih`` and ``bias_hh``.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+        device: where to create the parameters.
+        dtype: dtype of the parameters.
+
+    Parameters (torch.nn.RNNCell's names): ``weight_ih`` ``(H, I)``, ``weight_hh``
+    ``(H, H)``, ``bias_ih`` ``(H,)``, ``bias_hh`` ``(H,)``.
+
+    Shape:
+        - x: ``(B, I)`` or ``(I,)``; state: ``(B, H)`` or ``(H,)``.
+        - output and new state: ``(B, H)`` or ``(H,)``.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> cell = rk.RNNCell(3, 5)
+        >>> y, h = cell(torch.randn(2, 3))
+        >>> y.shape, h.shape
+        (torch.Size([2, 5]), torch.Size([2, 5]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = check_int("input_size", input_size)
+        self.hidden_size = check_int("hidden_size", hidden_size)
+        self.output_size = self.hidden_size
+        self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        self.bias = bool(bias)
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight_ih = make_weight(hidden_size, input_size, factory)
+        self.weight_hh = make_weight(hidden_size, hidden_size, factory)
+        if self.bias:
+            self.bias_ih = make_bias(hidden_size, factory)
+            self.bias_hh = make_bias(hidden_size, factory)
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+
+    def _step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        pre = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(
+            state, self.weight_hh, self.bias_hh
+        )  # (B, H)
+        h = torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
+        return h, h
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}, bias={self.bias}"

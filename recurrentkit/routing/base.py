@@ -1,0 +1,170 @@
+"""The routing-policy interface: how recurrent state moves between layers.
+
+A policy is a small :class:`torch.nn.Module` (it may own parameters) with:
+
+- :meth:`RoutingPolicy.bind` — called once by :class:`~recurrentkit.Stack`: check the
+  cells suit the policy (widths, state shapes) and create any parameters;
+- :meth:`RoutingPolicy.step` — the policy's equations at one time step;
+- :meth:`RoutingPolicy.run` — the whole sequence. The default loops :meth:`step`
+  over time; a *layer-major* policy overrides it to run one layer at a time over the
+  whole sequence through :meth:`Layers.run_layer`, which an executor may run on a
+  fused kernel.
+
+and two declarations an executor reads: ``causal`` (outputs before ``t`` never depend
+on inputs at or after ``t``) and ``layer_major`` (it overrides :meth:`run` layer by
+layer). Writing a new policy is a subclass; :class:`~recurrentkit.Stack` never changes.
+
+Everything here is time-major: sequences are ``(T, B, F)``, steps ``(B, F)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
+
+from torch import Tensor, nn
+
+from recurrentkit._scan import scan
+from recurrentkit.errors import ConfigError
+
+__all__ = ["Layers", "RoutingPolicy", "state_h", "with_state_h"]
+
+
+class Layers(Protocol):
+    """What an executor hands a policy: the cells, and how to run them.
+
+    Attributes:
+        cells: the stack's cells, bottom first.
+        training: whether the stack is in training mode.
+    """
+
+    cells: Sequence[nn.Module]
+    training: bool
+
+    def cell(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One step of layer ``layer``: ``x (B, I_l)`` → ``(y (B, O_l), state)``."""
+        ...
+
+    def drop(self, layer: int, y: Tensor) -> Tensor:
+        """Inter-layer dropout on layer ``layer``'s output (identity for the top layer)."""
+        ...
+
+    def run_layer(
+        self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
+        """Layer ``layer`` over a sequence ``x (T, B, I_l)`` from ``state``.
+
+        Returns ``(outputs (T, B, O_l), final_state)``; with ``lengths (B,)`` the
+        final state of sequence ``b`` is the one after step ``lengths[b] - 1`` and
+        outputs past a sequence's end are zero.
+        """
+        ...
+
+
+class RoutingPolicy(nn.Module):
+    """Base class of routing policies. Subclass it to write your own.
+
+    Class attributes:
+        name: the policy's name (the string shortcut for the built-in ones).
+        causal: outputs before ``t`` never depend on inputs at or after ``t``.
+        layer_major: :meth:`run` goes layer by layer over the whole sequence.
+    """
+
+    name: ClassVar[str] = "custom"
+    causal: ClassVar[bool] = True
+    layer_major: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bound = False
+
+    def bind(self, cells: Sequence[nn.Module], probes: Sequence[Any]) -> None:
+        """Check that ``cells`` suit this policy and create parameters.
+
+        Called once by :class:`~recurrentkit.Stack` at construction. ``probes`` are
+        the cells' initial states for a batch of one. The default checks that each
+        layer's input width equals the output width of the layer below (where the
+        cells declare ``input_size``/``output_size``).
+
+        Raises:
+            ConfigError: the policy instance is already bound to another stack, or the
+                widths do not chain.
+        """
+        if self._bound:
+            raise ConfigError(
+                "routing", "a policy instance not yet used by another Stack", "a bound policy"
+            )
+        self._bound = True
+        check_widths_chain(cells)
+
+    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+        """One time step: ``x (B, I)`` and per-layer states → ``(y (B, O), new states)``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no step(); it overrides run()")
+
+    def run(
+        self,
+        layers: Layers,
+        x: Tensor,
+        states: tuple[Any, ...],
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """The whole sequence ``x (T, B, I)`` → ``(outputs (T, B, O), final states)``.
+
+        The default loops :meth:`step` over time. With ``lengths (B,)``, a sequence's
+        states stop changing after its last step and its outputs past the end are zero.
+        """
+        return scan(lambda x_t, s: self.step(layers, x_t, s), x, states, lengths)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, causal={self.causal}"
+
+
+def check_widths_chain(cells: Sequence[nn.Module]) -> None:
+    """Each layer's ``input_size`` equals the ``output_size`` of the layer below."""
+    for k in range(1, len(cells)):
+        below = getattr(cells[k - 1], "output_size", None)
+        width = getattr(cells[k], "input_size", None)
+        if below is not None and width is not None and below != width:
+            raise ConfigError(
+                f"cells[{k}].input_size",
+                f"{below} (cells[{k - 1}].output_size, the width of what layer {k - 1} passes up)",
+                width,
+            )
+
+
+def check_same_state_shapes(name: str, probes: Sequence[Any]) -> None:
+    """All layers' states have one structure and shape (for policies that pass states up)."""
+    first = _shapes(probes[0])
+    for k, p in enumerate(probes[1:], start=1):
+        if _shapes(p) != first:
+            raise ConfigError(
+                f"cells[{k}]",
+                f"a state of the same shape as layer 0's ({first}) — {name} routing passes "
+                "one layer's state to another",
+                _shapes(p),
+            )
+
+
+def _shapes(state: Any) -> Any:
+    if isinstance(state, Tensor):
+        return tuple(state.shape)
+    if isinstance(state, tuple):
+        return tuple(_shapes(s) for s in state)
+    return type(state).__name__
+
+
+def state_h(state: Any) -> Tensor:
+    """The hidden state ``h`` of a cell state: the tensor itself, or its ``h`` field."""
+    if isinstance(state, Tensor):
+        return state
+    h = getattr(state, "h", None)
+    if isinstance(h, Tensor):
+        return h
+    raise ConfigError("state", "a tensor or a NamedTuple with an 'h' field", type(state).__name__)
+
+
+def with_state_h(state: Any, h: Tensor) -> Any:
+    """``state`` with its hidden state replaced by ``h``."""
+    if isinstance(state, Tensor):
+        return h
+    return state._replace(h=h)

@@ -1,0 +1,69 @@
+"""Handoff routing: each layer starts from the final state of the layer below (leaks the future)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from recurrentkit.routing.base import Layers, RoutingPolicy, check_same_state_shapes
+
+__all__ = ["Handoff", "LeakWarning"]
+
+
+class LeakWarning(UserWarning):
+    """A non-causal policy is used where future inputs can leak into earlier outputs."""
+
+
+class Handoff(RoutingPolicy):
+    r"""Layer-major: layer ``l`` runs the whole sequence from layer ``l-1``'s *final* state.
+
+    $$
+    \begin{aligned}
+    (y^1_{1:T}, s^1_T) &= \text{cell}_1\text{ over } x_{1:T} \text{ from } s^1_0 \\
+    (y^l_{1:T}, s^l_T) &= \text{cell}_l\text{ over } \text{drop}(y^{l-1}_{1:T})
+        \text{ from } s^{l-1}_T, \quad l \ge 2
+    \end{aligned}
+    $$
+
+    This is "initialise the second GRU's h0 with the first GRU's last hidden state".
+    Layer 1 starts from ``state[0]``; the states supplied for higher layers are **not
+    read**. The returned state holds each layer's final state.
+
+    **Not causal**: under teacher forcing, :math:`s^1_T` has seen every input, so layer
+    2's output at step 1 depends on inputs at every step — the future leaks into the
+    past. Stepping one token at a time (sampling) sees no future, so the two disagree.
+    A :class:`LeakWarning` is issued when a handoff stack runs a sequence in training
+    mode. All layers' states must have one shape.
+    """
+
+    name = "handoff"
+    causal = False
+    layer_major = True
+
+    def bind(self, cells: Sequence[nn.Module], probes: Sequence[Any]) -> None:
+        super().bind(cells, probes)
+        check_same_state_shapes("handoff", probes)
+
+    def run(
+        self,
+        layers: Layers,
+        x: Tensor,
+        states: tuple[Any, ...],
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        if layers.training and x.shape[0] > 1 and len(layers.cells) > 1:
+            warnings.warn(
+                "handoff routing is not causal: under teacher forcing each layer starts "
+                "from the final state of the layer below, so outputs see future inputs",
+                LeakWarning,
+                stacklevel=3,
+            )
+        s, u, finals = states[0], x, []
+        for k in range(len(layers.cells)):
+            y, s = layers.run_layer(k, u, s, lengths)  # (T, B, O_k)
+            finals.append(s)
+            u = layers.drop(k, y)
+        return u, tuple(finals)

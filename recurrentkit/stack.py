@@ -1,0 +1,344 @@
+"""``Stack``: the owner of cells and a routing policy, and the boundary of the time loop.
+
+Shapes: inside, everything is **time-major**, ``(T, B, F)``. ``batch_first`` and
+unbatched input are converted once, here, at the boundary; policies and executors
+never see them. Every public argument is checked here (raising
+:mod:`recurrentkit.errors`), so policies and cells run on trusted tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from recurrentkit._validation import (
+    check_int,
+    check_nonempty,
+    check_probability,
+    check_state,
+    check_tensor,
+    describe,
+    map_state,
+    param_like,
+    shape_str,
+)
+from recurrentkit.errors import ConfigError, InputTypeError, ShapeError, StateError
+from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.routing import RoutingPolicy, resolve
+
+__all__ = ["Stack", "StackCell"]
+
+
+class Stack(nn.Module):
+    r"""Cells composed into a deep recurrent model by an explicit routing policy.
+
+    Args:
+        cells: the layers, bottom first: built-in cells or any ``nn.Module`` following
+            the cell protocol (``initial_state`` and ``cell(x, state)``). Where cells
+            declare ``input_size``/``output_size``, widths are checked to chain.
+        routing: a :class:`~recurrentkit.routing.RoutingPolicy` or one of
+            ``"independent"``, ``"shared"``, ``"residual"``, ``"cross_layer"``,
+            ``"handoff"``. A policy's parameters are the stack's.
+        dropout: inter-layer dropout, as torch.nn.GRU: in training mode only, on each
+            layer's output except the top layer's, before anything else uses it.
+        batch_first: inputs and outputs are ``(B, T, F)`` instead of ``(T, B, F)``.
+
+    A stack's state is a tuple with one cell state per layer, for every policy.
+
+    Shape:
+        - x: ``(T, B, I)`` (``(B, T, I)`` if ``batch_first``), ``(T, I)`` unbatched, or a
+          :class:`~torch.nn.utils.rnn.PackedSequence`.
+        - outputs: ``(T, B, O)`` (or as ``x``), the top of the stack; ``O`` is the last
+          cell's ``output_size``. Packed in, packed out.
+
+    Raises:
+        ConfigError: empty ``cells``, unknown routing, dropout outside ``[0, 1]``, widths
+            that do not chain or that the policy cannot accept.
+        InputTypeError: ``cells`` is not a sequence of cell modules.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> stack = rk.Stack([rk.GRUCell(8, 16), rk.GRUCell(16, 16)], routing="shared")
+        >>> y, state = stack(torch.randn(10, 4, 8))          # (T, B, I)
+        >>> y.shape, len(state), state[0].shape
+        (torch.Size([10, 4, 16]), 2, torch.Size([4, 16]))
+        >>> y_t, state = stack.step(torch.randn(4, 8), state)  # one step
+    """
+
+    def __init__(
+        self,
+        cells: Sequence[nn.Module],
+        routing: str | RoutingPolicy = "independent",
+        *,
+        dropout: float = 0.0,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(cells, nn.Module) and not isinstance(cells, nn.ModuleList):
+            raise InputTypeError(
+                "cells", "a sequence of cells (for one layer: [cell])", describe(cells)
+            )
+        if not isinstance(cells, (list, tuple, nn.ModuleList)):
+            raise InputTypeError("cells", "a list or tuple of cells", describe(cells))
+        cells = list(cells)
+        if not cells:
+            raise ConfigError("cells", "at least one cell", "an empty sequence")
+        for k, c in enumerate(cells):
+            if not isinstance(c, nn.Module) or not callable(getattr(c, "initial_state", None)):
+                raise InputTypeError(
+                    f"cells[{k}]",
+                    "an nn.Module following the cell protocol (initial_state and __call__)",
+                    describe(c),
+                )
+        if not isinstance(batch_first, bool):
+            raise InputTypeError("batch_first", "a bool", describe(batch_first))
+        self.dropout = check_probability("dropout", dropout)
+        self.batch_first = batch_first
+        self.cells = nn.ModuleList(cells)
+        policy = resolve(routing)
+        policy.bind(self.cells, [c.initial_state(1) for c in cells])
+        self.routing = policy
+
+    # -- what the stack is -------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        """Number of layers ``L``."""
+        return len(self.cells)
+
+    @property
+    def input_size(self) -> int | None:
+        """Features of the input (the bottom cell's ``input_size``; ``None`` if undeclared)."""
+        return getattr(self.cells[0], "input_size", None)
+
+    @property
+    def output_size(self) -> int | None:
+        """Features of the output (the top cell's ``output_size``; ``None`` if undeclared)."""
+        return getattr(self.cells[-1], "output_size", None)
+
+    @property
+    def is_causal(self) -> bool:
+        """What the policy declares: outputs before ``t`` never depend on inputs from ``t``.
+
+        See :func:`recurrentkit.check_causal` for a measurement.
+        """
+        return self.routing.causal
+
+    def initial_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[Any, ...]:
+        """Each layer's initial state, bottom first.
+
+        Args:
+            batch_size: ``B >= 1``.
+            device: defaults to each cell's parameters' device.
+            dtype: defaults to each cell's parameters' dtype.
+
+        Returns:
+            A tuple of ``L`` cell states.
+        """
+        check_int("batch_size", batch_size)
+        return tuple(c.initial_state(batch_size, device=device, dtype=dtype) for c in self.cells)
+
+    # -- running -----------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor | PackedSequence,
+        state: Sequence[Any] | None = None,
+        *,
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor | PackedSequence, tuple[Any, ...]]:
+        """Run the whole sequence.
+
+        Args:
+            x: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, ``(T, I)`` unbatched, or
+                a ``PackedSequence``.
+            state: a tuple of ``L`` per-layer states (unbatched for unbatched ``x``);
+                ``None`` means :meth:`initial_state`.
+            lengths: optional ``(B,)`` integer lengths of padded sequences (each in
+                ``1..T``): states stop at each sequence's end, outputs past it are zero.
+
+        Returns:
+            ``(outputs, state)``: the top layer's outputs (packed if ``x`` was) and each
+            layer's last state.
+        """
+        packed = x if isinstance(x, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
+            x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
+            self._check_input("x (PackedSequence data)", x_tm, ranks=(3,))
+            unbatched = False
+        else:
+            self._check_input("x", x, ranks=(2, 3))
+            assert isinstance(x, Tensor)
+            unbatched = x.dim() == 2
+            if unbatched:
+                x_tm = x.unsqueeze(1)  # (T, 1, I)
+            else:
+                x_tm = x.transpose(0, 1) if self.batch_first else x  # (T, B, I)
+            check_nonempty("x", x, range(x.dim() - 1), self._axes(x.dim())[:-1])
+            if lengths is not None:
+                lengths = self._check_lengths(lengths, x_tm, unbatched)
+        states = self._check_state(state, x_tm, unbatched)
+        out, states = self.routing.run(self._layers(), x_tm, states, lengths)  # (T, B, O)
+        if unbatched:
+            return out.squeeze(1), tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
+        if packed is not None:
+            assert lengths is not None
+            return _repack(out, lengths, packed), states
+        return (out.transpose(0, 1) if self.batch_first else out), states
+
+    def step(
+        self, x_t: Tensor, state: Sequence[Any] | None = None
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """One time step, whatever ``batch_first`` says.
+
+        Equal to :meth:`forward` on a length-1 sequence. For causal policies, stepping
+        through a sequence gives exactly what one :meth:`forward` call gives.
+
+        Args:
+            x_t: ``(B, I)`` or ``(I,)``.
+            state: a tuple of ``L`` per-layer states; ``None`` means the initial state.
+
+        Returns:
+            ``(y_t (B, O), state)``.
+        """
+        self._check_input("x_t", x_t, ranks=(1, 2))
+        unbatched = x_t.dim() == 1
+        x_tm = x_t.reshape(1, 1, -1) if unbatched else x_t.unsqueeze(0)  # (1, B, I)
+        check_nonempty("x_t", x_tm, [1], ["batch"])
+        states = self._check_state(state, x_tm, unbatched)
+        out, states = self.routing.run(self._layers(), x_tm, states, None)  # (1, B, O)
+        if unbatched:
+            return out[0, 0], tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
+        return out[0], states
+
+    def as_cell(self) -> StackCell:
+        """A cell view of this stack: its call is :meth:`step`.
+
+        Use it as a layer of another :class:`Stack` or in a sampler that steps. The
+        view shares this stack's parameters. Only a causal stack's steps equal its
+        whole-sequence call.
+        """
+        return StackCell(self)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _layers(self) -> ReferenceLayers:
+        return ReferenceLayers(self.cells, self.dropout, self.training)
+
+    def _axes(self, rank: int) -> list[str]:
+        if rank == 2:
+            return ["time", "feature"]
+        return ["batch", "time", "feature"] if self.batch_first else ["time", "batch", "feature"]
+
+    def _check_input(self, name: str, x: object, ranks: tuple[int, ...]) -> None:
+        I = self.input_size if self.input_size is not None else "I"  # noqa: E741
+        if name == "x_t":
+            layout = f"(B, {I}) or ({I},)"
+        elif self.batch_first:
+            layout = f"(B, T, {I}) or (T, {I})"
+        else:
+            layout = f"(T, B, {I}) or (T, {I})"
+        if ranks == (3,):
+            layout = f"(T, B, {I})"
+        check_tensor(
+            name, x, ranks=ranks, size_last=self.input_size, like=param_like(self), layout=layout
+        )
+
+    def _check_lengths(self, lengths: object, x_tm: Tensor, unbatched: bool) -> Tensor:
+        T, B = x_tm.shape[0], x_tm.shape[1]
+        if unbatched:
+            raise ConfigError("lengths", "None for unbatched input", describe(lengths))
+        if not isinstance(lengths, Tensor) or lengths.is_floating_point() or lengths.dim() != 1:
+            raise InputTypeError("lengths", f"an integer tensor of shape ({B},)", describe(lengths))
+        if lengths.shape[0] != B:
+            raise ShapeError(
+                "lengths", f"shape ({B},) (one length per sequence)", shape_str(lengths.shape)
+            )
+        if bool((lengths < 1).any()) or bool((lengths > T).any()):
+            raise ShapeError("lengths", f"values in 1..{T} (T)", lengths.tolist())
+        return lengths
+
+    def _check_state(self, state: object, x_tm: Tensor, unbatched: bool) -> tuple[Any, ...]:
+        B = x_tm.shape[1]
+        if state is None:
+            return self.initial_state(B, device=x_tm.device, dtype=x_tm.dtype)
+        L = self.num_layers
+        if not isinstance(state, (tuple, list)):
+            raise InputTypeError(
+                "state",
+                f"a tuple of {L} per-layer states (one per layer, for every policy)",
+                describe(state),
+            )
+        if len(state) != L:
+            raise StateError(
+                "state",
+                f"a tuple of {L} per-layer states (one per layer)",
+                f"{len(state)} elements",
+            )
+        out = []
+        for k, (cell, s) in enumerate(zip(self.cells, state)):
+            template = cell.initial_state(B, device="meta", dtype=x_tm.dtype)
+            if unbatched:
+                template = map_state(lambda t: t[0], template)
+            s = check_state(f"state[{k}]", s, template, device=x_tm.device)
+            out.append(map_state(lambda t: t.unsqueeze(0), s) if unbatched else s)
+        return tuple(out)
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}, batch_first={self.batch_first}"
+
+
+class StackCell(nn.Module):
+    """A :class:`Stack` seen as a cell: ``cell(x_t, state) == stack.step(x_t, state)``.
+
+    Attributes:
+        stack: the stack it steps (its parameters are this module's).
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        super().__init__()
+        self.stack = stack
+
+    @property
+    def input_size(self) -> int | None:
+        return self.stack.input_size
+
+    @property
+    def output_size(self) -> int | None:
+        return self.stack.output_size
+
+    def initial_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[Any, ...]:
+        """The stack's :meth:`Stack.initial_state`."""
+        return self.stack.initial_state(batch_size, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, tuple[Any, ...]]:
+        """One step: ``x (B, I)`` → ``(y (B, O), state)``."""
+        return self.stack.step(x, state)
+
+
+def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+    """Pack ``out (T, B, O)`` (original batch order) with ``like``'s ordering."""
+    if like.sorted_indices is not None:
+        order = like.sorted_indices.to(out.device)
+        out = out.index_select(1, order)
+        lengths = lengths.index_select(0, like.sorted_indices.cpu())
+    data = pack_padded_sequence(out, lengths.cpu(), enforce_sorted=True)
+    return PackedSequence(data.data, data.batch_sizes, like.sorted_indices, like.unsorted_indices)
