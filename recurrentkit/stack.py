@@ -232,6 +232,28 @@ class Stack(nn.Module):
         """
         return StackCell(self)
 
+    # -- torch interop (implemented in recurrentkit.interop, imported on use) ------------
+
+    @classmethod
+    def from_torch(cls, module: nn.Module) -> Stack:
+        """A stack equal to a unidirectional ``nn.GRU``/``nn.LSTM``/``nn.RNN``, weights copied.
+
+        See :func:`recurrentkit.interop.stack_from_torch`.
+        """
+        from recurrentkit.interop import stack_from_torch
+
+        return stack_from_torch(module)
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent ``nn.GRU``/``nn.LSTM``/``nn.RNN``, weights copied.
+
+        See :func:`recurrentkit.interop.stack_to_torch`; raises where no torch
+        equivalent exists (non-independent routing, reset-before GRU cells, ...).
+        """
+        from recurrentkit.interop import stack_to_torch
+
+        return stack_to_torch(self)
+
     # -- internals ---------------------------------------------------------------------
 
     def _layers(self) -> ReferenceLayers:
