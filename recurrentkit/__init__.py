@@ -3,7 +3,7 @@
 The public names, re-exported; nothing is defined here.
 """
 
-from recurrentkit import routing
+from recurrentkit import interop, routing
 from recurrentkit.causality import causality_violation, check_causal
 from recurrentkit.cells import (
     Cell,
@@ -23,6 +23,7 @@ from recurrentkit.errors import (
     ShapeError,
     StateError,
 )
+from recurrentkit.nn import GRU, LSTM, RNN
 from recurrentkit.routing import RoutingPolicy
 from recurrentkit.stack import Stack, StackCell
 
@@ -33,12 +34,15 @@ __all__ = [
     "CellBase",
     "ConfigError",
     "DeviceError",
+    "GRU",
     "GRUCell",
     "InputTypeError",
+    "LSTM",
     "LSTMCell",
     "LSTMState",
     "NestedLSTMCell",
     "NestedLSTMState",
+    "RNN",
     "RNNCell",
     "RecurrentKitError",
     "RoutingPolicy",
@@ -48,5 +52,6 @@ __all__ = [
     "StateError",
     "causality_violation",
     "check_causal",
+    "interop",
     "routing",
 ]

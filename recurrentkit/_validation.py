@@ -6,6 +6,7 @@ message names the argument, what was expected and what arrived.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -33,9 +34,65 @@ def describe(value: object) -> str:
     """A short description of what arrived, for error messages."""
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {shape_str(value.shape)} on {value.device}"
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)} elements"
-    return f"{type(value).__name__} {value!r}"
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if isinstance(shape, tuple) and dtype is not None:  # a numpy (or other) array
+        kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+        return f"a {kind} of shape {shape_str(shape)} and dtype {dtype}"
+    text = repr(value)
+    if "\n" in text or len(text) > 80:  # messages stay one short line
+        text = text.strip().splitlines()[0][:60] + " ..." if text.strip() else ""
+    return f"{type(value).__name__} {text}"
+
+
+def check_bool(name: str, value: object) -> bool:
+    """A ``bool`` (not a truthy string or number)."""
+    if not isinstance(value, bool):
+        raise InputTypeError(name, "a bool", describe(value))
+    return value
+
+
+def check_dtype(name: str, dtype: object) -> torch.dtype | None:
+    """``None`` or a floating-point ``torch.dtype`` (parameters and states are real)."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype):
+        raise InputTypeError(name, "a torch.dtype such as torch.float32, or None", describe(dtype))
+    if not dtype.is_floating_point:
+        raise ConfigError(name, "a floating-point torch.dtype, or None", dtype)
+    return dtype
+
+
+def check_device(name: str, device: object) -> torch.device | None:
+    """``None`` or something ``torch.device`` accepts (a device, a string, an index)."""
+    if device is None:
+        return None
+    if isinstance(device, torch.device):
+        return _check_available(name, device)
+    if isinstance(device, bool) or not isinstance(device, (str, int)):
+        raise InputTypeError(name, "a torch.device, a device string or None", describe(device))
+    try:
+        found = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(name, "a device such as 'cpu' or 'cuda:0'", repr(device)) from None
+    return _check_available(name, found)
+
+
+def _check_available(name: str, device: torch.device) -> torch.device:
+    """A CUDA device that this machine has (torch would fail deep inside otherwise)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(name, "an available device (no CUDA device here; use 'cpu')", device)
+        if device.index is not None and device.index >= count:
+            raise DeviceError(name, f"a CUDA device index below {count}", device)
+    return device
+
+
+def factory_kwargs(device: object, dtype: object) -> dict[str, Any]:
+    """Checked ``{"device": ..., "dtype": ...}`` for creating parameters."""
+    return {"device": check_device("device", device), "dtype": check_dtype("dtype", dtype)}
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:
@@ -53,6 +110,20 @@ def check_choice(name: str, value: object, choices: Sequence[T]) -> T:
         listed = ", ".join(repr(c) for c in choices)
         raise ConfigError(name, f"one of {listed}", repr(value))
     return value  # type: ignore[return-value]
+
+
+def check_real(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """A real number (not a bool, not NaN) ``>= minimum`` (``> minimum`` if ``strict``).
+
+    Infinity passes when the bound allows it (a tolerance of ``inf`` accepts everything).
+    """
+    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputTypeError(name, f"a float {bound}", describe(value))
+    v = float(value)
+    if math.isnan(v) or v < minimum or (strict and v == minimum):
+        raise ConfigError(name, f"a float {bound}", value)
+    return v
 
 
 def check_probability(name: str, value: object) -> float:
@@ -99,6 +170,24 @@ def check_like(name: str, x: Tensor, like: Tensor) -> None:
         raise DeviceError(name, f"dtype {like.dtype} (the module's parameters)", x.dtype)
     if x.device != like.device:
         raise DeviceError(name, f"device {like.device} (the module's parameters)", x.device)
+
+
+def check_params_like(name: str, x: Tensor, module: torch.nn.Module) -> None:
+    """Every parameter of ``module`` shares ``x``'s dtype and device.
+
+    ``x`` has already been checked against the first parameter; this finds a part of the
+    module (a layer, a policy) converted on its own, which would otherwise fail deep in
+    a matrix product.
+    """
+    for p in module.parameters():
+        if p.dtype != x.dtype or p.device != x.device:
+            pname = next(n for n, q in module.named_parameters() if q is p)
+            raise DeviceError(
+                pname,
+                f"the input's dtype {x.dtype} and device {x.device} (all parameters of the "
+                f"module must share them; {name} has them)",
+                f"{p.dtype} on {p.device}",
+            )
 
 
 def check_nonempty(name: str, x: Tensor, dims: Sequence[int], what: Sequence[str]) -> None:
@@ -183,3 +272,20 @@ def param_like(module: torch.nn.Module) -> Tensor | None:
     for p in module.parameters():
         return p
     return None
+
+
+def allocate(name: str, shape: Sequence[int], make: Callable[[], Tensor]) -> Tensor:
+    """``make()``, with a size too large to allocate reported as a :class:`ConfigError`.
+
+    ``name`` is the argument that set the size (e.g. ``"batch_size"``); any other
+    failure of ``make`` propagates unchanged.
+    """
+    try:
+        return make()
+    except (RuntimeError, TypeError, OverflowError, MemoryError) as e:
+        text = str(e).lower()
+        if not any(k in text for k in ("allocate", "overflow", "out of memory")):
+            raise
+        raise ConfigError(
+            name, "sizes whose tensors fit in memory", f"a tensor of shape {shape_str(shape)}"
+        ) from None

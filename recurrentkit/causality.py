@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recurrentkit._validation import check_int, check_tensor
+from recurrentkit._validation import check_int, check_real, check_tensor, describe
+from recurrentkit.errors import ConfigError, DeviceError, InputTypeError
 
 __all__ = ["causality_violation", "check_causal"]
 
@@ -46,15 +47,38 @@ def causality_violation(
     Returns:
         The largest change, a float ``>= 0``.
 
+    Raises:
+        ShapeError: ``x`` of rank below 2 or above 5.
+        ConfigError: ``time_dim`` not an axis of ``x`` (negative axes count from the end),
+            a time axis shorter than 2, a NaN or infinite value in ``x`` (it would spread
+            into every perturbed output and hide the change), ``scale <= 0``.
+        InputTypeError: an integer ``x``, a non-int ``time_dim`` or ``seed``, a ``model``
+            that is not callable.
+        DeviceError: ``x`` on the meta device (it has no values).
+
     Example:
         >>> import torch, recurrentkit as rk
         >>> cells = [rk.GRUCell(3, 4), rk.GRUCell(4, 4)]
         >>> causality_violation(rk.Stack(cells, "independent"), torch.randn(6, 2, 3))
         0.0
     """
+    if not callable(model):
+        raise InputTypeError("model", "a callable such as an nn.Module", describe(model))
     check_tensor("x", x, ranks=(2, 3, 4, 5))
+    if x.is_meta:
+        raise DeviceError("x", "a tensor with values (on any device but meta)", "meta")
+    if not bool(torch.isfinite(x).all()):
+        raise ConfigError("x", "finite values", f"{int((~torch.isfinite(x)).sum())} NaN or inf")
+    scale = check_real("scale", scale, strict=True)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputTypeError("seed", "an int", describe(seed))
     if time_dim is None:
         time_dim = 1 if getattr(model, "batch_first", False) else 0
+    if isinstance(time_dim, bool) or not isinstance(time_dim, int):
+        raise InputTypeError("time_dim", "an int (an axis of x) or None", describe(time_dim))
+    if not -x.dim() <= time_dim < x.dim():
+        raise ConfigError("time_dim", f"an axis of x, in {-x.dim()}..{x.dim() - 1}", time_dim)
+    time_dim %= x.dim()
     T = x.shape[time_dim]
     check_int("x.shape[time_dim] (sequence length)", T, minimum=2)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -78,7 +102,7 @@ def check_causal(
     time_dim: int | None = None,
     atol: float = 0.0,
 ) -> bool:
-    """``True`` if :func:`causality_violation` is at most ``atol``.
+    """``True`` if :func:`causality_violation` is at most ``atol`` (a float ``>= 0``).
 
     Example:
         >>> import torch, recurrentkit as rk
@@ -86,4 +110,5 @@ def check_causal(
         >>> check_causal(rk.Stack(cells, "handoff").eval(), torch.randn(6, 2, 3))
         False
     """
+    atol = check_real("atol", atol)
     return causality_violation(model, x, time_dim=time_dim) <= atol

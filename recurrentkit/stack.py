@@ -15,9 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from recurrentkit._scan import length_mask
 from recurrentkit._validation import (
+    check_choice,
     check_int,
     check_nonempty,
+    check_params_like,
     check_probability,
     check_state,
     check_tensor,
@@ -26,11 +29,14 @@ from recurrentkit._validation import (
     param_like,
     shape_str,
 )
-from recurrentkit.errors import ConfigError, InputTypeError, ShapeError, StateError
+from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError, StateError
+from recurrentkit.executors.fast import FastLayers
 from recurrentkit.executors.reference import ReferenceLayers
 from recurrentkit.routing import RoutingPolicy, resolve
 
-__all__ = ["Stack", "StackCell"]
+__all__ = ["EXECUTORS", "Stack", "StackCell"]
+
+EXECUTORS = ("auto", "handbuilt", "reference")
 
 
 class Stack(nn.Module):
@@ -46,6 +52,9 @@ class Stack(nn.Module):
         dropout: inter-layer dropout, as torch.nn.GRU: in training mode only, on each
             layer's output except the top layer's, before anything else uses it.
         batch_first: inputs and outputs are ``(B, T, F)`` instead of ``(T, B, F)``.
+        executor: ``"auto"`` (default: torch's fused op for layers that are exactly
+            torch layers, hand-built fast paths elsewhere), ``"handbuilt"`` (never
+            torch's op) or ``"reference"`` (the plain loop). See :attr:`executor`.
 
     A stack's state is a tuple with one cell state per layer, for every policy.
 
@@ -76,6 +85,7 @@ class Stack(nn.Module):
         *,
         dropout: float = 0.0,
         batch_first: bool = False,
+        executor: str = "auto",
     ) -> None:
         super().__init__()
         if isinstance(cells, nn.Module) and not isinstance(cells, nn.ModuleList):
@@ -102,6 +112,8 @@ class Stack(nn.Module):
         policy = resolve(routing)
         policy.bind(self.cells, [c.initial_state(1) for c in cells])
         self.routing = policy
+        self.executor = executor
+        self._step_token = object()  # marks the states this stack's step has checked
 
     # -- what the stack is -------------------------------------------------------------
 
@@ -165,7 +177,8 @@ class Stack(nn.Module):
             state: a tuple of ``L`` per-layer states (unbatched for unbatched ``x``);
                 ``None`` means :meth:`initial_state`.
             lengths: optional ``(B,)`` integer lengths of padded sequences (each in
-                ``1..T``): states stop at each sequence's end, outputs past it are zero.
+                ``1..T``): states stop at each sequence's end, outputs past it are zero,
+                and the padding is never read (its gradient is zero, whatever it holds).
 
         Returns:
             ``(outputs, state)``: the top layer's outputs (packed if ``x`` was) and each
@@ -189,8 +202,12 @@ class Stack(nn.Module):
             check_nonempty("x", x, range(x.dim() - 1), self._axes(x.dim())[:-1])
             if lengths is not None:
                 lengths = self._check_lengths(lengths, x_tm, unbatched)
+                # Padding is never read; zeroing it keeps its gradient exactly zero even
+                # where it holds NaN or inf (autograd would give 0 * NaN = NaN).
+                mask = length_mask(lengths, x_tm.shape[0], x_tm.device)  # (T, B, 1)
+                x_tm = torch.where(mask, x_tm, x_tm.new_zeros(()))
         states = self._check_state(state, x_tm, unbatched)
-        out, states = self.routing.run(self._layers(), x_tm, states, lengths)  # (T, B, O)
+        out, states = self._run(x_tm, states, lengths)  # (T, B, O)
         if unbatched:
             return out.squeeze(1), tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
         if packed is not None:
@@ -211,17 +228,37 @@ class Stack(nn.Module):
             state: a tuple of ``L`` per-layer states; ``None`` means the initial state.
 
         Returns:
-            ``(y_t (B, O), state)``.
+            ``(y_t (B, O), state)``. The state is a tuple that remembers the input
+            it was checked with: passed back with an input of the same shape, dtype
+            and device, the next step skips checking it again (sampling loops pay
+            for validation once).
         """
+        stamp = _stamp(self, x_t)
+        if stamp is not None and type(state) is _StepState and state.stamp == stamp:
+            try:  # a state this stack's step returned for such an input: already checked
+                return self._step_checked(x_t, tuple(state), stamp)
+            except RuntimeError:
+                pass  # something changed since (a converted layer, ...): check everything
         self._check_input("x_t", x_t, ranks=(1, 2))
-        unbatched = x_t.dim() == 1
-        x_tm = x_t.reshape(1, 1, -1) if unbatched else x_t.unsqueeze(0)  # (1, B, I)
-        check_nonempty("x_t", x_tm, [1], ["batch"])
-        states = self._check_state(state, x_tm, unbatched)
-        out, states = self.routing.run(self._layers(), x_tm, states, None)  # (1, B, O)
-        if unbatched:
-            return out[0, 0], tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
-        return out[0], states
+        if x_t.dim() == 2:
+            check_nonempty("x_t", x_t, [0], ["batch"])  # the message shows x_t's own shape
+        x_tm = x_t.reshape(1, 1, -1) if x_t.dim() == 1 else x_t.unsqueeze(0)  # (1, B, I)
+        states = self._check_state(state, x_tm, x_t.dim() == 1)
+        if x_t.dim() == 1:
+            states = tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
+        return self._step_checked(x_t, states, _stamp(self, x_t))
+
+    def _step_checked(
+        self, x_t: Tensor, states: tuple[Any, ...], stamp: Any
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """:meth:`step` on checked arguments (unbatched ones without their batch axis)."""
+        if x_t.dim() == 1:
+            states = tuple(map_state(lambda t: t.unsqueeze(0), s) for s in states)
+            y, states = self._run_step(x_t.unsqueeze(0), states)  # (1, O)
+            y, states = y[0], tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
+        else:
+            y, states = self._run_step(x_t, states)  # (B, O)
+        return y, _StepState(states, stamp)
 
     def as_cell(self) -> StackCell:
         """A cell view of this stack: its call is :meth:`step`.
@@ -256,8 +293,28 @@ class Stack(nn.Module):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _layers(self) -> ReferenceLayers:
-        return ReferenceLayers(self.cells, self.dropout, self.training)
+    def _layers(self) -> ReferenceLayers | FastLayers:
+        """The executor for this call, as :attr:`executor` selects."""
+        if self._executor == "reference":
+            return ReferenceLayers(self.cells, self.dropout, self.training)
+        return FastLayers(
+            self.cells, self.dropout, self.training, torch_ops=self._executor == "auto"
+        )
+
+    def _run(
+        self, x_tm: Tensor, states: tuple[Any, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        layers = self._layers()
+        if isinstance(layers, FastLayers):
+            return layers.run(self.routing, x_tm, states, lengths)
+        return self.routing.run(layers, x_tm, states, lengths)
+
+    def _run_step(self, x_t: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
+        layers = self._layers()
+        if isinstance(layers, FastLayers):
+            return layers.step(self.routing, x_t, states)
+        out, states = self.routing.run(layers, x_t.unsqueeze(0), states, None)  # (1, B, O)
+        return out[0], states
 
     def _axes(self, rank: int) -> list[str]:
         if rank == 2:
@@ -277,13 +334,22 @@ class Stack(nn.Module):
         check_tensor(
             name, x, ranks=ranks, size_last=self.input_size, like=param_like(self), layout=layout
         )
+        check_params_like(name, x, self)  # type: ignore[arg-type]
 
     def _check_lengths(self, lengths: object, x_tm: Tensor, unbatched: bool) -> Tensor:
         T, B = x_tm.shape[0], x_tm.shape[1]
         if unbatched:
             raise ConfigError("lengths", "None for unbatched input", describe(lengths))
-        if not isinstance(lengths, Tensor) or lengths.is_floating_point() or lengths.dim() != 1:
+        if (
+            not isinstance(lengths, Tensor)
+            or lengths.is_floating_point()
+            or lengths.is_complex()
+            or lengths.dtype == torch.bool
+            or lengths.dim() != 1
+        ):
             raise InputTypeError("lengths", f"an integer tensor of shape ({B},)", describe(lengths))
+        if lengths.is_meta:
+            raise DeviceError("lengths", "a tensor with values (on the CPU or x's device)", "meta")
         if lengths.shape[0] != B:
             raise ShapeError(
                 "lengths", f"shape ({B},) (one length per sequence)", shape_str(lengths.shape)
@@ -303,6 +369,12 @@ class Stack(nn.Module):
                 f"a tuple of {L} per-layer states (one per layer, for every policy)",
                 describe(state),
             )
+        if hasattr(state, "_fields"):
+            raise InputTypeError(
+                "state",
+                f"a tuple of {L} per-layer states (for a one-layer stack: (cell_state,))",
+                f"a {type(state).__name__}, one cell's state",
+            )
         if len(state) != L:
             raise StateError(
                 "state",
@@ -317,6 +389,28 @@ class Stack(nn.Module):
             s = check_state(f"state[{k}]", s, template, device=x_tm.device)
             out.append(map_state(lambda t: t.unsqueeze(0), s) if unbatched else s)
         return tuple(out)
+
+    @property
+    def executor(self) -> str:
+        """How the stack runs: ``"auto"``, ``"handbuilt"`` or ``"reference"``.
+
+        - ``"auto"`` (the default): each layer that is exactly a torch layer
+          (``RNNCell``, ``GRUCell(reset="after")``, ``LSTMCell``) runs on torch's
+          fused recurrent op when its policy goes layer by layer; everything else on
+          the hand-built fast paths of :mod:`recurrentkit.executors`.
+        - ``"handbuilt"``: the hand-built fast paths only (never torch's fused op).
+        - ``"reference"``: the plain loop over the cells' equations, the definition
+          every faster path is tested against.
+
+        All three compute the same function (float64 agreement ≤ 1e-10, forward and
+        backward); they differ in speed and in how dropout draws its random masks.
+        Settable at any time: ``stack.executor = "reference"``.
+        """
+        return self._executor
+
+    @executor.setter
+    def executor(self, value: str) -> None:
+        self._executor = check_choice("executor", value, EXECUTORS)
 
     def extra_repr(self) -> str:
         return f"dropout={self.dropout}, batch_first={self.batch_first}"
@@ -354,6 +448,28 @@ class StackCell(nn.Module):
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, tuple[Any, ...]]:
         """One step: ``x (B, I)`` → ``(y (B, O), state)``."""
         return self.stack.step(x, state)
+
+
+class _StepState(tuple):
+    """The state :meth:`Stack.step` returns: a plain tuple of per-layer states that
+    also remembers what it was checked against (``stamp``)."""
+
+    stamp: Any
+
+    def __new__(cls, states: tuple[Any, ...], stamp: Any) -> _StepState:
+        self = super().__new__(cls, states)
+        self.stamp = stamp
+        return self
+
+    def __reduce__(self) -> Any:  # pickles and copies as the plain tuple it is
+        return (tuple, (tuple(self),))
+
+
+def _stamp(stack: Stack, x_t: object) -> Any:
+    """What a checked step state is valid for: this stack, and ``x_t``'s kind."""
+    if not isinstance(x_t, Tensor):
+        return None
+    return (stack._step_token, x_t.shape, x_t.dtype, x_t.device)
 
 
 def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_choice, check_int
+from recurrentkit._validation import check_bool, check_choice, check_int, factory_kwargs
 from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
 
 __all__ = ["GRUCell"]
@@ -39,7 +39,12 @@ class GRUCell(CellBase):
         bias: create ``bias_ih`` and ``bias_hh``.
         reset: ``"after"`` (torch's form, the default) or ``"before"``.
         device: where to create the parameters.
-        dtype: dtype of the parameters.
+        dtype: dtype of the parameters (floating point).
+
+    Raises:
+        ConfigError: a size below 1, an unknown ``reset``, an unknown device or a
+            non-floating dtype.
+        InputTypeError: a size that is not an int, a ``bias`` that is not a bool.
 
     Parameters (torch.nn.GRUCell's names): ``weight_ih`` ``(3H, I)``, ``weight_hh``
     ``(3H, H)``, ``bias_ih`` ``(3H,)``, ``bias_hh`` ``(3H,)``, rows ``r | z | n``.
@@ -70,8 +75,8 @@ class GRUCell(CellBase):
         self.hidden_size = check_int("hidden_size", hidden_size)
         self.output_size = self.hidden_size
         self.reset = check_choice("reset", reset, RESETS)
-        self.bias = bool(bias)
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.bias = check_bool("bias", bias)
+        factory: dict[str, Any] = factory_kwargs(device, dtype)
         self.weight_ih = make_weight(3 * hidden_size, input_size, factory)
         self.weight_hh = make_weight(3 * hidden_size, hidden_size, factory)
         if self.bias:

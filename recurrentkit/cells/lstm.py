@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_int
+from recurrentkit._validation import check_bool, check_int, factory_kwargs
 from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
 from recurrentkit.errors import ConfigError
 
@@ -48,7 +48,12 @@ class LSTMCell(CellBase):
         proj_size: ``P``; if ``> 0``, ``h`` is projected to ``P < H`` features by
             ``weight_hr`` (torch.nn.LSTM's ``proj_size``).
         device: where to create the parameters.
-        dtype: dtype of the parameters.
+        dtype: dtype of the parameters (floating point).
+
+    Raises:
+        ConfigError: a size below 1, ``proj_size`` not in ``0..hidden_size-1``, an
+            unknown device or a non-floating dtype.
+        InputTypeError: a size that is not an int, a ``bias`` that is not a bool.
 
     Parameters (torch's names): ``weight_ih`` ``(4H, I)``, ``weight_hh`` ``(4H, P or H)``,
     ``bias_ih`` ``(4H,)``, ``bias_hh`` ``(4H,)``, ``weight_hr`` ``(P, H)`` if projected.
@@ -84,8 +89,8 @@ class LSTMCell(CellBase):
                 "proj_size", f"0 (no projection) or an int < hidden_size={hidden_size}", proj_size
             )
         self.output_size = proj_size or hidden_size
-        self.bias = bool(bias)
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.bias = check_bool("bias", bias)
+        factory: dict[str, Any] = factory_kwargs(device, dtype)
         self.weight_ih = make_weight(4 * hidden_size, input_size, factory)
         self.weight_hh = make_weight(4 * hidden_size, self.output_size, factory)
         if self.bias:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_int
+from recurrentkit._validation import check_bool, check_int, factory_kwargs
 from recurrentkit.cells.lstm import LSTMCell
 from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
 
@@ -57,7 +57,12 @@ class NestedLSTMCell(CellBase):
         depth: number of nested memories, ``>= 2``.
         bias: create biases (at every depth) or none at all.
         device: where to create the parameters.
-        dtype: dtype of the parameters.
+        dtype: dtype of the parameters (floating point).
+
+    Raises:
+        ConfigError: a size below 1, ``depth < 2``, an unknown device or a
+            non-floating dtype.
+        InputTypeError: a size that is not an int, a ``bias`` that is not a bool.
 
     Parameters: ``weight_ih`` ``(4H, I)``, ``weight_hh`` ``(4H, H)``, ``bias_ih``,
     ``bias_hh`` ``(4H,)``, and the inner cell's under ``inner.``.
@@ -88,8 +93,8 @@ class NestedLSTMCell(CellBase):
         self.hidden_size = check_int("hidden_size", hidden_size)
         self.depth = check_int("depth", depth, minimum=2)
         self.output_size = self.hidden_size
-        self.bias = bool(bias)
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.bias = check_bool("bias", bias)
+        factory: dict[str, Any] = factory_kwargs(device, dtype)
         self.weight_ih = make_weight(4 * hidden_size, input_size, factory)
         self.weight_hh = make_weight(4 * hidden_size, hidden_size, factory)
         if self.bias:

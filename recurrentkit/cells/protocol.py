@@ -24,7 +24,16 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from recurrentkit._validation import check_int, check_state, check_tensor, map_state
+from recurrentkit._validation import (
+    allocate,
+    check_device,
+    check_dtype,
+    check_int,
+    check_nonempty,
+    check_state,
+    check_tensor,
+    map_state,
+)
 
 __all__ = ["Cell", "CellBase"]
 
@@ -54,6 +63,7 @@ class CellBase(nn.Module, ABC):
     input_size: int
     hidden_size: int
     output_size: int
+    weight_ih: Tensor  # every built-in cell has one; it carries the dtype and device
 
     def initial_state(
         self,
@@ -72,13 +82,23 @@ class CellBase(nn.Module, ABC):
         Returns:
             A tensor of shape ``(B, hidden_size)`` or a NamedTuple of such tensors,
             depending on the cell.
+
+        Raises:
+            ConfigError: ``batch_size < 1``, an unknown device, a non-floating dtype.
+            InputTypeError: ``batch_size`` not an int, ``dtype`` not a ``torch.dtype``.
         """
         check_int("batch_size", batch_size)
+        want_device = check_device("device", device)
+        want_dtype = check_dtype("dtype", dtype)
         ref = self.weight_ih
-        return self._zero_state(
-            batch_size,
-            torch.device(device) if device is not None else ref.device,
-            dtype if dtype is not None else ref.dtype,
+        return allocate(
+            "batch_size",
+            (batch_size, self.hidden_size),
+            lambda: self._zero_state(
+                batch_size,
+                want_device if want_device is not None else ref.device,
+                want_dtype if want_dtype is not None else ref.dtype,
+            ),
         )
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -92,6 +112,13 @@ class CellBase(nn.Module, ABC):
         Returns:
             ``(output, new_state)``; ``output`` has shape ``(B, output_size)``
             (``(output_size,)`` unbatched).
+
+        Raises:
+            ShapeError: ``x`` of the wrong rank or feature size, or an empty batch.
+            StateError: a state of the wrong shape or number of fields.
+            InputTypeError: a non-tensor or integer ``x``; a tensor where the state is a
+                NamedTuple, or the reverse.
+            DeviceError: ``x`` or the state on another dtype/device than the parameters.
         """
         ref = self.weight_ih
         check_tensor(
@@ -104,8 +131,8 @@ class CellBase(nn.Module, ABC):
         )
         unbatched = x.dim() == 1
         batch = 1 if unbatched else x.shape[0]
-        if batch == 0:
-            check_int("x.shape[0] (batch size)", 0)
+        if not unbatched:
+            check_nonempty("x", x, [0], ["batch"])
         if state is None:
             state = self._zero_state(batch, x.device, x.dtype)
         else:
@@ -140,11 +167,16 @@ class CellBase(nn.Module, ABC):
         return f"{self.input_size}, {self.hidden_size}"
 
 
+_SIZES = "input_size, hidden_size"  # what a parameter too large to allocate is blamed on
+
+
 def make_weight(rows: int, cols: int, factory: dict[str, Any]) -> nn.Parameter:
     """An uninitialised ``(rows, cols)`` parameter (filled by ``reset_parameters``)."""
-    return nn.Parameter(torch.empty(rows, cols, **factory))
+    return nn.Parameter(
+        allocate(_SIZES, (rows, cols), lambda: torch.empty(rows, cols, **factory))
+    )
 
 
 def make_bias(rows: int, factory: dict[str, Any]) -> nn.Parameter:
     """An uninitialised ``(rows,)`` parameter."""
-    return nn.Parameter(torch.empty(rows, **factory))
+    return nn.Parameter(allocate(_SIZES, (rows,), lambda: torch.empty(rows, **factory)))

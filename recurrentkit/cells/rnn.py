@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_choice, check_int
+from recurrentkit._validation import check_bool, check_choice, check_int, factory_kwargs
 from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
 
 __all__ = ["RNNCell"]
@@ -31,7 +31,12 @@ class RNNCell(CellBase):
         bias: create ``bias_ih`` and ``bias_hh``.
         nonlinearity: ``"tanh"`` or ``"relu"``.
         device: where to create the parameters.
-        dtype: dtype of the parameters.
+        dtype: dtype of the parameters (floating point).
+
+    Raises:
+        ConfigError: a size below 1, an unknown ``nonlinearity``, an unknown device or a
+            non-floating dtype.
+        InputTypeError: a size that is not an int, a ``bias`` that is not a bool.
 
     Parameters (torch.nn.RNNCell's names): ``weight_ih`` ``(H, I)``, ``weight_hh``
     ``(H, H)``, ``bias_ih`` ``(H,)``, ``bias_hh`` ``(H,)``.
@@ -62,8 +67,8 @@ class RNNCell(CellBase):
         self.hidden_size = check_int("hidden_size", hidden_size)
         self.output_size = self.hidden_size
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        self.bias = bool(bias)
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.bias = check_bool("bias", bias)
+        factory: dict[str, Any] = factory_kwargs(device, dtype)
         self.weight_ih = make_weight(hidden_size, input_size, factory)
         self.weight_hh = make_weight(hidden_size, hidden_size, factory)
         if self.bias:

@@ -1,5 +1,17 @@
-"""Executors: ways to run a routing policy's semantics (reference loop; faster paths)."""
+"""Executors: ways to run a routing policy's semantics (reference loop; faster paths).
 
+- :class:`ReferenceLayers` (:mod:`.reference`) — the plain loop, the definition;
+- :class:`FastLayers` (:mod:`.fast`) — per policy and per layer, the fastest exact path:
+  torch's fused recurrent ops (:mod:`.torch_ops`), hand-built whole-sequence kernels
+  (:mod:`.kernels`), step loops with deferred weight gradients (:mod:`.deferred`), all on
+  the packed layout of :mod:`.packing`.
+
+:class:`~recurrentkit.Stack` picks one with its ``executor`` argument (``"auto"``,
+``"handbuilt"``, ``"reference"``). Every fast path is tested against the reference in
+float64 to 1e-10, forward and backward.
+"""
+
+from recurrentkit.executors.fast import FastLayers
 from recurrentkit.executors.reference import ReferenceLayers
 
-__all__ = ["ReferenceLayers"]
+__all__ = ["FastLayers", "ReferenceLayers"]

@@ -43,7 +43,8 @@ class CrossLayer(RoutingPolicy):
     - ``gate_state_weight_l{l}`` ``(L-1, Σ_k H_k)`` — the :math:`v^{k \to l}` as rows.
 
     Raises:
-        ConfigError: a cell without ``input_size``, or whose state has no ``h``.
+        ConfigError: a cell without ``input_size``, or whose state is neither a tensor
+            nor a NamedTuple with an ``h`` field.
     """
 
     name = "cross_layer"
@@ -52,13 +53,21 @@ class CrossLayer(RoutingPolicy):
 
     def bind(self, cells: Sequence[nn.Module], probes: Sequence[Any]) -> None:
         super().bind(cells, probes)
+        for k, p in enumerate(probes):
+            if not isinstance(p, Tensor) and not isinstance(getattr(p, "h", None), Tensor):
+                raise ConfigError(
+                    f"cells[{k}]",
+                    "a cell whose state is a tensor or a NamedTuple with an 'h' field "
+                    "(cross_layer mixes each layer's h)",
+                    f"a state of type {type(p).__name__}",
+                )
         widths = [state_h(p).shape[-1] for p in probes]
         self.num_layers = len(cells)
         self.widths = widths
         if self.num_layers == 1:
             return
         ref = state_h(probes[0])
-        factory = {"device": ref.device, "dtype": ref.dtype}
+        factory: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype}
         for k, cell in enumerate(cells):
             width = getattr(cell, "input_size", None)
             if not isinstance(width, int):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from torch import Tensor, nn
@@ -59,7 +61,7 @@ class Handoff(RoutingPolicy):
                 "handoff routing is not causal: under teacher forcing each layer starts "
                 "from the final state of the layer below, so outputs see future inputs",
                 LeakWarning,
-                stacklevel=3,
+                stacklevel=_caller_level(),
             )
         s, u, finals = states[0], x, []
         for k in range(len(layers.cells)):
@@ -67,3 +69,14 @@ class Handoff(RoutingPolicy):
             finals.append(s)
             u = layers.drop(k, y)
         return u, tuple(finals)
+
+
+def _caller_level() -> int:
+    """``stacklevel`` pointing at the user's line: the first frame outside recurrentkit/torch."""
+    frame: FrameType | None = sys._getframe(2)  # 1 = run(), which calls warnings.warn
+    level = 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+        ("recurrentkit.", "torch.")
+    ):
+        frame, level = frame.f_back, level + 1
+    return level

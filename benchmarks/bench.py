@@ -1,0 +1,622 @@
+"""Speed of recurrentkit's stacks next to torch.nn, as ratios measured in one process.
+
+For the study's sizes — α (E 64, H 128, 1 layer), β (96, 256, 2), γ (128, 512, 3) — on a
+character model (embedding, recurrent stack, linear head over a vocabulary of 28; batch
+64 × 16 characters), it measures per implementation:
+
+- **train**: one training step (forward, cross-entropy, backward, Adam), median ms over
+  ``--repeat`` rounds; every round runs every implementation once, in a shuffled order,
+  so the machine's noise hits all of them alike; the ratio is to torch.nn of the same
+  size and cell (``nn.GRU`` for GRU rows, ``nn.LSTM`` for LSTM and Nested LSTM rows),
+  and for LSTM rows also to ``nn.LSTM`` with oneDNN switched off
+  (``torch.backends.mkldnn.flags(enabled=False)``, torch's native CPU path);
+- **sample**: 20 greedy tokens stepped one at a time with the state carried
+  (``stack.step`` / ``module(x[None], h)``), batch 1 and batch 64, no grad;
+- **memory**: peak CPU bytes allocated during one training step above what was held
+  before it, from the torch profiler's memory events (``profile_memory=True``: a running
+  sum of the allocations and frees the CPU allocator reports; tracemalloc cannot see
+  torch's allocator);
+- **packed**: a batch of 64 names with the names dataset's lengths (at most 16) as a
+  ``PackedSequence`` (embedding, stack, head and loss on the real tokens only), against
+  the same number of real tokens laid out unpadded (full 16-step rows, fewer of them) —
+  the goal is ≤ 1.2×; the padded batch without lengths is shown too;
+- **flops**: ``cross_layer``'s arithmetic over ``nn.GRU``'s (recurrent part, forward;
+  backward scales alike), printed beside its ratio.
+
+Run ``python benchmarks/bench.py --help``. Quote ratios, not absolute times: on a shared
+machine absolute times drift, ratios measured in one interleaved run much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import recurrentkit as rk
+
+VOCAB, BATCH, STEPS, SAMPLE_TOKENS = 28, 64, 16, 20
+SIZES = {"alpha": (64, 128, 1), "beta": (96, 256, 2), "gamma": (128, 512, 3)}
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+class CharModel(nn.Module):
+    """Embedding → recurrent module → linear head; ``kind`` says how to call the module."""
+
+    def __init__(self, rnn: nn.Module, kind: str, E: int, H: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, E)
+        self.rnn = rnn
+        self.head = nn.Linear(H, VOCAB)
+        self.kind = kind  # "torch" (nn.GRU-like call) or "stack"
+
+    def forward(self, idx: Tensor) -> Tensor:
+        y, _ = self.rnn(self.emb(idx))  # (T, B, H)
+        return self.head(y)  # (T, B, V)
+
+    def forward_packed(self, idx: Tensor, lengths: Tensor) -> Tensor:
+        """Real tokens only: ``idx (T, B)`` packed by ``lengths`` → logits ``(N, V)``."""
+        packed = nn.utils.rnn.pack_padded_sequence(idx, lengths, enforce_sorted=False)
+        x = nn.utils.rnn.PackedSequence(
+            self.emb(packed.data),
+            packed.batch_sizes,
+            packed.sorted_indices,
+            packed.unsorted_indices,
+        )
+        y, _ = self.rnn(x)  # packed in, packed out (Stack and torch.nn alike)
+        return self.head(y.data)  # (N, V)
+
+    @torch.no_grad()
+    def sample(self, first: Tensor, tokens: int) -> Tensor:
+        """Greedy decoding from ``first (B,)``, the state carried step to step."""
+        idx, state, out = first, None, []
+        for _ in range(tokens):
+            x = self.emb(idx)  # (B, E)
+            if self.kind == "stack":
+                y, state = self.rnn.step(x, state)
+            else:
+                y, state = self.rnn(x[None], state)
+                y = y[0]
+            idx = self.head(y).argmax(-1)
+            out.append(idx)
+        return torch.stack(out)
+
+
+@dataclass
+class Impl:
+    """One row: how to build the recurrent module, and what to compare it with."""
+
+    name: str
+    cell: str  # "GRU", "LSTM", "NestedLSTM"
+    routing: str
+    executor: str
+    build: Callable[[int, int, int], tuple[nn.Module, str]]
+    baseline: str  # the name of the torch.nn row this one is compared with
+    context: Callable[[], Any] = contextlib.nullcontext
+    flops: float | None = None
+    compiled: bool = False
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def stack_builder(cell: str, routing: str, executor: str) -> Callable:
+    def build(E: int, H: int, L: int) -> tuple[nn.Module, str]:
+        make = {
+            "GRU": lambda i: rk.GRUCell(i, H),
+            "LSTM": lambda i: rk.LSTMCell(i, H),
+            "NestedLSTM": lambda i: rk.NestedLSTMCell(i, H),
+        }[cell]
+        policy: Any = rk.routing.Shared(carry="last") if routing == "shared_last" else routing
+        return rk.Stack([make(E if k == 0 else H) for k in range(L)], policy, executor=executor), (
+            "stack"
+        )
+
+    return build
+
+
+def implementations(with_compile: bool) -> list[Impl]:
+    no_onednn = lambda: torch.backends.mkldnn.flags(enabled=False)  # noqa: E731
+    rows = [
+        Impl("nn.GRU", "GRU", "-", "torch", lambda E, H, L: (nn.GRU(E, H, L), "torch"), "nn.GRU"),
+        Impl(
+            "nn.LSTM", "LSTM", "-", "torch", lambda E, H, L: (nn.LSTM(E, H, L), "torch"), "nn.LSTM"
+        ),
+        Impl(
+            "nn.LSTM (oneDNN off)",
+            "LSTM",
+            "-",
+            "torch native",
+            lambda E, H, L: (nn.LSTM(E, H, L), "torch"),
+            "nn.LSTM",
+            context=no_onednn,
+        ),
+    ]
+    if hasattr(rk, "GRU") and hasattr(rk, "LSTM"):
+        rows += [
+            Impl(
+                "rk.GRU",
+                "GRU",
+                "independent",
+                "drop-in",
+                lambda E, H, L: (rk.GRU(E, H, L), "torch"),
+                "nn.GRU",
+            ),
+            Impl(
+                "rk.LSTM",
+                "LSTM",
+                "independent",
+                "drop-in",
+                lambda E, H, L: (rk.LSTM(E, H, L), "torch"),
+                "nn.LSTM",
+            ),
+        ]
+    for cell, base in (("GRU", "nn.GRU"), ("LSTM", "nn.LSTM")):
+        rows.append(
+            Impl(
+                f"Stack {cell}",
+                cell,
+                "independent",
+                "auto",
+                stack_builder(cell, "independent", "auto"),
+                base,
+            )
+        )
+    for routing in ("independent", "shared", "shared_last", "residual", "cross_layer", "handoff"):
+        rows.append(
+            Impl(
+                "Stack GRU",
+                "GRU",
+                routing,
+                "handbuilt",
+                stack_builder("GRU", routing, "handbuilt"),
+                "nn.GRU",
+            )
+        )
+    for routing in ("independent", "shared", "cross_layer"):
+        rows.append(
+            Impl(
+                "Stack LSTM",
+                "LSTM",
+                routing,
+                "handbuilt",
+                stack_builder("LSTM", routing, "handbuilt"),
+                "nn.LSTM",
+            )
+        )
+    rows.append(
+        Impl(
+            "Stack NestedLSTM",
+            "NestedLSTM",
+            "independent",
+            "handbuilt",
+            stack_builder("NestedLSTM", "independent", "handbuilt"),
+            "nn.LSTM",
+        )
+    )
+    rows.append(
+        Impl(
+            "Stack GRU",
+            "GRU",
+            "shared",
+            "reference",
+            stack_builder("GRU", "shared", "reference"),
+            "nn.GRU",
+        )
+    )
+    if with_compile:
+        for routing in ("shared", "cross_layer"):
+            rows.append(
+                Impl(
+                    "Stack GRU compiled",
+                    "GRU",
+                    routing,
+                    "handbuilt",
+                    stack_builder("GRU", routing, "handbuilt"),
+                    "nn.GRU",
+                    compiled=True,
+                )
+            )
+    return rows
+
+
+# -- measurements --------------------------------------------------------------------------
+
+
+@dataclass
+class Runner:
+    """A built model with its optimiser and a fixed batch."""
+
+    impl: Impl
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    idx: Tensor
+    target: Tensor
+    lengths: Tensor | None = None
+
+    def train_step(self) -> None:
+        with self.impl.context():
+            if self.lengths is not None:  # real tokens only, packed
+                logits = self.model.forward_packed(self.idx, self.lengths)  # (N, V)
+                loss = F.cross_entropy(logits, self.target)
+            else:
+                logits = self.model(self.idx)  # (T, B, V)
+                loss = F.cross_entropy(logits.reshape(-1, VOCAB), self.target.reshape(-1))
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+
+    def sample(self, batch: int) -> None:
+        model = getattr(self.model, "_orig_mod", self.model)
+        was = model.training
+        model.eval()
+        with self.impl.context():
+            model.sample(torch.zeros(batch, dtype=torch.long), SAMPLE_TOKENS)
+        model.train(was)
+
+
+def make_runner(
+    impl: Impl,
+    size: tuple[int, int, int],
+    seed: int,
+    lengths: Tensor | None = None,
+    batch: int = BATCH,
+) -> Runner:
+    E, H, L = size
+    torch.manual_seed(seed)
+    rnn, kind = impl.build(E, H, L)
+    model: nn.Module = CharModel(rnn, kind, E, H)
+    if impl.compiled:
+        model = torch.compile(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, VOCAB, (STEPS, batch), generator=g)
+    target = torch.randint(0, VOCAB, (STEPS, batch), generator=g)
+    if lengths is not None:  # the targets of the real tokens, in packed order
+        target = nn.utils.rnn.pack_padded_sequence(target, lengths, enforce_sorted=False).data
+    return Runner(impl, model, opt, idx, target, lengths)
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def interleaved(
+    jobs: dict[str, Callable[[], None]], repeat: int, warmup: int, seed: int
+) -> dict[str, float]:
+    """Median ms per job; each round runs every job once, in a shuffled order."""
+    for fn in jobs.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    order = list(jobs)
+    rng = random.Random(seed)
+    for _ in range(repeat):
+        rng.shuffle(order)
+        for k in order:
+            times[k].append(timed(jobs[k]))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_memory_mib(fn: Callable[[], None]) -> float:
+    """Peak CPU bytes allocated while ``fn`` runs, above the level at its start (MiB)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        events = json.loads(Path(path).read_text())["traceEvents"]
+    total = peak = 0
+    for e in sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"]):
+        if e["args"].get("Device Type", 0) == 0:  # CPU
+            total += e["args"]["Bytes"]
+            peak = max(peak, total)
+    return peak / 2**20
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the profiler's C++ start/stop lines (file descriptor 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def cross_layer_flop_ratio(E: int, H: int, L: int) -> float:
+    """Forward multiply-adds of a cross_layer GRU stack over nn.GRU's (recurrent part)."""
+    base = sum(3 * H * ((E if k == 0 else H) + H) for k in range(L))
+    if L == 1:
+        return 1.0
+    extra = sum((L - 1) * ((E if k == 0 else H) + L * H) + (L - 1) * H * H for k in range(L))
+    return (base + extra) / base
+
+
+def name_lengths(batch: int, seed: int) -> Tensor:
+    """Lengths of ``batch`` names from the shipped dataset (+1 end token), capped at 16."""
+    path = Path(rk.__file__).parent / "data" / "names.txt"
+    names = [n for n in path.read_text().split() if n]
+    rng = random.Random(seed)
+    return torch.tensor([min(len(rng.choice(names)) + 1, STEPS) for _ in range(batch)])
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def run_size(
+    label: str, size: tuple[int, int, int], impls: list[Impl], args: argparse.Namespace
+) -> dict[str, Any]:
+    E, H, L = size
+    print(f"\n== {label}: E={E} H={H} L={L}, batch {BATCH} x {STEPS}, vocab {VOCAB} ==", flush=True)
+    runners: dict[str, Runner] = {}
+    compile_s: dict[str, float] = {}
+    for i, impl in enumerate(impls):
+        key = row_key(impl)
+        runners[key] = make_runner(impl, size, seed=i)
+        if impl.compiled:
+            t0 = time.perf_counter()
+            runners[key].train_step()
+            compile_s[key] = time.perf_counter() - t0
+    train = interleaved({k: r.train_step for k, r in runners.items()}, args.repeat, 2, seed=1)
+    sample_jobs = {}
+    for k, r in runners.items():
+        if r.impl.compiled:
+            continue
+        sample_jobs[(k, 1)] = lambda r=r: r.sample(1)
+        sample_jobs[(k, BATCH)] = lambda r=r: r.sample(BATCH)
+    sample = interleaved(sample_jobs, max(3, args.repeat // 2), 1, seed=2)  # type: ignore[arg-type]
+    memory = {}
+    if not args.no_memory:
+        for k, r in runners.items():
+            if not r.impl.compiled:
+                memory[k] = peak_memory_mib(r.train_step)
+    rows = []
+    for impl in impls:
+        k = row_key(impl)
+        base = row_key_by_name(impls, impl.baseline)
+        row: dict[str, Any] = {
+            "size": label,
+            "E": E,
+            "H": H,
+            "L": L,
+            "implementation": impl.name,
+            "cell": impl.cell,
+            "routing": impl.routing,
+            "executor": impl.executor,
+            "train_ms": train[k],
+            "train_ratio": train[k] / train[base],
+            "baseline": impl.baseline,
+        }
+        if impl.cell == "LSTM" or impl.cell == "NestedLSTM":
+            native = row_key_by_name(impls, "nn.LSTM (oneDNN off)")
+            row["train_ratio_vs_native_lstm"] = train[k] / train[native]
+        if impl.routing == "cross_layer":
+            row["flop_ratio"] = cross_layer_flop_ratio(E, H, L)
+        if k in compile_s:
+            row["compile_s"] = compile_s[k]
+        if (k, 1) in sample:
+            sbase = row_key_by_name(impls, "nn.GRU" if impl.cell == "GRU" else "nn.LSTM")
+            for b in (1, BATCH):
+                row[f"sample_b{b}_ms"] = sample[(k, b)]
+                row[f"sample_b{b}_ratio"] = sample[(k, b)] / sample[(sbase, b)]
+        if k in memory:
+            row["peak_mib"] = memory[k]
+            row["peak_ratio"] = memory[k] / memory[base] if memory[base] > 0 else float("nan")
+        rows.append(row)
+    packed = [] if args.no_packed else run_packed(label, size, args)
+    return {"rows": rows, "packed": packed}
+
+
+def run_packed(
+    label: str, size: tuple[int, int, int], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Mixed lengths (with lengths) against the same real tokens unpadded."""
+    lengths = name_lengths(BATCH, seed=0)
+    tokens = int(lengths.sum())
+    dense_batch = max(1, round(tokens / STEPS))
+    candidates = [
+        Impl("nn.GRU", "GRU", "-", "torch", lambda E, H, L: (nn.GRU(E, H, L), "torch"), "nn.GRU"),
+        Impl(
+            "Stack GRU",
+            "GRU",
+            "independent",
+            "auto",
+            stack_builder("GRU", "independent", "auto"),
+            "nn.GRU",
+        ),
+        Impl(
+            "Stack GRU",
+            "GRU",
+            "independent",
+            "handbuilt",
+            stack_builder("GRU", "independent", "handbuilt"),
+            "nn.GRU",
+        ),
+        Impl(
+            "Stack GRU",
+            "GRU",
+            "shared",
+            "handbuilt",
+            stack_builder("GRU", "shared", "handbuilt"),
+            "nn.GRU",
+        ),
+        Impl(
+            "Stack GRU",
+            "GRU",
+            "cross_layer",
+            "handbuilt",
+            stack_builder("GRU", "cross_layer", "handbuilt"),
+            "nn.GRU",
+        ),
+    ]
+    jobs = {}
+    for i, impl in enumerate(candidates):
+        k = row_key(impl)
+        jobs[(k, "packed")] = make_runner(impl, size, seed=i, lengths=lengths).train_step
+        jobs[(k, "dense")] = make_runner(impl, size, seed=i, batch=dense_batch).train_step
+        jobs[(k, "padded")] = make_runner(impl, size, seed=i).train_step
+    t = interleaved(jobs, max(3, args.repeat // 2), 1, seed=3)  # type: ignore[arg-type]
+    out = []
+    for impl in candidates:
+        k = row_key(impl)
+        out.append(
+            {
+                "size": label,
+                "implementation": impl.name,
+                "routing": impl.routing,
+                "executor": impl.executor,
+                "real_tokens": tokens,
+                "mean_length": tokens / BATCH,
+                "dense_batch": dense_batch,
+                "with_lengths_ms": t[(k, "packed")],
+                "unpadded_ms": t[(k, "dense")],
+                "padded_no_lengths_ms": t[(k, "padded")],
+                "packed_ratio": t[(k, "packed")] / t[(k, "dense")],
+            }
+        )
+    return out
+
+
+def row_key(impl: Impl) -> str:
+    return f"{impl.name}|{impl.routing}|{impl.executor}"
+
+
+def row_key_by_name(impls: list[Impl], name: str) -> str:
+    return next(row_key(i) for i in impls if i.name == name)
+
+
+# -- printing ----------------------------------------------------------------------------------
+
+
+def fmt(v: Any, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    for size_result in result["sizes"]:
+        rows = size_result["rows"]
+        if not rows:
+            continue
+        print(f"\n### {rows[0]['size']} (E={rows[0]['E']}, H={rows[0]['H']}, L={rows[0]['L']})")
+        head = (
+            "| implementation | routing | executor | train ms | ratio | vs native LSTM "
+            "| flop ratio | sample B=1 ratio | sample B=64 ratio | peak MiB | mem ratio |"
+        )
+        print(head)
+        print(
+            "|" + "---|" * head.count("|")[:-1] if False else "|---" * (head.count("|") - 1) + "|"
+        )
+        for r in rows:
+            extra = f" (compile {r['compile_s']:.1f} s)" if "compile_s" in r else ""
+            print(
+                f"| {r['implementation']}{extra} | {r['routing']} | {r['executor']} "
+                f"| {r['train_ms']:.2f} | {r['train_ratio']:.2f} "
+                f"| {fmt(r.get('train_ratio_vs_native_lstm'))} | {fmt(r.get('flop_ratio'))} "
+                f"| {fmt(r.get('sample_b1_ratio'))} | {fmt(r.get('sample_b64_ratio'))} "
+                f"| {fmt(r.get('peak_mib'), '.1f')} | {fmt(r.get('peak_ratio'))} |"
+            )
+        if size_result["packed"]:
+            p0 = size_result["packed"][0]
+            print(
+                f"\nPacked input ({p0['real_tokens']} real tokens in {BATCH} names, mean length "
+                f"{p0['mean_length']:.1f}; unpadded = {p0['dense_batch']} full rows of {STEPS}):"
+            )
+            print(
+                "| implementation | routing | executor | with lengths ms | unpadded ms "
+                "| padded ms | ratio |"
+            )
+            print("|---|---|---|---|---|---|---|")
+            for p in size_result["packed"]:
+                print(
+                    f"| {p['implementation']} | {p['routing']} | {p['executor']} "
+                    f"| {p['with_lengths_ms']:.2f} | {p['unpadded_ms']:.2f} "
+                    f"| {p['padded_no_lengths_ms']:.2f} | {p['packed_ratio']:.2f} |"
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", default="alpha,beta,gamma", help="comma-separated: alpha,beta,gamma"
+    )
+    parser.add_argument("--repeat", type=int, default=15, help="timed rounds per measurement")
+    parser.add_argument(
+        "--quick", action="store_true", help="alpha and beta, 5 rounds, no memory (~1 min)"
+    )
+    parser.add_argument("--compile", action="store_true", help="add torch.compile'd stacks (slow)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--no-packed", action="store_true", help="skip the packed-input comparison")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of tables"
+    )
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=rk.routing.LeakWarning)  # handoff, expected
+    warnings.filterwarnings("ignore", message=".*TF32.*")  # oneDNN flags on a CPU build
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit, in inductor
+    if args.quick:
+        args.sizes, args.repeat, args.no_memory = "alpha,beta", 5, True
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"--sizes: expected names among {', '.join(SIZES)}, got {', '.join(unknown)}")
+    impls = implementations(args.compile)
+    out = sys.stdout
+    if args.json:
+        sys.stdout = sys.stderr  # progress lines go to stderr, the document to stdout
+    started = time.time()
+    result: dict[str, Any] = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "sizes": [],
+    }
+    for label in sizes:
+        result["sizes"].append(run_size(label, SIZES[label], impls, args))
+    result["seconds"] = time.time() - started
+    sys.stdout = out
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_tables(result)
+        print(
+            f"\n{result['command']} — torch {result['torch']}, {result['threads']} threads, "
+            f"{result['seconds']:.0f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""A second direction for a :class:`~recurrentkit.Stack`: read each sequence backwards too.
+
+A bidirectional layer is two stacks over the same input: one reads it forwards, the
+other reads each sequence from its *own* last step back to its first (padding stays
+where it is, so padded batches and packed sequences give what torch.nn gives), and
+their outputs are concatenated feature-wise. Both directions run through
+:meth:`Stack.forward <recurrentkit.Stack.forward>`, so whatever executor a stack uses
+serves them. Everything here is time-major, ``(T, B, F)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recurrentkit._validation import describe
+from recurrentkit.errors import ConfigError, InputTypeError, StateError
+from recurrentkit.stack import Stack
+
+__all__ = ["Bidirectional", "reverse_within_lengths"]
+
+
+def reverse_within_lengths(x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    r"""Reverse each sequence of a time-major batch within its own length.
+
+    $$
+    \text{out}[t, b] = \begin{cases}
+      x[\ell_b - 1 - t,\ b] & t < \ell_b \\
+      x[t,\ b] & t \ge \ell_b \ \text{(padding stays in place)}
+    \end{cases}
+    $$
+
+    With ``lengths=None`` every sequence has length ``T``: a plain flip of the time
+    axis. Applying it twice gives ``x`` back.
+
+    Args:
+        x: ``(T, B, F)``, or ``(T, F)`` when ``lengths`` is ``None``.
+        lengths: ``(B,)`` integer lengths in ``1..T``, or ``None``. Not checked here:
+            :class:`Bidirectional` lets its stacks check them.
+
+    Returns:
+        A tensor shaped like ``x``; gradients flow through it.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(4.).reshape(4, 1, 1).repeat(1, 2, 1)  # (T=4, B=2, 1)
+        >>> reverse_within_lengths(x, torch.tensor([4, 2]))[:, :, 0].T
+        tensor([[3., 2., 1., 0.],
+                [1., 0., 2., 3.]])
+    """
+    if lengths is None:
+        return x.flip(0)
+    t = torch.arange(x.shape[0], device=x.device)[:, None]  # (T, 1)
+    ends = lengths.to(x.device)[None, :]  # (1, B)
+    index = torch.where(t < ends, ends - 1 - t, t)  # (T, B)
+    return torch.take_along_dim(x, index[..., None], dim=0)  # (T, B, F)
+
+
+class Bidirectional(nn.Module):
+    r"""Two stacks reading a sequence in opposite directions, outputs concatenated.
+
+    $$
+    \begin{aligned}
+    (\overrightarrow{y}, \overrightarrow{s}) &= \text{forward\_stack}(x, \overrightarrow{s}_0) \\
+    (\overleftarrow{y}', \overleftarrow{s}) &=
+        \text{backward\_stack}(\text{rev}(x), \overleftarrow{s}_0), \qquad
+        \overleftarrow{y} = \text{rev}(\overleftarrow{y}') \\
+    y_t &= [\overrightarrow{y}_t;\ \overleftarrow{y}_t]
+    \end{aligned}
+    $$
+
+    where :math:`\text{rev}` is :func:`reverse_within_lengths`: sequence ``b``'s steps
+    ``0..\ell_b-1`` are read backwards, so :math:`\overleftarrow{s}` is the backward
+    stack's state after it has read step 0. One ``Bidirectional`` over two one-layer
+    stacks is one layer of ``nn.GRU(bidirectional=True)``; a deep bidirectional network
+    feeds each layer's concatenated output to the next (as :class:`recurrentkit.GRU`
+    does).
+
+    Args:
+        forward_stack: reads ``x`` forwards.
+        backward_stack: reads each sequence backwards. Both stacks are time-major
+            (``batch_first=False``) and take the same input width.
+
+    The module's state is ``(forward_stack_state, backward_stack_state)``, each a
+    stack state (a tuple with one cell state per layer).
+
+    Shape:
+        - x: ``(T, B, I)``, or ``(T, I)`` unbatched (then without ``lengths``).
+        - outputs: ``(T, B, O_f + O_b)``; past a sequence's length, zeros.
+
+    Raises:
+        InputTypeError: a part is not a :class:`~recurrentkit.Stack`.
+        ConfigError: a stack is ``batch_first`` or the input widths differ.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> from recurrentkit.bidirectional import Bidirectional
+        >>> bi = Bidirectional(rk.Stack([rk.GRUCell(3, 4)]), rk.Stack([rk.GRUCell(3, 5)]))
+        >>> y, (fwd, bwd) = bi(torch.randn(6, 2, 3), lengths=torch.tensor([6, 3]))
+        >>> y.shape, fwd[0].shape, bwd[0].shape
+        (torch.Size([6, 2, 9]), torch.Size([2, 4]), torch.Size([2, 5]))
+    """
+
+    def __init__(self, forward_stack: Stack, backward_stack: Stack) -> None:
+        super().__init__()
+        for name, part in (("forward_stack", forward_stack), ("backward_stack", backward_stack)):
+            if not isinstance(part, Stack):
+                raise InputTypeError(name, "a recurrentkit.Stack", describe(part))
+            if part.batch_first:
+                raise ConfigError(
+                    f"{name}.batch_first", "False (Bidirectional is time-major)", True
+                )
+        fi, bi = forward_stack.input_size, backward_stack.input_size
+        if fi is not None and bi is not None and fi != bi:
+            raise ConfigError("backward_stack.input_size", f"{fi} (forward_stack.input_size)", bi)
+        self.forward_stack = forward_stack
+        self.backward_stack = backward_stack
+
+    @property
+    def input_size(self) -> int | None:
+        """Features of the input (``None`` if the stacks do not declare it)."""
+        return self.forward_stack.input_size
+
+    @property
+    def output_size(self) -> int | None:
+        """``O_f + O_b`` (``None`` if a stack does not declare its width)."""
+        f, b = self.forward_stack.output_size, self.backward_stack.output_size
+        return None if f is None or b is None else f + b
+
+    def forward(
+        self,
+        x: Tensor,
+        state: tuple[Any, Any] | None = None,
+        *,
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Any, Any]]:
+        """Run both directions over the whole sequence.
+
+        Args:
+            x: ``(T, B, I)`` or ``(T, I)`` (time-major).
+            state: ``(forward_state, backward_state)``, each a stack state, or ``None``
+                (both stacks' initial states). Either element may be ``None``.
+            lengths: optional ``(B,)`` integer lengths in ``1..T``.
+
+        Returns:
+            ``(outputs (T, B, O_f + O_b), (forward_state, backward_state))``.
+
+        Raises:
+            StateError: ``state`` is not a pair.
+            ShapeError, InputTypeError, DeviceError: as :meth:`Stack.forward`.
+        """
+        if state is None:
+            s_f = s_b = None
+        elif not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise StateError(
+                "state", "a pair (forward_state, backward_state) or None", describe(state)
+            )
+        else:
+            s_f, s_b = state
+        y_f, s_f = self.forward_stack(x, s_f, lengths=lengths)  # (T, B, O_f)
+        x_rev = reverse_within_lengths(x, lengths)  # (T, B, I)
+        y_rev, s_b = self.backward_stack(x_rev, s_b, lengths=lengths)  # (T, B, O_b)
+        y_b = reverse_within_lengths(y_rev, lengths)  # (T, B, O_b)
+        return torch.cat([y_f, y_b], dim=-1), (s_f, s_b)  # (T, B, O_f + O_b)

@@ -1,0 +1,124 @@
+r"""Linear layers whose weight gradient is one matmul over every step of a run.
+
+In a step loop, autograd computes a weight's gradient at every step,
+:math:`\partial W \mathrel{+}= \partial y_t^\top x_t` — ``T`` small matmuls reducing over
+only ``B`` rows (slow on CPU) and ``T`` additions of a weight-sized tensor. Here each
+step's backward computes only :math:`\partial x_t = \partial y_t W` and records the pair
+:math:`(\partial y_t, x_t)`; once every step's backward has run, a *tap* on the weight
+(an identity in the forward) computes :math:`\partial W = [\partial y_1; \dots]^\top
+[x_1; \dots]` as one matmul over all ``T × B`` rows, and the bias gradient as one sum.
+
+Pairs are kept per backward pass (graph task) and only when that pass will reach the
+tap (``torch.autograd.grad`` of the inputs alone never does), so repeated or partial
+backward passes through one graph stay exact. Eager mode only: the executor uses
+plain ``F.linear`` under ``torch.compile`` tracing and torch.func transforms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+__all__ = ["MIN_NUMEL", "DeferredLinear"]
+
+MIN_NUMEL = 1 << 19
+"""Weights smaller than this keep per-step gradients: measured on the 2-core CPU this
+was built on, gathering the pairs costs more than it saves below about 2^19 elements
+(H = 256 GRU: slower; H = 512: faster)."""
+
+
+class DeferredLinear:
+    """``linear(x, weight, bias)`` for one run, weight gradients deferred to its end.
+
+    Create one per run (forward call); call it like ``F.linear``. Weights that need no
+    gradient, weights smaller than :data:`MIN_NUMEL`, and runs without grad mode use
+    ``F.linear`` itself.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[int, _Slot] = {}
+        self._views: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
+
+    def rows(self, t: Tensor, start: int, stop: int) -> Tensor:
+        """``t[start:stop]`` as one view object for the whole run (one weight, one tap)."""
+        key = (id(t), start, stop)
+        hit = self._views.get(key)
+        if hit is None or hit[0] is not t:
+            hit = self._views[key] = (t, t[start:stop])
+        return hit[1]
+
+    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        if (
+            weight.numel() < MIN_NUMEL
+            or not torch.is_grad_enabled()
+            or not (weight.requires_grad or (bias is not None and bias.requires_grad))
+        ):
+            return F.linear(x, weight, bias)
+        slot = self._slots.get(id(weight))
+        if slot is None or slot.weight is not weight or slot.bias is not bias:
+            slot = self._slots[id(weight)] = _Slot(weight, bias)
+        return _Linear.apply(x, slot.tapped_weight, slot.tapped_bias, slot)
+
+
+class _Slot:
+    """One weight's tap and the ``(dy, x)`` pairs its uses recorded, per backward pass."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+        self.pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        self.tapped_weight, self.tapped_bias = _Tap.apply(self, weight, bias)
+        self.node = self.tapped_weight.grad_fn
+
+    def record(self, dy: Tensor, x: Tensor) -> None:
+        if torch._C._will_engine_execute_node(self.node):
+            self.pairs.setdefault(torch._C._current_graph_task_id(), []).append((dy, x))
+
+    def take(self) -> list[tuple[Tensor, Tensor]]:
+        return self.pairs.pop(torch._C._current_graph_task_id(), [])
+
+
+class _Tap(Function):
+    """Identity on ``(weight, bias)`` forward; their gradients from the recorded pairs."""
+
+    @staticmethod
+    def forward(ctx: Any, slot: _Slot, weight: Tensor, bias: Tensor | None) -> Any:  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        ctx.slot = slot
+        ctx.has_bias = bias is not None
+        return weight.view_as(weight), (bias.view_as(bias) if bias is not None else None)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *_: Any) -> tuple[Tensor | None, ...]:
+        pairs = ctx.slot.take()
+        if not pairs:
+            return None, None, None
+        dy = torch.cat([p[0] for p in pairs])  # (Σ rows, O)
+        dw = dy.t() @ torch.cat([p[1] for p in pairs]) if ctx.needs_input_grad[1] else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return None, dw, db
+
+
+class _Linear(Function):
+    """``x W^T + b``; backward: ``dx`` now, ``(dy, x)`` recorded for the tap."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, slot: _Slot
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.slot = slot
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        ctx.slot.record(dy, x)
+        dx = dy @ weight if ctx.needs_input_grad[0] else None
+        return dx, None, None, None

@@ -1,0 +1,279 @@
+"""The fast executor: runs any policy's semantics on the fastest exact path per layer.
+
+Chosen by what the policy and cells declare, never by what they compute:
+
+- **layer-major policies** (they override ``run`` and call ``layers.run_layer``, e.g.
+  independent, residual, handoff): each layer runs over the whole sequence on torch's
+  fused op if the cell is exactly a torch layer (executor ``"auto"``), else on the
+  cell's hand-built whole-sequence kernel (:mod:`.kernels`), else (user cells) on the
+  reference loop;
+- **shared routing** under ``"auto"``: the reference loop over the cells' own steps, so
+  it equals the original study's literal loop to the bit; under ``"handbuilt"`` with
+  ``carry="first"`` (built-in cells): only layer 1's state crosses time, so layer 1
+  runs as one sequence and every layer above is one batched step over all ``T × B``
+  rows at once (equal to the reference to rounding, about 1e-16 in float64);
+- **step-major policies** (shared ``carry="last"``, cross_layer, user policies that
+  define ``step``): the policy's own ``step`` in a time loop, with layer 1's input
+  projection hoisted out of the loop; with built-in policies and cells, finished
+  sequences leave the batch as they end (otherwise the reference's masking). Each
+  built-in cell steps on plain ops whose large weights get their gradient as one matmul
+  over all steps (:mod:`.deferred`); without autograd (sampling), a torch-exact cell
+  steps on torch's fused cell op under ``"auto"``;
+- one **step** (:meth:`FastLayers.step`) is the policy's ``step`` on those cell steps;
+- a **one-layer** stack under a built-in policy is that layer over the sequence (every
+  built-in policy reduces to it).
+
+Under ``torch.compile`` tracing and torch.func transforms the same plans run on plain
+autograd ops (no custom autograd functions, no ``torch._VF`` calls); with ``lengths``
+there, the reference's masking (no shapes that depend on values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import _VF, Tensor, nn
+from torch.nn import functional as F
+
+from recurrentkit._scan import scan
+from recurrentkit._validation import map_state
+from recurrentkit.executors.deferred import DeferredLinear
+from recurrentkit.executors.kernels import CellKernel, kernel_for
+from recurrentkit.executors.kernels.base import Linear
+from recurrentkit.executors.packing import Schedule, cat_states, schedule
+from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.executors.torch_ops import run_torch_layer, torch_mode
+from recurrentkit.routing.base import RoutingPolicy
+from recurrentkit.routing.cross_layer import CrossLayer
+from recurrentkit.routing.handoff import Handoff
+from recurrentkit.routing.independent import Independent
+from recurrentkit.routing.residual import Residual
+from recurrentkit.routing.shared import Shared
+
+__all__ = ["FastLayers", "plain_mode"]
+
+_BUILTIN_STEP_POLICIES = (Shared, CrossLayer)
+_BUILTIN_POLICIES = (Independent, Shared, Residual, CrossLayer, Handoff)
+
+
+def plain_mode() -> bool:
+    """Whether only plain autograd ops may run (``torch.compile`` tracing, torch.func)."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+class FastLayers:
+    """:class:`~recurrentkit.routing.Layers` on fused ops and hand-built kernels.
+
+    Args:
+        cells: the stack's cells, bottom first.
+        dropout: inter-layer dropout probability.
+        training: training mode (dropout on).
+        torch_ops: run layers that are exactly torch layers on torch's fused ops.
+    """
+
+    def __init__(
+        self, cells: Sequence[nn.Module], dropout: float, training: bool, *, torch_ops: bool
+    ) -> None:
+        self.cells = cells
+        self.dropout = dropout
+        self.training = training
+        self._ref = ReferenceLayers(cells, dropout, training)
+        self._exact_shared = torch_ops  # executor "auto"
+        self._plain = plain_mode()
+        self._kernels: list[CellKernel | None] = [kernel_for(c) for c in cells]
+        use_torch = torch_ops and not self._plain
+        self._modes = [torch_mode(c) if use_torch else None for c in cells]
+        # step loops: weight gradients as one matmul per weight over all steps
+        self._linear: Linear = F.linear if self._plain else DeferredLinear()
+        self._x_t: Tensor | None = None  # layer 1's input at the current step ...
+        self._gi_t: Tensor | None = None  # ... and its hoisted projection
+
+    # -- the Layers protocol ---------------------------------------------------------
+
+    def cell(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        kern, cell = self._kernels[layer], self.cells[layer]
+        if kern is None:
+            return self._ref.cell(layer, x, state)
+        linear = self._linear
+        if layer == 0 and x is self._x_t:
+            assert self._gi_t is not None
+            return kern.step(cell, self._gi_t, state, linear)
+        mode = self._modes[layer]
+        if mode is not None and (mode != "LSTM" or not cell.proj_size) and not _grad(cell):
+            return _torch_cell(cell, mode, x, state)  # inference: one fused torch op
+        return kern.step(cell, kern.project(cell, x, linear), state, linear)
+
+    def drop(self, layer: int, y: Tensor) -> Tensor:
+        return self._ref.drop(layer, y)
+
+    def run_layer(
+        self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
+        cell, mode = self.cells[layer], self._modes[layer]
+        if x.shape[0] == 1 and lengths is None and self._kernels[layer] is not None:
+            y, state = self.cell(layer, x[0], state)  # one step: no sequence machinery
+            return y.unsqueeze(0), state
+        if mode is not None:
+            return run_torch_layer(cell, mode, x, state, lengths, self.training)
+        if self._kernels[layer] is None:
+            return self._ref.run_layer(layer, x, state, lengths)
+        sched = schedule(x, lengths)
+        out, seq = self._sequence(layer, sched.pack(x), sched.sort_state(state), sched)
+        return sched.unpack(out), sched.unsort_state(map_state(sched.last, seq))
+
+    # -- whole runs ------------------------------------------------------------------
+
+    def run(
+        self,
+        policy: RoutingPolicy,
+        x: Tensor,
+        states: tuple[Any, ...],
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """``policy`` over ``x (T, B, I)`` from ``states``: ``(outputs (T, B, O), states)``."""
+        if self._plain and lengths is not None:  # no shapes that depend on values
+            return policy.run(self._ref, x, states, lengths)
+        if len(self.cells) == 1 and type(policy) in _BUILTIN_POLICIES:  # all one cell
+            y, s = self.run_layer(0, x, states[0], lengths)
+            return y, (s,)
+        if type(policy) is Shared and self._exact_shared:
+            # "auto": shared routing reproduces the literal step loop over the cells to the
+            # bit (issue 3's proof); the batched plan below differs in the last bits.
+            return policy.run(self._ref, x, states, lengths)
+        has_kernels = all(k is not None for k in self._kernels)
+        if type(policy) is Shared and policy.carry == "first" and has_kernels:
+            return self._run_shared_first(x, states, lengths)
+        if type(policy).run is not RoutingPolicy.run:
+            return policy.run(self, x, states, lengths)
+        return self._run_steps(policy, x, states, lengths)
+
+    def step(
+        self, policy: RoutingPolicy, x: Tensor, states: tuple[Any, ...]
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """One step ``x (B, I)``: ``(y (B, O), states)``."""
+        if type(policy).step is RoutingPolicy.step:  # a policy defined by run() only
+            out, new = policy.run(self, x.unsqueeze(0), states, None)
+            return out[0], new
+        return policy.step(self, x, states)
+
+    # -- plans -----------------------------------------------------------------------
+
+    def _sequence(self, layer: int, x: Tensor, state: Any, sched: Schedule) -> tuple[Tensor, Any]:
+        """Layer ``layer`` over packed rows ``x (N, I)``: ``(out (N, O), state sequence)``."""
+        kern, cell = self._kernels[layer], self.cells[layer]
+        assert kern is not None
+        gi = kern.project(cell, x)  # (N, G)
+        if not self._plain:
+            return kern.sequence(cell, gi, state, sched)
+        steps = gi.split(sched.sizes)
+        seq: list[Any] = []
+
+        def step(t: int, gi_t: Tensor, s: Any) -> tuple[Tensor, Any]:
+            y, s = kern.step(cell, gi_t, s)
+            seq.append(s)
+            return y, s
+
+        ys, _ = step_loop(step, steps, state, sched.sizes)
+        return torch.cat(ys), cat_states(seq)
+
+    def _run_shared_first(
+        self, x: Tensor, states: tuple[Any, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """Shared routing, ``carry="first"``: layer 1 over time, the rest batched."""
+        sched = schedule(x, lengths)
+        u, seq = self._sequence(0, sched.pack(x), sched.sort_state(states[0]), sched)
+        finals = [map_state(sched.last, seq)]
+        for k in range(1, len(self.cells)):
+            kern = self._kernels[k]
+            assert kern is not None
+            cell = self.cells[k]
+            u, seq = kern.step(cell, kern.project(cell, self.drop(k - 1, u)), seq)  # (N, O)
+            finals.append(map_state(sched.last, seq))
+        return sched.unpack(u), tuple(sched.unsort_state(f) for f in finals)
+
+    def _run_steps(
+        self,
+        policy: RoutingPolicy,
+        x: Tensor,
+        states: tuple[Any, ...],
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """A step-major policy's own ``step`` in a time loop, layer 1's projection hoisted."""
+        sched = schedule(x, lengths)
+        kern0 = self._kernels[0]
+        shrink = type(policy) in _BUILTIN_STEP_POLICIES and all(
+            k is not None for k in self._kernels
+        )
+        if not sched.uniform and not shrink:  # user parts: the reference's masked loop
+            T, B = x.shape[0], x.shape[1]
+            gis = iter(self._project0(x.reshape(T * B, -1), (B,) * T))
+
+            def masked(x_t: Tensor, s: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
+                self._x_t, self._gi_t = x_t, next(gis) if kern0 is not None else None
+                return policy.step(self, x_t, s)
+
+            return scan(masked, x, states, lengths)
+        xp = sched.pack(x)  # (N, I)
+        xs = xp.split(sched.sizes)
+        gis_list = self._project0(xp, sched.sizes)
+
+        def step(t: int, x_t: Tensor, s: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
+            self._x_t, self._gi_t = x_t, gis_list[t] if gis_list else None
+            return policy.step(self, x_t, s)
+
+        ys, final = step_loop(step, xs, sched.sort_state(states), sched.sizes)
+        self._x_t = self._gi_t = None
+        if sched.uniform:
+            return torch.stack(ys), final  # (T, B, O)
+        return sched.unpack(torch.cat(ys)), sched.unsort_state(final)
+
+    def _project0(self, x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
+        kern = self._kernels[0]
+        if kern is None:
+            return ()
+        return kern.project(self.cells[0], x).split(sizes)
+
+
+def step_loop(
+    step: Callable[[int, Tensor, Any], tuple[Tensor, Any]],
+    inputs: Sequence[Tensor],
+    state: Any,
+    sizes: tuple[int, ...],
+) -> tuple[list[Tensor], Any]:
+    """Run ``step(t, inputs[t], state)`` over a packed schedule.
+
+    ``state`` has ``sizes[0]`` rows in sorted order; at step ``t`` only its first
+    ``sizes[t]`` rows run. Returns the per-step outputs and each row's state after
+    its last step.
+    """
+    done: list[Any] = []  # states of rows that finished, latest first when reversed
+    rows = sizes[0]
+    ys = []
+    for t, bs in enumerate(sizes):
+        if bs != rows:
+            done.append(map_state(lambda s: s[bs:rows], state))  # noqa: B023 (used at once)
+            state = map_state(lambda s: s[:bs], state)  # noqa: B023
+            rows = bs
+        y, state = step(t, inputs[t], state)
+        ys.append(y)
+    if done:
+        state = cat_states([state, *reversed(done)])
+    return ys, state
+
+
+def _grad(cell: Any) -> bool:
+    """Whether a step of ``cell`` records autograd history."""
+    return torch.is_grad_enabled() and bool(cell.weight_hh.requires_grad)
+
+
+def _torch_cell(cell: Any, mode: str, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+    """One step of a torch-form cell on torch's cell op."""
+    w = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    if mode == "LSTM":
+        h, c = _VF.lstm_cell(x, (state[0], state[1]), *w)
+        return h, type(state)(h, c) if hasattr(state, "_fields") else (h, c)
+    op = {"GRU": _VF.gru_cell, "RNN_TANH": _VF.rnn_tanh_cell, "RNN_RELU": _VF.rnn_relu_cell}
+    h = op[mode](x, state, *w)
+    return h, h

@@ -1,0 +1,42 @@
+"""Hand-built fast kernels for the built-in cells, chosen by exact cell type.
+
+Only the built-in classes themselves get a kernel: a subclass may change the
+equations, so it runs on the reference loop.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from recurrentkit.cells.gru import GRUCell
+from recurrentkit.cells.lstm import LSTMCell
+from recurrentkit.cells.nested_lstm import NestedLSTMCell
+from recurrentkit.cells.rnn import RNNCell
+from recurrentkit.executors.kernels.base import CellKernel
+from recurrentkit.executors.kernels.gru import GRUKernel
+from recurrentkit.executors.kernels.lstm import LSTMKernel
+from recurrentkit.executors.kernels.nested_lstm import NestedLSTMKernel, levels
+from recurrentkit.executors.kernels.rnn import RNNKernel
+
+__all__ = ["CellKernel", "kernel_for"]
+
+_KERNELS: dict[type, CellKernel] = {
+    RNNCell: RNNKernel(),
+    GRUCell: GRUKernel(),
+    LSTMCell: LSTMKernel(),
+    NestedLSTMCell: NestedLSTMKernel(),
+}
+
+
+def kernel_for(cell: nn.Module) -> CellKernel | None:
+    """The kernel for ``cell``, or ``None`` (user cells, subclasses)."""
+    kind = type(cell)
+    if kind is NestedLSTMCell:
+        chain = levels(cell)  # type: ignore[arg-type]
+        inner = chain[-1]
+        if type(inner) is not LSTMCell or inner.proj_size:
+            return None
+        hidden = {lv.hidden_size for lv in chain}
+        if len(hidden) != 1 or any(lv.bias != cell.bias for lv in chain):
+            return None
+    return _KERNELS.get(kind)

@@ -1,0 +1,81 @@
+"""What a hand-built fast kernel provides for one cell type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from recurrentkit.executors.packing import Schedule
+
+__all__ = ["CellKernel", "Linear", "prev_mm", "rows", "split_steps", "zeros_bias"]
+
+Linear = Callable[..., Tensor]
+"""``F.linear``'s signature: what the step-wise pieces use for every matmul with a weight
+(the executor passes :class:`~recurrentkit.executors.deferred.DeferredLinear` in step
+loops)."""
+
+
+class CellKernel:
+    """Fast execution of one built-in cell type, equal to the cell's ``_step``.
+
+    Three pieces, all on time-major packed rows (see
+    :mod:`recurrentkit.executors.packing`):
+
+    - :meth:`project` — the input projection (one matmul over every row given);
+    - :meth:`step` — one step from a projected input, plain autograd ops (used by
+      step-major loops, single steps, and under ``torch.compile``);
+    - :meth:`sequence` — a whole sequence as one custom autograd op: one recurrent
+      matmul and a few fused gate kernels per step forward, a hand-written backward
+      that saves the gates and computes each weight gradient as one matmul over all
+      steps.
+    """
+
+    def project(self, cell: nn.Module, x: Tensor, linear: Linear = F.linear) -> Tensor:
+        """``x (M, I)`` → ``(M, G)``, the part of the gates that depends on ``x`` only."""
+        raise NotImplementedError
+
+    def step(
+        self, cell: nn.Module, gi: Tensor, state: Any, linear: Linear = F.linear
+    ) -> tuple[Tensor, Any]:
+        """One step from ``gi = project(cell, x_t)``: ``(y (B, O), new state)``."""
+        raise NotImplementedError
+
+    def sequence(
+        self, cell: nn.Module, gi: Tensor, state: Any, sched: Schedule
+    ) -> tuple[Tensor, Any]:
+        """The whole sequence from projected rows ``gi (N, G)`` and sorted ``state``.
+
+        Returns ``(outputs (N, O), states)``: the packed outputs and the packed
+        state sequence (each field ``(N, ·)``: the state after each row's step).
+        """
+        raise NotImplementedError
+
+
+def split_steps(x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """Views of each step's block of packed rows ``x (N, ...)``."""
+    return x.split(sizes)
+
+
+def zeros_bias(weight: Tensor) -> Tensor:
+    """A zero bias for ``weight``'s rows (for cells built with ``bias=False``)."""
+    return weight.new_zeros(weight.shape[0])
+
+
+def rows(linear: Linear, t: Tensor, start: int, stop: int) -> Tensor:
+    """``t[start:stop]``, the same view object for every step of a run when ``linear``
+    keeps views (so a deferred weight gradient sees one weight)."""
+    keep = getattr(linear, "rows", None)
+    return keep(t, start, stop) if keep is not None else t[start:stop]
+
+
+def prev_mm(grad: Tensor, blocks: list[tuple[slice, Tensor]]) -> Tensor:
+    """``grad.t() @ previous`` from :meth:`Schedule.previous_blocks` (a weight gradient)."""
+    out = None
+    for rows_, prev in blocks:
+        part = grad[rows_].t() @ prev
+        out = part if out is None else out.add_(part)
+    assert out is not None
+    return out

@@ -1,0 +1,234 @@
+r"""Fast GRU layers: reset-after (torch's form) and reset-before (Cho et al.'s form).
+
+Forward, per step: one recurrent matmul written straight into a saved buffer, then
+the gates in place (5–6 kernels). Backward (hand-written, whole sequence): per step
+one broadcast multiply per gate pair and one matmul for :math:`\partial h_{t-1}`;
+every factor that depends on forward values only is computed once for all steps
+before the loop, and each weight gradient is one matmul over all rows after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+from recurrentkit.cells.gru import GRUCell
+from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, rows
+from recurrentkit.executors.kernels.base import split_steps as _split
+from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
+from recurrentkit.executors.packing import Schedule
+
+__all__ = ["GRUKernel"]
+
+
+class GRUKernel(CellKernel):
+    """:class:`~recurrentkit.GRUCell`, either reset form."""
+
+    def project(self, cell: GRUCell, x: Tensor, linear: Linear = F.linear) -> Tensor:  # type: ignore[override]
+        return linear(x, cell.weight_ih, cell.bias_ih)  # (M, 3H)
+
+    def step(  # type: ignore[override]
+        self, cell: GRUCell, gi: Tensor, state: Tensor, linear: Linear = F.linear
+    ) -> tuple[Tensor, Tensor]:
+        H = cell.hidden_size
+        i_r, i_z, i_n = gi.split(H, dim=1)
+        if cell.reset == "after":
+            h_r, h_z, h_n = linear(state, cell.weight_hh, cell.bias_hh).split(H, dim=1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+        else:
+            w, b = cell.weight_hh, cell.bias_hh
+            w_rz, w_n = rows(linear, w, 0, 2 * H), rows(linear, w, 2 * H, 3 * H)
+            b_rz = None if b is None else rows(linear, b, 0, 2 * H)
+            b_n = None if b is None else rows(linear, b, 2 * H, 3 * H)
+            h_r, h_z = linear(state, w_rz, b_rz).split(H, dim=1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + linear(r * state, w_n, b_n))
+        h = n + z * (state - n)
+        return h, h
+
+    def sequence(  # type: ignore[override]
+        self, cell: GRUCell, gi: Tensor, state: Tensor, sched: Schedule
+    ) -> tuple[Tensor, Tensor]:
+        fn = _GRUAfter if cell.reset == "after" else _GRUBefore
+        out = fn.apply(gi, state, cell.weight_hh, cell.bias_hh, sched)  # (N, H)
+        return out, out
+
+
+class _GRUAfter(Function):
+    r"""Reset-after GRU over packed rows: ``gi (N, 3H)``, ``h0 (B, H)`` → ``h (N, H)``.
+
+    $$ r, z = \sigma(g^i_{rz} + W_{rz} h + b_{rz}), \quad
+       n = \tanh(g^i_n + r \odot (W_n h + b_n)), \quad h' = n + z \odot (h - n) $$
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, sched: Schedule
+    ) -> Tensor:
+        sizes = sched.sizes
+        N, H = gi.shape[0], h0.shape[1]
+        bias = b_hh if b_hh is not None else _zeros_bias(w_hh)
+        out = gi.new_empty(N, H)
+        G = gi.new_empty(N, 3 * H)  # W_hh h + b_hh, then [r | z | W_n h + b_n]
+        n = gi.new_empty(N, H)
+        w_t = w_hh.t()
+        G_s, RZ_s = _split(G, sizes), _split(G[:, : 2 * H], sizes)
+        R_s, Z_s, GN_s = (_split(G[:, k * H : (k + 1) * H], sizes) for k in range(3))
+        IRZ_s, IN_s = _split(gi[:, : 2 * H], sizes), _split(gi[:, 2 * H :], sizes)
+        n_s, out_s = _split(n, sizes), _split(out, sizes)
+        h = h0
+        for t, bs in enumerate(sizes):
+            if h.shape[0] != bs:
+                h = h[:bs]
+            torch.addmm(bias, h, w_t, out=G_s[t])
+            RZ_s[t].add_(IRZ_s[t]).sigmoid_()
+            torch.addcmul(IN_s[t], R_s[t], GN_s[t], out=n_s[t]).tanh_()
+            h = torch.lerp(n_s[t], h, Z_s[t], out=out_s[t])
+        ctx.save_for_backward(h0, w_hh, out, G, n)
+        ctx.sched = sched
+        ctx.has_bias = b_hh is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        h0, w_hh, out, G, n = ctx.saved_tensors
+        sched: Schedule = ctx.sched
+        sizes = sched.sizes
+        (N, H), B = out.shape, h0.shape[0]
+        r, z, gn = G[:, :H], G[:, H : 2 * H], G[:, 2 * H :]
+        hprev = sched.previous_blocks(h0, out)  # the previous h of each row, in blocks
+        # [dn | dz] = dh ⊗ P1, P1 = [(1-z)(1-n²) | (h-n) z(1-z)];  [dr | dgn] = dn ⊗ P2,
+        # P2 = [gn r(1-r) | r]  (dn: the gradient of n's pre-activation). Built in place.
+        P1, P2 = out.new_empty(N, 2 * H), out.new_empty(N, 2 * H)
+        one_z = torch.rsub(z, 1)
+        torch.mul(n, n, out=P1[:, :H]).neg_().add_(1).mul_(one_z)
+        for rows_, prev in hprev:
+            torch.sub(prev, n[rows_], out=P1[rows_, H:])
+        P1[:, H:].mul_(z).mul_(one_z)
+        del one_z
+        C = torch.mul(gn, r, out=P2[:, :H])
+        C.addcmul_(C, r, value=-1)
+        P2[:, H:].copy_(r)
+        D = out.new_empty(N, 4 * H)  # [dn | dz | dr | dgn]
+        w_zrn = torch.cat([w_hh[H : 2 * H], w_hh[:H], w_hh[2 * H :]])  # rows z | r | n
+        P1_s = [p.view(-1, 2, H) for p in _split(P1, sizes)]
+        P2_s = [p.view(-1, 2, H) for p in _split(P2, sizes)]
+        D1_s = [d.view(-1, 2, H) for d in _split(D[:, : 2 * H], sizes)]
+        D2_s = [d.view(-1, 2, H) for d in _split(D[:, 2 * H :], sizes)]
+        DN_s, DG_s = _split(D[:, :H], sizes), _split(D[:, H:], sizes)
+        Z_s, dout_s = _split(z, sizes), _split(dout, sizes)
+        dh_buf = out.new_zeros(B, H)
+        dh_tmp = out.new_empty(B, H)
+        for t in range(len(sizes) - 1, -1, -1):
+            bs = sizes[t]
+            dh = torch.add(dout_s[t], dh_buf[:bs], out=dh_tmp[:bs])
+            torch.mul(dh.unsqueeze(1), P1_s[t], out=D1_s[t])
+            torch.mul(DN_s[t].unsqueeze(1), P2_s[t], out=D2_s[t])
+            torch.addmm(dh * Z_s[t], DG_s[t], w_zrn, out=dh_buf[:bs])
+        del P1, P2, P1_s, P2_s, D1_s, D2_s  # free before the gradients are built
+        dn, dz, dr = D[:, :H], D[:, H : 2 * H], D[:, 2 * H : 3 * H]
+        dgi = torch.cat([dr, dz, dn], 1) if ctx.needs_input_grad[0] else None
+        dw = db = None
+        if ctx.needs_input_grad[2]:
+            dw_zrn = prev_mm(D[:, H:], hprev)  # (3H, H), rows z | r | n
+            dw = torch.cat([dw_zrn[H : 2 * H], dw_zrn[:H], dw_zrn[2 * H :]])
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            db_zrn = D[:, H:].sum(0)
+            db = torch.cat([db_zrn[H : 2 * H], db_zrn[:H], db_zrn[2 * H :]])
+        return dgi, dh_buf, dw, db, None
+
+
+class _GRUBefore(Function):
+    r"""Reset-before GRU over packed rows: ``gi (N, 3H)``, ``h0 (B, H)`` → ``h (N, H)``.
+
+    $$ r, z = \sigma(g^i_{rz} + W_{rz} h + b_{rz}), \quad
+       n = \tanh(g^i_n + W_n (r \odot h) + b_n), \quad h' = n + z \odot (h - n) $$
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, sched: Schedule
+    ) -> Tensor:
+        sizes = sched.sizes
+        N, H = gi.shape[0], h0.shape[1]
+        bias = b_hh if b_hh is not None else _zeros_bias(w_hh)
+        out = gi.new_empty(N, H)
+        RZ = gi.new_empty(N, 2 * H)  # [r | z]
+        Q = gi.new_empty(N, H)  # r ⊙ h
+        n = gi.new_empty(N, H)
+        w_rz_t, w_n_t = w_hh[: 2 * H].t(), w_hh[2 * H :].t()
+        gin = gi[:, 2 * H :] + bias[2 * H :]  # (N, H)
+        RZ_s, R_s, Z_s = _split(RZ, sizes), _split(RZ[:, :H], sizes), _split(RZ[:, H:], sizes)
+        IRZ_s, IN_s = _split(gi[:, : 2 * H], sizes), _split(gin, sizes)
+        Q_s, n_s, out_s = _split(Q, sizes), _split(n, sizes), _split(out, sizes)
+        b_rz = bias[: 2 * H]
+        h = h0
+        for t, bs in enumerate(sizes):
+            if h.shape[0] != bs:
+                h = h[:bs]
+            torch.addmm(b_rz, h, w_rz_t, out=RZ_s[t]).add_(IRZ_s[t]).sigmoid_()
+            torch.mul(R_s[t], h, out=Q_s[t])
+            torch.addmm(IN_s[t], Q_s[t], w_n_t, out=n_s[t]).tanh_()
+            h = torch.lerp(n_s[t], h, Z_s[t], out=out_s[t])
+        ctx.save_for_backward(h0, w_hh, out, RZ, Q, n)
+        ctx.sched = sched
+        ctx.has_bias = b_hh is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        h0, w_hh, out, RZ, Q, n = ctx.saved_tensors
+        sched: Schedule = ctx.sched
+        sizes = sched.sizes
+        (N, H), B = out.shape, h0.shape[0]
+        r, z = RZ[:, :H], RZ[:, H:]
+        hprev = sched.previous_blocks(h0, out)  # the previous h of each row, in blocks
+        # [da | dz] = dh ⊗ [(1-z)(1-n²) | (h-n) z(1-z)]; dr = (da W_n) ⊙ h r(1-r). In place.
+        P1, Cr = out.new_empty(N, 2 * H), out.new_empty(N, H)
+        one_z = torch.rsub(z, 1)
+        torch.mul(n, n, out=P1[:, :H]).neg_().add_(1).mul_(one_z)
+        for rows_, prev in hprev:
+            torch.sub(prev, n[rows_], out=P1[rows_, H:])
+            torch.mul(prev, r[rows_], out=Cr[rows_])
+        P1[:, H:].mul_(z).mul_(one_z)
+        del one_z
+        Cr.addcmul_(Cr, r, value=-1)
+        D = out.new_empty(N, 3 * H)  # [da | dz | dr]
+        w_n, w_zr = w_hh[2 * H :], torch.cat([w_hh[H : 2 * H], w_hh[:H]])  # rows z | r
+        P1_s = [p.view(-1, 2, H) for p in _split(P1, sizes)]
+        D1_s = [d.view(-1, 2, H) for d in _split(D[:, : 2 * H], sizes)]
+        DA_s, DR_s, DZR_s = (
+            _split(D[:, a:b], sizes) for a, b in ((0, H), (2 * H, 3 * H), (H, 3 * H))
+        )
+        Cr_s, R_s, Z_s, dout_s = (_split(v, sizes) for v in (Cr, r, z, dout))
+        dh_buf = out.new_zeros(B, H)
+        dh_tmp = out.new_empty(B, H)
+        dq_buf = out.new_empty(B, H)
+        for t in range(len(sizes) - 1, -1, -1):
+            bs = sizes[t]
+            dh = torch.add(dout_s[t], dh_buf[:bs], out=dh_tmp[:bs])
+            torch.mul(dh.unsqueeze(1), P1_s[t], out=D1_s[t])
+            dq = torch.mm(DA_s[t], w_n, out=dq_buf[:bs])
+            torch.mul(dq, Cr_s[t], out=DR_s[t])
+            acc = torch.mul(dh, Z_s[t]).addcmul_(dq, R_s[t])
+            torch.addmm(acc, DZR_s[t], w_zr, out=dh_buf[:bs])
+        del P1, Cr, P1_s, D1_s, Cr_s  # free before the gradients are built
+        da, dz, dr = D[:, :H], D[:, H : 2 * H], D[:, 2 * H :]
+        dgi = torch.cat([dr, dz, da], 1) if ctx.needs_input_grad[0] else None
+        dw = db = None
+        if ctx.needs_input_grad[2]:
+            dw_zr = prev_mm(D[:, H:], hprev)  # (2H, H), rows z | r
+            dw = torch.cat([dw_zr[H:], dw_zr[:H], da.t() @ Q])
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            db = torch.cat([dr.sum(0), dz.sum(0), da.sum(0)])
+        return dgi, dh_buf, dw, db, None

@@ -1,0 +1,152 @@
+r"""Fast LSTM layers (with or without ``proj_size``).
+
+Both biases are added to the projected input rows, so a step's gates are one ``addmm``
+of those rows and the recurrent matmul. Backward is hand-written
+over the whole sequence: per step, one broadcast multiply for the ``i | f | g`` gate
+gradients, one for ``o``, one matmul for :math:`\partial h_{t-1}` (plus one for the
+projection); weight gradients are one matmul each over all rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+from recurrentkit.cells.lstm import LSTMCell, LSTMState
+from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, split_steps
+from recurrentkit.executors.packing import Schedule
+
+__all__ = ["LSTMKernel"]
+
+
+def folded_bias(cell: Any) -> Tensor | None:
+    """``b_ih + b_hh`` (or ``None`` for a cell without biases)."""
+    return None if cell.bias_ih is None else cell.bias_ih + cell.bias_hh
+
+
+class LSTMKernel(CellKernel):
+    """:class:`~recurrentkit.LSTMCell`."""
+
+    def project(self, cell: LSTMCell, x: Tensor, linear: Linear = F.linear) -> Tensor:  # type: ignore[override]
+        return linear(x, cell.weight_ih, cell.bias_ih)  # (M, 4H); b_hh: added by step
+
+    def step(  # type: ignore[override]
+        self, cell: LSTMCell, gi: Tensor, state: Any, linear: Linear = F.linear
+    ) -> tuple[Tensor, LSTMState]:
+        h, c = state
+        gates = gi + linear(h, cell.weight_hh, cell.bias_hh)  # (B, 4H)
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (B, H)
+        h = torch.sigmoid(o) * torch.tanh(c)  # (B, H)
+        if cell.weight_hr is not None:
+            h = linear(h, cell.weight_hr)  # (B, P)
+        return h, LSTMState(h, c)
+
+    def sequence(  # type: ignore[override]
+        self, cell: LSTMCell, gi: Tensor, state: Any, sched: Schedule
+    ) -> tuple[Tensor, LSTMState]:
+        h0, c0 = state
+        gi = gi if cell.bias_hh is None else gi + cell.bias_hh  # (N, 4H), both biases
+        out, C = _LSTM.apply(gi, h0, c0, cell.weight_hh, cell.weight_hr, sched)
+        return out, LSTMState(out, C)
+
+
+class _LSTM(Function):
+    r"""LSTM over packed rows: ``gi (N, 4H)`` (both biases in), ``h0``, ``c0`` →
+    ``(h (N, P or H), c (N, H))``.
+
+    $$ i, f, g, o = \text{split}(g^i + W_{hh} h), \quad
+       c' = \sigma(f) c + \sigma(i) \tanh(g), \quad
+       h' = [W_{hr}]\,(\sigma(o) \tanh(c')) $$
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        gi: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        w_hh: Tensor,
+        w_hr: Tensor | None,
+        sched: Schedule,
+    ) -> tuple[Tensor, Tensor]:
+        sizes = sched.sizes
+        N, H, P = gi.shape[0], c0.shape[1], h0.shape[1]
+        G = gi.new_empty(N, 4 * H)  # gates, activated in place: [σi | σf | tanh g | σo]
+        C = gi.new_empty(N, H)
+        TC = gi.new_empty(N, H)  # tanh(c)
+        M = gi.new_empty(N, H) if w_hr is not None else None  # σo ⊙ tanh(c) before projection
+        out = gi.new_empty(N, P)
+        w_t = w_hh.t()
+        w_hr_t = w_hr.t() if w_hr is not None else None
+        G_s, IF_s = split_steps(G, sizes), split_steps(G[:, : 2 * H], sizes)
+        I_s, F_s, Gg_s, O_s = (split_steps(G[:, k * H : (k + 1) * H], sizes) for k in range(4))
+        gi_s, C_s, TC_s, out_s = (split_steps(v, sizes) for v in (gi, C, TC, out))
+        M_s = split_steps(M, sizes) if M is not None else out_s
+        h, c = h0, c0
+        for t, bs in enumerate(sizes):
+            if h.shape[0] != bs:
+                h, c = h[:bs], c[:bs]
+            torch.addmm(gi_s[t], h, w_t, out=G_s[t])
+            IF_s[t].sigmoid_()
+            Gg_s[t].tanh_()
+            O_s[t].sigmoid_()
+            c = torch.mul(F_s[t], c, out=C_s[t]).addcmul_(I_s[t], Gg_s[t])
+            torch.tanh(c, out=TC_s[t])
+            h = torch.mul(O_s[t], TC_s[t], out=M_s[t])
+            if w_hr_t is not None:
+                h = torch.mm(h, w_hr_t, out=out_s[t])
+        ctx.save_for_backward(h0, c0, w_hh, w_hr, G, C, TC, M, out)
+        ctx.sched = sched
+        return out, C
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dout: Tensor, dC: Tensor) -> tuple[Tensor | None, ...]:
+        h0, c0, w_hh, w_hr, G, C, TC, M, out = ctx.saved_tensors
+        sched: Schedule = ctx.sched
+        sizes = sched.sizes
+        (N, H), (B, P) = C.shape, h0.shape
+        i, f, g, o = G.chunk(4, dim=1)
+        # [di | df | dg] = dc ⊗ P3;  do = dm ⊙ Po;  dc += dm ⊙ K   (m = σo tanh c). In place.
+        P3 = C.new_empty(N, 3 * H)
+        gi_ = torch.mul(g, i, out=P3[:, :H])
+        gi_.addcmul_(gi_, i, value=-1)  # g σ'(i)
+        cf = P3[:, H : 2 * H]
+        for rows_, prev in sched.previous_blocks(c0, C):
+            torch.mul(prev, f[rows_], out=cf[rows_])
+        cf.addcmul_(cf, f, value=-1)  # c σ'(f)
+        torch.mul(g, g, out=P3[:, 2 * H :]).neg_().add_(1).mul_(i)  # σ(i) (1 - tanh²)
+        Po = torch.mul(TC, o)
+        Po.addcmul_(Po, o, value=-1)  # tanh(c) σ'(o)
+        K = torch.mul(TC, TC).neg_().add_(1).mul_(o)  # σ(o) (1 - tanh²c)
+        dG = C.new_empty(N, 4 * H)
+        DH = C.new_empty(N, P) if w_hr is not None else None  # dL/dh per row (for dW_hr)
+        P3_s = [p.view(-1, 3, H) for p in split_steps(P3, sizes)]
+        dG3_s = [d.view(-1, 3, H) for d in split_steps(dG[:, : 3 * H], sizes)]
+        dGo_s, dG_s = split_steps(dG[:, 3 * H :], sizes), split_steps(dG, sizes)
+        Po_s, K_s, F_s, dout_s, dC_s = (split_steps(v, sizes) for v in (Po, K, f, dout, dC))
+        DH_s = split_steps(DH, sizes) if DH is not None else None
+        dh_buf, dc_buf = C.new_zeros(B, P), C.new_zeros(B, H)
+        dh_tmp, dc_tmp = C.new_empty(B, P), C.new_empty(B, H)
+        dm_tmp = C.new_empty(B, H) if w_hr is not None else None
+        for t in range(len(sizes) - 1, -1, -1):
+            bs = sizes[t]
+            target = DH_s[t] if DH_s is not None else dh_tmp[:bs]
+            dm = dh = torch.add(dout_s[t], dh_buf[:bs], out=target)
+            if dm_tmp is not None:
+                dm = torch.mm(dh, w_hr, out=dm_tmp[:bs])
+            dc = torch.add(dC_s[t], dc_buf[:bs], out=dc_tmp[:bs]).addcmul_(dm, K_s[t])
+            torch.mul(dc.unsqueeze(1), P3_s[t], out=dG3_s[t])
+            torch.mul(dm, Po_s[t], out=dGo_s[t])
+            torch.mul(dc, F_s[t], out=dc_buf[:bs])
+            torch.mm(dG_s[t], w_hh, out=dh_buf[:bs])
+        need = ctx.needs_input_grad
+        dw = prev_mm(dG, sched.previous_blocks(h0, out)) if need[3] else None
+        dw_hr = DH.t() @ M if (DH is not None and M is not None and need[4]) else None
+        return dG if need[0] else None, dh_buf, dc_buf, dw, dw_hr, None

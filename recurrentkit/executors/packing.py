@@ -1,0 +1,180 @@
+"""The packed time-major layout every fast path runs on, and the moves in and out of it.
+
+A sequence batch ``(T, B, F)`` with lengths is laid out as torch's
+:class:`~torch.nn.utils.rnn.PackedSequence` does: sequences sorted by length (longest
+first), then the rows of step 0, the rows of step 1, ... — step ``t`` holds the
+``sizes[t]`` sequences still running, always the first ones. Without lengths the
+layout is the plain reshape ``(T * B, F)``, ``sizes = (B,) * T`` and no sorting.
+
+Fast paths compute only real tokens this way (no padding), and a step's rows are one
+contiguous block, so a step reads its previous state as the first ``sizes[t]`` rows
+of the previous step's block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from recurrentkit._validation import map_state
+
+__all__ = ["Schedule", "cat_states", "schedule"]
+
+
+class Schedule:
+    """Where each step's rows live in the packed layout.
+
+    Attributes:
+        sizes: running sequences at each step, non-increasing, ``sizes[0] == B``.
+        batch: ``B``.
+        sorted_indices: ``(B,)`` original row of each sorted row; ``None`` if the
+            layout is unsorted (no lengths, or all lengths equal ``T``).
+        unsorted_indices: the inverse permutation, or ``None``.
+    """
+
+    def __init__(
+        self,
+        sizes: tuple[int, ...],
+        batch: int,
+        sorted_indices: Tensor | None = None,
+        unsorted_indices: Tensor | None = None,
+        batch_sizes: Tensor | None = None,
+    ) -> None:
+        self.sizes = sizes
+        self.batch = batch
+        self.sorted_indices = sorted_indices
+        self.unsorted_indices = unsorted_indices
+        self.batch_sizes = batch_sizes
+        self.uniform = sorted_indices is None
+        self._cache: dict[tuple[str, torch.device], Tensor] = {}
+
+    @property
+    def steps(self) -> int:
+        """``T``."""
+        return len(self.sizes)
+
+    @property
+    def total(self) -> int:
+        """``N``, the number of real tokens (packed rows)."""
+        return sum(self.sizes)
+
+    # -- into and out of the layout ------------------------------------------------------
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(T, B, F)`` (original order) → ``(N, F)`` packed rows."""
+        if self.uniform:
+            return x.reshape(-1, x.shape[-1])  # (T*B, F)
+        assert self.sorted_indices is not None and self.batch_sizes is not None
+        lengths = self._lengths_cpu()
+        return pack_padded_sequence(
+            x.index_select(1, self.sorted_indices.to(x.device)), lengths, enforce_sorted=True
+        ).data  # (N, F)
+
+    def unpack(self, data: Tensor) -> Tensor:
+        """``(N, F)`` packed rows → ``(T, B, F)``, zero past each end, original order."""
+        if self.uniform:
+            return data.view(self.steps, self.batch, data.shape[-1])  # (T, B, F)
+        assert self.batch_sizes is not None
+        packed = PackedSequence(data, self.batch_sizes, self.sorted_indices, self.unsorted_indices)
+        out, _ = pad_packed_sequence(packed, total_length=self.steps)  # (T, B, F)
+        return out
+
+    def sort_state(self, state: Any) -> Any:
+        """A ``(B, ...)`` state in original row order → sorted order."""
+        if self.uniform:
+            return state
+        assert self.sorted_indices is not None
+        idx = self.sorted_indices
+        return map_state(lambda s: s.index_select(0, idx.to(s.device)), state)
+
+    def unsort_state(self, state: Any) -> Any:
+        """A ``(B, ...)`` state in sorted order → original row order."""
+        if self.uniform:
+            return state
+        assert self.unsorted_indices is not None
+        idx = self.unsorted_indices
+        return map_state(lambda s: s.index_select(0, idx.to(s.device)), state)
+
+    def last(self, data: Tensor) -> Tensor:
+        """The row of each sequence's last step, ``(N, F)`` → ``(B, F)`` in sorted order."""
+        if self.uniform:
+            return data[-self.batch :]
+        return data.index_select(0, self._index("last", data.device))
+
+    def previous(self, first: Tensor, data: Tensor) -> Tensor:
+        """Each row's previous-step row: ``first (B, F)`` at step 0, else ``data``'s.
+
+        ``(N, F)``; row ``r`` of step ``t >= 1`` is row ``r`` of step ``t - 1``.
+        """
+        if self.uniform:
+            return torch.cat([first, data[: -self.batch]])  # (N, F)
+        both = torch.cat([first, data])  # (B + N, F)
+        return both.index_select(0, self._index("previous", data.device))
+
+    def previous_blocks(self, first: Tensor, data: Tensor) -> list[tuple[slice, Tensor]]:
+        """:meth:`previous` as ``(rows, tensor)`` blocks, without a copy when unsorted.
+
+        ``previous(first, data)[rows] == tensor`` for each block; the blocks cover all
+        ``N`` rows. Lets kernels read the previous rows in place.
+        """
+        if self.uniform:
+            B = self.batch
+            return [(slice(0, B), first), (slice(B, None), data[:-B])]
+        return [(slice(0, None), self.previous(first, data))]
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _lengths_cpu(self) -> Tensor:
+        sizes = torch.tensor(self.sizes)
+        return (sizes[None, :] > torch.arange(self.batch)[:, None]).sum(1)  # (B,) sorted
+
+    def _index(self, kind: str, device: torch.device) -> Tensor:
+        key = (kind, device)
+        if key not in self._cache:
+            offsets = [0]
+            for s in self.sizes:
+                offsets.append(offsets[-1] + s)
+            if kind == "last":
+                lengths = self._lengths_cpu().tolist()
+                rows = [offsets[n - 1] + b for b, n in enumerate(lengths)]
+            else:
+                rows = list(range(self.batch))
+                for t in range(1, self.steps):
+                    start = self.batch + offsets[t - 1]
+                    rows.extend(range(start, start + self.sizes[t]))
+            self._cache[key] = torch.tensor(rows, dtype=torch.long, device=device)
+        return self._cache[key]
+
+
+def schedule(x: Tensor, lengths: Tensor | None) -> Schedule:
+    """The layout of ``x (T, B, F)`` with optional ``lengths (B,)`` (each in ``1..T``)."""
+    T, B = x.shape[0], x.shape[1]
+    if lengths is None:
+        return Schedule((B,) * T, B)
+    lengths_cpu = lengths.detach().to("cpu", torch.long)
+    if bool((lengths_cpu == T).all()):
+        return Schedule((B,) * T, B)
+    order = torch.sort(lengths_cpu, descending=True, stable=True)
+    sorted_lengths, sorted_indices = order.values, order.indices
+    batch_sizes = (sorted_lengths[None, :] > torch.arange(T)[:, None]).sum(1)  # (T,)
+    unsorted = torch.empty_like(sorted_indices)
+    unsorted[sorted_indices] = torch.arange(B)
+    return Schedule(
+        tuple(batch_sizes.tolist()),
+        B,
+        sorted_indices.to(x.device),
+        unsorted.to(x.device),
+        batch_sizes,
+    )
+
+
+def cat_states(states: list[Any]) -> Any:
+    """Concatenate states of one structure along the batch axis."""
+    first = states[0]
+    if isinstance(first, Tensor):
+        return torch.cat(states)
+    items = [cat_states([s[i] for s in states]) for i in range(len(first))]
+    return type(first)(*items) if hasattr(first, "_fields") else tuple(items)

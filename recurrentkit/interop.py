@@ -1,0 +1,306 @@
+"""Conversions between torch.nn's recurrent modules and recurrentkit's, weights copied.
+
+- :func:`stack_from_torch` / :func:`stack_to_torch`: a unidirectional ``nn.RNN``,
+  ``nn.GRU`` or ``nn.LSTM`` ↔ a :class:`~recurrentkit.Stack` with independent routing
+  (also reached as :meth:`Stack.from_torch <recurrentkit.Stack.from_torch>` and
+  :meth:`stack.to_torch() <recurrentkit.Stack.to_torch>`).
+- :func:`dropin_from_torch` / :func:`dropin_to_torch`: a torch.nn module ↔ the
+  matching drop-in :class:`recurrentkit.RNN`/:class:`~recurrentkit.GRU`/
+  :class:`~recurrentkit.LSTM` (any direction count).
+
+Every conversion keeps dtype, device, ``batch_first``, ``dropout`` and the training
+mode; the result owns copies of the weights (changing one side leaves the other alone).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from recurrentkit._validation import describe
+from recurrentkit.cells import GRUCell, LSTMCell, RNNCell
+from recurrentkit.errors import ConfigError, DeviceError, InputTypeError
+from recurrentkit.nn import GRU, LSTM, RNN, RecurrentBase
+from recurrentkit.routing import Independent
+from recurrentkit.stack import Stack
+
+__all__ = ["dropin_from_torch", "dropin_to_torch", "stack_from_torch", "stack_to_torch"]
+
+_MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM")
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_TORCH_CLASSES: dict[str, type[nn.Module]] = {
+    "RNN_TANH": nn.RNN,
+    "RNN_RELU": nn.RNN,
+    "GRU": nn.GRU,
+    "LSTM": nn.LSTM,
+}
+_DROPIN_CLASSES: dict[str, type[RecurrentBase]] = {
+    "RNN_TANH": RNN,
+    "RNN_RELU": RNN,
+    "GRU": GRU,
+    "LSTM": LSTM,
+}
+
+
+def stack_from_torch(module: nn.Module) -> Stack:
+    """A :class:`~recurrentkit.Stack` equal to a unidirectional torch.nn recurrent module.
+
+    Layer ``k`` becomes an ``RNNCell``/``GRUCell``/``LSTMCell`` holding copies of
+    ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and
+    ``weight_hr_l{k}``); the stack uses independent routing, the module's dropout,
+    ``batch_first``, dtype, device and training mode. ``stack(x, state)`` then equals
+    ``module(x, hx)`` with ``state[k]`` = ``hx[k]`` (``LSTMState(h_0[k], c_0[k])``).
+
+    Args:
+        module: an ``nn.RNN``, ``nn.GRU`` or ``nn.LSTM`` with ``bidirectional=False``
+            (a recurrentkit drop-in is accepted too).
+
+    Returns:
+        A new :class:`~recurrentkit.Stack` with ``module.num_layers`` layers.
+
+    Raises:
+        InputTypeError: ``module`` is not one of those modules.
+        ConfigError: ``module.bidirectional`` is true (a Stack reads one direction).
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> gru = torch.nn.GRU(3, 4, num_layers=2)
+        >>> stack = stack_from_torch(gru)
+        >>> x = torch.randn(5, 2, 3)
+        >>> torch.allclose(stack(x)[0], gru(x)[0], atol=1e-6)
+        True
+    """
+    mode = _mode_of(module)
+    m: Any = module  # attributes as nn.RNNBase declares them
+    if m.bidirectional:
+        raise ConfigError(
+            "module.bidirectional",
+            "False (a Stack reads one direction; for two use recurrentkit.GRU/LSTM/RNN "
+            "with bidirectional=True, or recurrentkit.bidirectional.Bidirectional)",
+            True,
+        )
+    ref = next(m.parameters())
+    factory: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype}
+    H, out = m.hidden_size, m.proj_size or m.hidden_size
+    cells: list[nn.Module] = []
+    for k in range(m.num_layers):
+        width = m.input_size if k == 0 else out
+        cell: nn.Module
+        if mode == "GRU":
+            cell = GRUCell(width, H, m.bias, **factory)
+        elif mode == "LSTM":
+            cell = LSTMCell(width, H, m.bias, proj_size=m.proj_size, **factory)
+        else:
+            nonlinearity = "tanh" if mode == "RNN_TANH" else "relu"
+            cell = RNNCell(width, H, m.bias, nonlinearity, **factory)
+        _copy_layer(cell, module, k, to_cell=True)
+        cells.append(cell)
+    stack = Stack(cells, "independent", dropout=m.dropout, batch_first=m.batch_first)
+    return stack.train(module.training)
+
+
+def stack_to_torch(stack: Stack) -> nn.Module:
+    """The ``nn.RNN``/``nn.GRU``/``nn.LSTM`` equal to a :class:`~recurrentkit.Stack`.
+
+    Possible exactly when the stack is what torch.nn computes: independent routing and
+    layers that are all ``RNNCell`` (one nonlinearity), all ``GRUCell`` with
+    ``reset="after"``, or all ``LSTMCell`` (one ``proj_size``), with one
+    ``hidden_size`` and one ``bias`` setting, layer ``k > 0`` reading the width of the
+    layer below, and every parameter on one dtype and device.
+
+    Args:
+        stack: the stack to convert.
+
+    Returns:
+        A torch.nn module with ``num_layers = stack.num_layers``, ``bidirectional=False``,
+        the stack's dropout, ``batch_first`` and training mode, and copies of its weights.
+
+    Raises:
+        InputTypeError: ``stack`` is not a :class:`~recurrentkit.Stack`.
+        ConfigError: anything torch.nn has no equivalent for (the message names it):
+            another routing policy, a cell that is not ``RNNCell``/``GRUCell``/
+            ``LSTMCell`` (``NestedLSTMCell``, a user cell, a stack used as a cell),
+            mixed cell types, ``GRUCell(reset="before")``, per-layer hidden sizes,
+            bias settings, nonlinearities or projection sizes.
+        DeviceError: parameters on more than one dtype or device.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> stack = rk.Stack([rk.LSTMCell(3, 8, proj_size=4), rk.LSTMCell(4, 8, proj_size=4)])
+        >>> lstm = stack_to_torch(stack)
+        >>> type(lstm).__name__, lstm.num_layers, lstm.proj_size
+        ('LSTM', 2, 4)
+    """
+    if not isinstance(stack, Stack):
+        raise InputTypeError("stack", "a recurrentkit.Stack", describe(stack))
+    if type(stack.routing) is not Independent:
+        raise ConfigError(
+            "stack.routing",
+            "independent routing (torch.nn's multi-layer modules keep one memory per layer)",
+            f"{stack.routing.name!r} ({type(stack.routing).__name__})",
+        )
+    cells = list(stack.cells)
+    first = cells[0]
+    for k, c in enumerate(cells):
+        if type(c) not in (RNNCell, GRUCell, LSTMCell):
+            raise ConfigError(
+                f"stack.cells[{k}]",
+                "an RNNCell, GRUCell or LSTMCell (torch.nn has no module running other cells)",
+                type(c).__name__,
+            )
+        if type(c) is not type(first):
+            raise ConfigError(
+                f"stack.cells[{k}]",
+                f"a {type(first).__name__} like cells[0] (a torch.nn module has one cell type)",
+                type(c).__name__,
+            )
+        _check_same(k, c, first, "hidden_size", "torch.nn uses one hidden_size for all layers")
+        _check_same(k, c, first, "bias", "torch.nn's bias switch covers all layers")
+        if isinstance(c, GRUCell) and c.reset != "after":
+            raise ConfigError(
+                f"stack.cells[{k}].reset", "'after' (torch.nn.GRU's form)", repr(c.reset)
+            )
+        if isinstance(c, RNNCell):
+            _check_same(k, c, first, "nonlinearity", "torch.nn.RNN has one nonlinearity")
+        if isinstance(c, LSTMCell):
+            _check_same(k, c, first, "proj_size", "torch.nn.LSTM has one proj_size")
+        if k > 0 and c.input_size != first.output_size:
+            raise ConfigError(
+                f"stack.cells[{k}].input_size",
+                f"{first.output_size} (torch.nn's layer k > 0 reads H_out features)",
+                c.input_size,
+            )
+    ref = next(stack.parameters())
+    for name, p in stack.named_parameters():
+        if p.dtype != ref.dtype or p.device != ref.device:
+            raise DeviceError(
+                name,
+                f"{ref.dtype} on {ref.device} like the first parameter (a torch.nn module "
+                "keeps one dtype and device)",
+                f"{p.dtype} on {p.device}",
+            )
+    kwargs: dict[str, Any] = {
+        "num_layers": len(cells),
+        "bias": first.bias,
+        "batch_first": stack.batch_first,
+        "dropout": stack.dropout,
+        "device": ref.device,
+        "dtype": ref.dtype,
+    }
+    if isinstance(first, RNNCell):
+        kwargs["nonlinearity"] = first.nonlinearity
+    if isinstance(first, LSTMCell):
+        kwargs["proj_size"] = first.proj_size
+    classes: dict[type, type[nn.Module]] = {RNNCell: nn.RNN, GRUCell: nn.GRU, LSTMCell: nn.LSTM}
+    cls = classes[type(first)]
+    with warnings.catch_warnings():  # torch warns on dropout with one layer; both ignore it
+        warnings.simplefilter("ignore", UserWarning)
+        module = cls(first.input_size, first.hidden_size, **kwargs)
+    for k, c in enumerate(cells):
+        _copy_layer(c, module, k, to_cell=False)
+    return module.train(stack.training)
+
+
+def dropin_from_torch(module: nn.Module) -> RecurrentBase:
+    """The :class:`recurrentkit.RNN`/:class:`~recurrentkit.GRU`/:class:`~recurrentkit.LSTM`
+    equal to a torch.nn recurrent module (any layers and directions), weights copied.
+
+    Args:
+        module: an ``nn.RNN``, ``nn.GRU`` or ``nn.LSTM``.
+
+    Returns:
+        The drop-in, with the module's configuration, dtype, device and training mode.
+
+    Raises:
+        InputTypeError: ``module`` is not one of those modules.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> lstm = torch.nn.LSTM(3, 4, bidirectional=True)
+        >>> type(dropin_from_torch(lstm)).__name__
+        'LSTM'
+    """
+    mode = _mode_of(module)
+    return _convert(module, _DROPIN_CLASSES[mode], mode)  # type: ignore[return-value]
+
+
+def dropin_to_torch(dropin: RecurrentBase) -> nn.Module:
+    """The ``torch.nn`` module equal to a recurrentkit drop-in, weights copied.
+
+    Args:
+        dropin: a :class:`recurrentkit.RNN`, :class:`~recurrentkit.GRU` or
+            :class:`~recurrentkit.LSTM`.
+
+    Returns:
+        ``nn.RNN``/``nn.GRU``/``nn.LSTM`` with the same configuration, dtype, device,
+        training mode and weights.
+
+    Raises:
+        InputTypeError: ``dropin`` is not a recurrentkit drop-in.
+
+    Example:
+        >>> import recurrentkit as rk
+        >>> dropin_to_torch(rk.GRU(3, 4, num_layers=2))
+        GRU(3, 4, num_layers=2)
+    """
+    if not isinstance(dropin, RecurrentBase):
+        raise InputTypeError("dropin", "a recurrentkit RNN, GRU or LSTM", describe(dropin))
+    return _convert(dropin, _TORCH_CLASSES[dropin.mode], dropin.mode)
+
+
+# -- internals ---------------------------------------------------------------------------
+
+
+def _mode_of(module: object) -> str:
+    mode = getattr(module, "mode", None)
+    if not isinstance(module, (nn.RNNBase, RecurrentBase)) or mode not in _MODES:
+        raise InputTypeError(
+            "module", "a torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM", describe(module)
+        )
+    return str(mode)
+
+
+def _convert(module: Any, cls: type[nn.Module], mode: str) -> nn.Module:
+    """Build ``cls`` with ``module``'s configuration and load a copy of its weights."""
+    ref = next(module.parameters())
+    kwargs: dict[str, Any] = {
+        "num_layers": module.num_layers,
+        "bias": module.bias,
+        "batch_first": module.batch_first,
+        "dropout": module.dropout,
+        "bidirectional": module.bidirectional,
+        "device": ref.device,
+        "dtype": ref.dtype,
+    }
+    if mode.startswith("RNN"):
+        kwargs["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+    if mode == "LSTM":
+        kwargs["proj_size"] = module.proj_size
+    with warnings.catch_warnings():  # dropout with one layer warns; the source already did
+        warnings.simplefilter("ignore", UserWarning)
+        made = cls(module.input_size, module.hidden_size, **kwargs)
+    made.load_state_dict(module.state_dict())
+    return made.train(module.training)
+
+
+def _check_same(k: int, cell: Any, first: Any, attr: str, why: str) -> None:
+    if getattr(cell, attr) != getattr(first, attr):
+        raise ConfigError(
+            f"stack.cells[{k}].{attr}",
+            f"{getattr(first, attr)!r} like cells[0] ({why})",
+            repr(getattr(cell, attr)),
+        )
+
+
+def _copy_layer(cell: nn.Module, module: nn.Module, k: int, *, to_cell: bool) -> None:
+    """Copy layer ``k``'s weights between a cell (``weight_ih``, ...) and a torch.nn-named
+    module (``weight_ih_l{k}``, ...), into the cell if ``to_cell``; no autograd."""
+    with torch.no_grad():
+        for kind in _KINDS:
+            ours, theirs = getattr(cell, kind, None), getattr(module, f"{kind}_l{k}", None)
+            if ours is None or theirs is None:
+                continue
+            (ours if to_cell else theirs).copy_(theirs if to_cell else ours)

@@ -1,0 +1,681 @@
+r"""torch.nn drop-ins: ``RNN``, ``GRU``, ``LSTM`` built from recurrentkit's cells and Stack.
+
+Same constructor, same ``forward(input, hx=None)``, same return layout and shapes,
+same parameter names (as attributes, in ``named_parameters()`` and in the state_dict)
+as ``torch.nn.RNN``/``GRU``/``LSTM``, so
+``rk.GRU(...).load_state_dict(nn.GRU(...).state_dict())`` and the reverse just work.
+
+How it is built:
+
+- The drop-in owns torch-named parameters (``weight_ih_l0``, ``weight_hh_l1_reverse``,
+  ...), registered in torch's order and initialised as torch does (one uniform pass,
+  so the same seed gives the same weights as torch.nn).
+- It runs library parts that it does *not* register as submodules (so the state_dict
+  has torch's keys only): a unidirectional drop-in runs one :class:`~recurrentkit.Stack`
+  with independent routing over ``RNNCell``/``GRUCell``/``LSTMCell``; a bidirectional
+  one runs, per layer, a :class:`~recurrentkit.bidirectional.Bidirectional` of two
+  one-layer stacks, with inter-layer dropout between layers.
+- Before every call the cells' parameters are pointed at the drop-in's (a dictionary
+  write per tensor), so ``.to()``, ``.double()``, ``load_state_dict(assign=True)``,
+  ``copy.deepcopy`` and ``torch.func.functional_call`` all act on what runs.
+
+Inside, everything is time-major; ``batch_first``, unbatched input and packed
+sequences are converted once, at this boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from recurrentkit._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_nonempty,
+    check_probability,
+    check_tensor,
+    describe,
+    factory_kwargs,
+    param_like,
+    shape_str,
+)
+from recurrentkit.bidirectional import Bidirectional
+from recurrentkit.cells import GRUCell, LSTMCell, LSTMState, RNNCell
+from recurrentkit.cells.protocol import CellBase
+from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, StateError
+from recurrentkit.stack import Stack, _repack
+
+__all__ = ["GRU", "LSTM", "RNN", "RecurrentBase"]
+
+#: Per-cell parameter names, in torch's registration order.
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_NONLINEARITIES = ("tanh", "relu")
+
+
+class _LSTMHidden(NamedTuple):
+    """Names ``hx``'s elements in error messages."""
+
+    h_0: Tensor
+    c_0: Tensor
+
+
+class RecurrentBase(nn.Module):
+    """What the drop-ins share: torch-named parameters, validation, the run.
+
+    Not instantiated directly: use :class:`RNN`, :class:`GRU` or :class:`LSTM`.
+
+    Attributes:
+        mode: torch's mode string: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"GRU"``, ``"LSTM"``.
+        input_size: ``I``.
+        hidden_size: ``H``.
+        num_layers: ``L``.
+        bias: whether the biases exist.
+        batch_first: input and output are ``(B, T, ·)``.
+        dropout: inter-layer dropout probability.
+        bidirectional: ``D = 2`` if true.
+        proj_size: ``P`` (LSTM only; 0 means none).
+    """
+
+    mode: str
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        batch_first: bool,
+        dropout: float,
+        bidirectional: bool,
+        proj_size: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.input_size = check_int("input_size", input_size)
+        self.hidden_size = check_int("hidden_size", hidden_size)
+        self.num_layers = check_int("num_layers", num_layers)
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.dropout = check_probability("dropout", dropout)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
+        self.proj_size = check_int("proj_size", proj_size, minimum=0)
+        if mode != "LSTM" and proj_size != 0:
+            raise ConfigError(
+                "proj_size", "0 (projections exist only for LSTM, as in torch.nn)", proj_size
+            )
+        if proj_size >= hidden_size:
+            raise ConfigError(
+                "proj_size", f"0 (no projection) or an int < hidden_size={hidden_size}", proj_size
+            )
+        if self.dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                UserWarning,
+                stacklevel=3,
+            )
+        factory = factory_kwargs(device, dtype)
+        self._build_parts()
+        for cell, pairs in self._bindings:
+            for kind, name in pairs:
+                template = cell._parameters[kind]
+                assert template is not None
+                self.register_parameter(name, nn.Parameter(torch.empty(template.shape, **factory)))
+        self._all_weights = [[name for _, name in pairs] for _, pairs in self._bindings]
+        self._bind()
+        self.reset_parameters()
+
+    def _build_parts(self) -> None:
+        """Build the cells and the stacks that run them, not as submodules.
+
+        Cells are created on the meta device (no memory, no random numbers drawn); their
+        parameters are pointed at this module's torch-named ones by :meth:`_bind`
+        before every use. ``object.__setattr__`` keeps the parts out of ``_modules``,
+        so the state_dict holds torch's keys only.
+        """
+        D = 2 if self.bidirectional else 1
+        out = self.proj_size or self.hidden_size
+        cells: list[CellBase] = []
+        bindings: list[tuple[CellBase, list[tuple[str, str]]]] = []
+        for layer in range(self.num_layers):
+            for direction in range(D):
+                width = self.input_size if layer == 0 else D * out
+                cell = self._make_cell(width, self.hidden_size, self.bias, self.proj_size)
+                suffix = "_reverse" if direction == 1 else ""
+                pairs = [
+                    (kind, f"{kind}_l{layer}{suffix}")
+                    for kind in _KINDS
+                    if cell._parameters.get(kind) is not None
+                ]
+                cells.append(cell)
+                bindings.append((cell, pairs))
+        stack: Stack | None = None
+        layers: tuple[Bidirectional, ...] = ()
+        if self.bidirectional:
+            layers = tuple(
+                Bidirectional(Stack([cells[2 * k]]), Stack([cells[2 * k + 1]]))
+                for k in range(self.num_layers)
+            )
+        else:
+            stack = Stack(cells, "independent", dropout=self.dropout)
+        for name, value in (
+            ("_cells", cells),
+            ("_bindings", bindings),
+            ("_stack", stack),
+            ("_bi_layers", layers),
+        ):
+            object.__setattr__(self, name, value)
+
+    def _replicate_for_data_parallel(self) -> RecurrentBase:
+        # A replica shares this module's __dict__ copy: give it its own parts, so replicas
+        # running in parallel threads never rebind one another's cells.
+        replica = super()._replicate_for_data_parallel()
+        replica._build_parts()
+        return replica
+
+    # -- what a subclass supplies -------------------------------------------------------
+
+    def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
+        raise NotImplementedError  # pragma: no cover
+
+    # -- torch.nn's surface -------------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
+
+        One pass in ``named_parameters()`` order, as torch.nn does, so the same seed
+        gives the same weights as the torch module.
+        """
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """Parameters per layer and direction, as torch.nn's ``all_weights``."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """Does nothing; kept so code written for torch.nn (which calls it) runs."""
+
+    @property
+    def stack(self) -> Stack | None:
+        """The :class:`~recurrentkit.Stack` a unidirectional drop-in runs (``None`` if
+        bidirectional). Time-major; it shares this module's parameters."""
+        self._bind()
+        return self._stack
+
+    @property
+    def bidirectional_layers(self) -> tuple[Bidirectional, ...]:
+        """The per-layer :class:`~recurrentkit.bidirectional.Bidirectional` parts a
+        bidirectional drop-in runs (empty if unidirectional)."""
+        self._bind()
+        return self._bi_layers
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent ``torch.nn`` module, weights copied.
+
+        See :func:`recurrentkit.interop.dropin_to_torch`.
+        """
+        from recurrentkit.interop import dropin_to_torch
+
+        return dropin_to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module: nn.Module) -> RecurrentBase:
+        """A drop-in equal to a ``torch.nn`` module, weights copied.
+
+        See :func:`recurrentkit.interop.dropin_from_torch`.
+        """
+        from recurrentkit.interop import dropin_from_torch
+
+        wanted = getattr(nn, cls.__name__, nn.RNNBase)
+        if not isinstance(module, wanted):
+            raise InputTypeError("module", f"a torch.nn.{wanted.__name__}", describe(module))
+        return dropin_from_torch(module)
+
+    # -- running ------------------------------------------------------------------------
+
+    def _run(
+        self, input: Tensor | PackedSequence, hx: Any
+    ) -> tuple[Tensor | PackedSequence, list[Any], bool]:
+        """Shared body of ``forward``: returns outputs, per-(layer, direction) final
+        cell states (batched), and whether the input was unbatched."""
+        self._bind()
+        packed = input if isinstance(input, PackedSequence) else None
+        lengths: Tensor | None = None
+        if packed is not None:
+            self._check_input("input.data (PackedSequence)", packed.data, (2,), "(N, I)")
+            x, lengths = pad_packed_sequence(packed)  # (T, B, I), the caller's batch order
+            unbatched = False
+        else:
+            self._check_input("input", input, (2, 3), self._layout())
+            assert isinstance(input, Tensor)
+            unbatched = input.dim() == 2
+            if unbatched:
+                check_nonempty("input", input, [0], ["time"])
+                x = input.unsqueeze(1)  # (T, 1, I)
+            else:
+                axes = ["batch", "time"] if self.batch_first else ["time", "batch"]
+                check_nonempty("input", input, [0, 1], axes)
+                x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        states = self._check_hx(hx, x, unbatched)
+        if self._stack is not None:
+            self._stack.train(self.training)
+            y, finals = self._stack(
+                x, None if states is None else tuple(states), lengths=lengths
+            )  # (T, B, H_out)
+            finals = list(finals)
+        else:
+            y, finals = self._run_bidirectional(x, states, lengths)  # (T, B, 2 H_out)
+        if packed is not None:
+            assert lengths is not None
+            return _repack(y, lengths, packed), finals, False
+        if unbatched:
+            return y.squeeze(1), finals, True  # (T, D H_out)
+        return (y.transpose(0, 1) if self.batch_first else y), finals, False
+
+    def _run_bidirectional(
+        self, x: Tensor, states: list[Any] | None, lengths: Tensor | None
+    ) -> tuple[Tensor, list[Any]]:
+        u, finals = x, []
+        last = len(self._bi_layers) - 1
+        for k, layer in enumerate(self._bi_layers):
+            layer.train(self.training)
+            s = None if states is None else ((states[2 * k],), (states[2 * k + 1],))
+            y, (s_f, s_b) = layer(u, s, lengths=lengths)  # (T, B, 2 H_out)
+            finals += [s_f[0], s_b[0]]
+            if self.training and self.dropout > 0 and k < last:
+                y = F.dropout(y, self.dropout, training=True)
+            u = y
+        return u, finals
+
+    def _bind(self) -> None:
+        """Point every cell's parameters at this module's (cheap; before each use)."""
+        for cell, pairs in self._bindings:
+            for kind, name in pairs:
+                cell._parameters[kind] = getattr(self, name)
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _layout(self) -> str:
+        I = self.input_size  # noqa: E741
+        return f"(B, T, {I}) or (T, {I})" if self.batch_first else f"(T, B, {I}) or (T, {I})"
+
+    def _check_input(self, name: str, x: object, ranks: tuple[int, ...], layout: str) -> None:
+        check_tensor(
+            name, x, ranks=ranks, size_last=self.input_size, like=param_like(self), layout=layout
+        )
+
+    def _check_hx_tensor(
+        self, name: str, t: object, shape: tuple[int, ...], layout: str, x: Tensor
+    ) -> Tensor:
+        if not isinstance(t, Tensor):
+            raise InputTypeError(name, f"a tensor of shape {layout}", describe(t))
+        if not t.is_floating_point():
+            raise InputTypeError(name, "a floating-point tensor", t.dtype)
+        if tuple(t.shape) != shape:
+            raise StateError(name, f"shape {layout} = {shape_str(shape)}", shape_str(t.shape))
+        if t.dtype != x.dtype:
+            raise DeviceError(name, f"dtype {x.dtype} (the input's)", t.dtype)
+        if t.device != x.device:
+            raise DeviceError(name, f"device {x.device} (the input's)", t.device)
+        return t
+
+    def _check_hx(self, hx: object, x: Tensor, unbatched: bool) -> list[Any] | None:
+        """``hx`` → one cell state per (layer, direction), batched; ``None`` stays ``None``."""
+        if hx is None:
+            return None
+        D = 2 if self.bidirectional else 1
+        lead = (D * self.num_layers,) if unbatched else (D * self.num_layers, x.shape[1])
+        dims = "(D*num_layers, {})" if unbatched else "(D*num_layers, B, {})"
+        out = self.proj_size or self.hidden_size
+        if self.mode != "LSTM":
+            if not isinstance(hx, Tensor):
+                raise InputTypeError(
+                    "hx",
+                    f"a tensor of shape {dims.format('H')} ({self._name()}'s state is one tensor)",
+                    describe(hx),
+                )
+            h = self._check_hx_tensor("hx", hx, (*lead, out), dims.format("H"), x)
+            h = h.unsqueeze(1) if unbatched else h  # (D L, B, H)
+            return list(h.unbind(0))
+        if isinstance(hx, Tensor) or not isinstance(hx, (tuple, list)):
+            raise InputTypeError(
+                "hx", "a tuple (h_0, c_0) (an LSTM's state is two tensors)", describe(hx)
+            )
+        if len(hx) != 2:
+            raise StateError("hx", "a tuple (h_0, c_0) of 2 tensors", f"{len(hx)} elements")
+        h_name = "H_out" if self.proj_size else "H"
+        h = self._check_hx_tensor("hx[0] (h_0)", hx[0], (*lead, out), dims.format(h_name), x)
+        c = self._check_hx_tensor(
+            "hx[1] (c_0)", hx[1], (*lead, self.hidden_size), dims.format("H"), x
+        )
+        if unbatched:
+            h, c = h.unsqueeze(1), c.unsqueeze(1)  # (D L, 1, ·)
+        return [LSTMState(hk, ck) for hk, ck in zip(h.unbind(0), c.unbind(0))]
+
+    def _name(self) -> str:
+        return type(self).__name__
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+
+def _stack_h(finals: list[Tensor], unbatched: bool) -> Tensor:
+    h = torch.stack(finals)  # (D L, B, H)
+    return h.squeeze(1) if unbatched else h
+
+
+class RNN(RecurrentBase):
+    r"""Multi-layer Elman RNN, a drop-in for ``torch.nn.RNN``, built from :class:`RNNCell`.
+
+    For each layer and direction, from :math:`h_0` (zeros if ``hx`` is ``None``):
+
+    $$
+    h_t = \phi(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}),
+    \qquad \phi \in \{\tanh, \mathrm{relu}\}
+    $$
+
+    Layer ``k > 0`` reads the (dropped-out, in training) output of layer ``k - 1``;
+    with ``bidirectional=True`` each layer also reads every sequence backwards (see
+    :class:`~recurrentkit.bidirectional.Bidirectional`) and outputs ``[h→; h←]``.
+
+    Args:
+        input_size: ``I``, features of the input.
+        hidden_size: ``H``, features of the state.
+        num_layers: ``L >= 1``.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+        bias: create ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+        batch_first: input and output are ``(B, T, ·)`` (the state is not).
+        dropout: inter-layer dropout in training mode, not after the last layer.
+        bidirectional: add a reverse direction (``D = 2``).
+        device: where to create the parameters.
+        dtype: dtype of the parameters.
+        proj_size: keyword-only and must be 0 (as torch.nn, projections are LSTM's).
+
+    Parameters, torch's names and shapes: ``weight_ih_l{k}[_reverse]`` ``(H, I or D H)``,
+    ``weight_hh_l{k}[_reverse]`` ``(H, H)``, ``bias_ih_l{k}[_reverse]``,
+    ``bias_hh_l{k}[_reverse]`` ``(H,)``.
+
+    Shape:
+        - input: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, ``(T, I)`` unbatched,
+          or a ``PackedSequence``.
+        - hx: ``(D L, B, H)`` (``(D L, H)`` unbatched) or ``None``.
+        - output: ``(T, B, D H)`` (as the input's layout; packed in, packed out).
+        - h_n: ``(D L, B, H)`` (``(D L, H)`` unbatched).
+
+    Raises:
+        ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
+            unknown ``nonlinearity``, ``proj_size != 0``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> rnn = rk.RNN(3, 5, num_layers=2, nonlinearity="relu", bidirectional=True)
+        >>> out, h_n = rnn(torch.randn(7, 4, 3))
+        >>> out.shape, h_n.shape
+        (torch.Size([7, 4, 10]), torch.Size([4, 4, 5]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        proj_size: int = 0,
+    ) -> None:
+        self.nonlinearity = check_choice("nonlinearity", nonlinearity, _NONLINEARITIES)
+        super().__init__(
+            "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU",
+            input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size, device, dtype,
+        )  # fmt: skip
+
+    def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
+        return RNNCell(input_size, hidden_size, bias, self.nonlinearity, device="meta")
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        """Run the whole sequence, as ``torch.nn.RNN.forward``.
+
+        Args:
+            input: ``(T, B, I)`` / ``(B, T, I)`` / ``(T, I)`` or a ``PackedSequence``.
+            hx: ``(D L, B, H)`` initial states (``(D L, H)`` unbatched); ``None`` = zeros.
+
+        Returns:
+            ``(output, h_n)``.
+        """
+        out, finals, unbatched = self._run(input, hx)
+        return out, _stack_h(finals, unbatched)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else "")
+
+
+class GRU(RecurrentBase):
+    r"""Multi-layer GRU, a drop-in for ``torch.nn.GRU``, built from :class:`GRUCell`.
+
+    For each layer and direction (torch's reset-after form, rows ``r | z | n``):
+
+    $$
+    \begin{aligned}
+    r_t &= \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+    z_t &= \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+    n_t &= \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \\
+    h_t &= (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+    \end{aligned}
+    $$
+
+    Layer ``k > 0`` reads the (dropped-out, in training) output of layer ``k - 1``;
+    with ``bidirectional=True`` each layer also reads every sequence backwards (see
+    :class:`~recurrentkit.bidirectional.Bidirectional`) and outputs ``[h→; h←]``.
+
+    Args:
+        input_size: ``I``, features of the input.
+        hidden_size: ``H``, features of the state.
+        num_layers: ``L >= 1``.
+        bias: create ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+        batch_first: input and output are ``(B, T, ·)`` (the state is not).
+        dropout: inter-layer dropout in training mode, not after the last layer.
+        bidirectional: add a reverse direction (``D = 2``).
+        device: where to create the parameters.
+        dtype: dtype of the parameters.
+        proj_size: keyword-only and must be 0 (as torch.nn, projections are LSTM's).
+
+    Parameters, torch's names and shapes: ``weight_ih_l{k}[_reverse]``
+    ``(3H, I or D H)``, ``weight_hh_l{k}[_reverse]`` ``(3H, H)``,
+    ``bias_ih_l{k}[_reverse]``, ``bias_hh_l{k}[_reverse]`` ``(3H,)``.
+
+    Shape:
+        - input: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, ``(T, I)`` unbatched,
+          or a ``PackedSequence``.
+        - hx: ``(D L, B, H)`` (``(D L, H)`` unbatched) or ``None``.
+        - output: ``(T, B, D H)`` (as the input's layout; packed in, packed out).
+        - h_n: ``(D L, B, H)`` (``(D L, H)`` unbatched).
+
+    Raises:
+        ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
+            ``proj_size != 0``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> gru = rk.GRU(3, 5, num_layers=2, batch_first=True)
+        >>> out, h_n = gru(torch.randn(4, 7, 3))                  # (B, T, I)
+        >>> out.shape, h_n.shape, gru.weight_hh_l1.shape
+        (torch.Size([4, 7, 5]), torch.Size([2, 4, 5]), torch.Size([15, 5]))
+        >>> _ = gru.load_state_dict(torch.nn.GRU(3, 5, 2, batch_first=True).state_dict())
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        proj_size: int = 0,
+    ) -> None:
+        super().__init__(
+            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size, device, dtype,
+        )  # fmt: skip
+
+    def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
+        return GRUCell(input_size, hidden_size, bias, device="meta")
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        """Run the whole sequence, as ``torch.nn.GRU.forward``.
+
+        Args:
+            input: ``(T, B, I)`` / ``(B, T, I)`` / ``(T, I)`` or a ``PackedSequence``.
+            hx: ``(D L, B, H)`` initial states (``(D L, H)`` unbatched); ``None`` = zeros.
+
+        Returns:
+            ``(output, h_n)``.
+        """
+        out, finals, unbatched = self._run(input, hx)
+        return out, _stack_h(finals, unbatched)
+
+
+class LSTM(RecurrentBase):
+    r"""Multi-layer LSTM, a drop-in for ``torch.nn.LSTM``, built from :class:`LSTMCell`.
+
+    For each layer and direction (rows ``i | f | g | o``):
+
+    $$
+    \begin{aligned}
+    i, f, g, o &= \text{split}(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}) \\
+    c_t &= \sigma(f) \odot c_{t-1} + \sigma(i) \odot \tanh(g) \\
+    h_t &= \sigma(o) \odot \tanh(c_t) \qquad
+    \text{or } h_t = W_{hr} (\sigma(o) \odot \tanh(c_t)) \text{ with proj\_size}
+    \end{aligned}
+    $$
+
+    Layer ``k > 0`` reads the (dropped-out, in training) output of layer ``k - 1``;
+    with ``bidirectional=True`` each layer also reads every sequence backwards (see
+    :class:`~recurrentkit.bidirectional.Bidirectional`) and outputs ``[h→; h←]``.
+    ``H_out`` is ``proj_size`` if set, else ``H``.
+
+    Args:
+        input_size: ``I``, features of the input.
+        hidden_size: ``H``, features of the memory ``c``.
+        num_layers: ``L >= 1``.
+        bias: create ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+        batch_first: input and output are ``(B, T, ·)`` (the state is not).
+        dropout: inter-layer dropout in training mode, not after the last layer.
+        bidirectional: add a reverse direction (``D = 2``).
+        proj_size: ``0`` or ``P < H``: project ``h`` to ``P`` features (``weight_hr_l{k}``).
+        device: where to create the parameters.
+        dtype: dtype of the parameters.
+
+    Parameters, torch's names and shapes: ``weight_ih_l{k}[_reverse]``
+    ``(4H, I or D H_out)``, ``weight_hh_l{k}[_reverse]`` ``(4H, H_out)``,
+    ``bias_ih_l{k}[_reverse]``, ``bias_hh_l{k}[_reverse]`` ``(4H,)``,
+    ``weight_hr_l{k}[_reverse]`` ``(P, H)`` with ``proj_size``.
+
+    Shape:
+        - input: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, ``(T, I)`` unbatched,
+          or a ``PackedSequence``.
+        - hx: ``(h_0 (D L, B, H_out), c_0 (D L, B, H))`` (without ``B`` unbatched) or
+          ``None``.
+        - output: ``(T, B, D H_out)`` (as the input's layout; packed in, packed out).
+        - h_n: ``(D L, B, H_out)``; c_n: ``(D L, B, H)``.
+
+    Raises:
+        ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
+            ``proj_size >= hidden_size``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> lstm = rk.LSTM(3, 8, num_layers=2, bidirectional=True, proj_size=4)
+        >>> out, (h_n, c_n) = lstm(torch.randn(7, 2, 3))
+        >>> out.shape, h_n.shape, c_n.shape
+        (torch.Size([7, 2, 8]), torch.Size([4, 2, 4]), torch.Size([4, 2, 8]))
+        >>> ", ".join(n for n, _ in lstm.named_parameters() if n.endswith("_l0"))
+        'weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_hr_l0'
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size, device, dtype,
+        )  # fmt: skip
+
+    def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
+        return LSTMCell(input_size, hidden_size, bias, proj_size=proj, device="meta")
+
+    def forward(
+        self,
+        input: Tensor | PackedSequence,
+        hx: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        """Run the whole sequence, as ``torch.nn.LSTM.forward``.
+
+        Args:
+            input: ``(T, B, I)`` / ``(B, T, I)`` / ``(T, I)`` or a ``PackedSequence``.
+            hx: ``(h_0, c_0)``, each ``(D L, B, ·)`` (``(D L, ·)`` unbatched); ``None``
+                means zeros.
+
+        Returns:
+            ``(output, (h_n, c_n))``.
+        """
+        out, finals, unbatched = self._run(input, hx)
+        h = _stack_h([s.h for s in finals], unbatched)
+        c = _stack_h([s.c for s in finals], unbatched)
+        return out, (h, c)

@@ -1,0 +1,218 @@
+"""examples/names_memory_ablation.py: parameter counts, a tiny preset end to end, the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from recurrentkit.lm import count_parameters
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "names_memory_ablation.py"
+REQUIRED = {
+    "model", "routing", "seed", "params", "best_val_loss", "stepwise_val_loss", "runaway_rate",
+    "distinct2", "distinct3", "repetition", "novelty", "mean_length",
+}  # fmt: skip
+ANALYSIS = {"far_share", "future_share", "top1_accuracy", "top2_accuracy", "top3_accuracy"}
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("names_memory_ablation", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+study = load_script()
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"), [("alpha", 79_772), ("beta", 675_996), ("gamma", 4_155_420)]
+)
+def test_the_original_parameter_counts(model: str, expected: int) -> None:
+    for routing in ("independent", "shared", "handoff", "residual"):
+        built = study.build_model(study.SPECS[model], routing, "seed")
+        assert count_parameters(built) == expected
+    # The fixed protocol adds one embedding row and one head output: E + H + 1.
+    spec = study.SPECS[model]
+    fixed = study.build_model(spec, "independent", "fixed")
+    assert count_parameters(fixed) == expected + spec.embed + spec.hidden + 1
+
+
+def test_dry_run_prints_one_json_line_per_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert study.main(["--preset", "seed", "--dry-run", "--models", "alpha,beta"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["model"], d["routing"], d["params"]) for d in lines] == [
+        ("alpha", "independent", 79_772),  # one layer: every policy is the same model
+        ("beta", "independent", 675_996),
+        ("beta", "shared", 675_996),
+        ("beta", "handoff", 675_996),
+    ]
+
+
+def test_backbones_have_matched_parameter_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert study.main(["--preset", "backbones", "--dry-run"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["model"], d["routing"], d["protocol"]) for d in lines] == [
+        (m, "independent", "fixed") for m in ("gru", "lstm", "nlstm")
+    ]
+    counts = [d["params"] for d in lines]
+    assert max(counts) / min(counts) - 1 < 0.02, counts
+    cells = {m: type(study.build_model(study.SPECS[m], "independent").stack.cells[1]).__name__
+             for m in ("gru", "lstm", "nlstm")}  # fmt: skip
+    assert cells == {"gru": "GRUCell", "lstm": "LSTMCell", "nlstm": "NestedLSTMCell"}
+
+
+def test_plans_follow_presets_and_overrides() -> None:
+    quick = study.plan_runs(study.PRESETS["quick"])
+    assert [k.id for k in quick] == [
+        "alpha-independent-seed-s0",
+        "alpha-independent-fixed-s0",
+        "beta-independent-seed-s0",
+        "beta-shared-seed-s0",
+        "beta-handoff-seed-s0",
+    ]
+    full = study.plan_runs(study.PRESETS["full"])
+    assert len(full) == (1 * 2 + 5 * 2 + 5 * 2) * 3
+    grid = study.plan_runs(study.PRESETS["seed"], routings=("shared",), seeds=(0, 1))
+    assert {(k.model, k.routing, k.seed) for k in grid} == {
+        (m, "shared", s) for m in ("alpha", "beta", "gamma") for s in (0, 1)
+    }
+
+
+def test_tiny_preset_end_to_end_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert study.main(["--preset", "tiny", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["routing"]: r for r in results["runs"]}
+    assert set(runs) == {"independent", "handoff"}
+    for r in runs.values():
+        assert REQUIRED <= set(r) and r["status"] == "completed"
+        assert len(r["history"]) == 2 and (out / r["samples_file"]).is_file()
+        ck = torch.load(out / "checkpoints" / f"{r['run']}.pt", weights_only=True)
+        assert ck["status"] == "completed"
+    # Causal: step-wise = teacher-forced, PAD embedding untouched; handoff leaks.
+    assert abs(runs["independent"]["leak_gap"]) < 1e-6
+    assert runs["independent"]["pad_grad_norm"] == 0.0
+    assert runs["independent"]["pad_embedding_drift"] == 0.0
+    assert runs["handoff"]["leak_gap"] > 1e-3
+    assert runs["handoff"]["pad_grad_norm"] > 0.0
+    summary = results["summary"]
+    assert len(summary) == 2 and summary[0]["runaway_rate"]["ci95"] is None
+    md = (out / "results.md").read_text()
+    assert "| model | routing | seeds |" in md and "## Conclusion" in md
+    assert (out / "loss_tiny_seed.png").read_bytes()[:4] == b"\x89PNG"
+    # What the models remember: causal reaches only back, handoff also forward (the leak).
+    for r in runs.values():
+        assert ANALYSIS <= set(r) and 0.0 <= r["far_share"] <= 1.0
+        analysis = r["analysis"]
+        assert analysis["names"] == min(256, results["data"]["val"])
+        assert len(analysis["decay"]["curve"]) == 16
+        assert len(analysis["context_accuracy"]["top3"]) >= 2
+        example = runs["independent"]["analysis"]["example"]
+        assert analysis["example"]["index"] == example["index"]  # one name in every heatmap
+    assert runs["independent"]["future_share"] == 0.0
+    assert runs["handoff"]["future_share"] > 0.01
+    assert "## What the models remember" in md and "**Memory reach**" in md
+    for kind in ("connectivity", "decay", "context"):
+        assert (out / f"{kind}_tiny_seed.png").read_bytes()[:4] == b"\x89PNG"
+    # --resume: everything comes back from the checkpoints, bit for bit.
+    assert study.main(["--preset", "tiny", "--out", str(out), "--no-progress", "--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    for a, b in zip(results["runs"], again["runs"]):
+        for key in REQUIRED | ANALYSIS | {"final_val_loss", "examples"}:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--preset", "nope"], "invalid choice"),
+        (["--models", "delta"], "unknown model 'delta'"),
+        (["--routing", "sideways"], "unknown routing policy"),
+        (["--protocol", "mine"], "unknown protocol"),
+        (["--seeds", "a,b"], "comma-separated integers"),
+        (["--epochs", "0"], "positive integer"),
+        (["--data", "{tmp}/missing.txt"], "not found"),
+        (["--data", "{tmp}/empty.txt"], "empty"),
+        (["--data", "{tmp}/caps.txt"], "line 2"),
+        (["--data", "{tmp}/long.txt"], "at most 16 characters"),
+        (["--preset", "backbones", "--routing", "shared"], "independent routing only"),
+    ],
+)
+def test_bad_input_gives_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "caps.txt").write_text("anna\nBob\n")
+    (tmp_path / "long.txt").write_text("anna\n" + "a" * 17 + "\n")
+    argv = [a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")]
+    try:
+        code = study.main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing trained, nothing written
+
+
+def test_the_real_command_line_has_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(tmp_path / "none.txt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--data" in proc.stderr
+    help_text = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
+    for word in ("quick", "seed", "full", "--resume", "handoff", "torchrun", "--dry-run"):
+        assert word in help_text
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            "torchrun", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+            "--preset", "tiny", "--routing", "independent", "--device", "cpu",
+            "--out", str(out), "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2
+    (run,) = results["runs"]
+    assert run["status"] == "completed" and len(run["history"]) == 2
+    assert abs(run["leak_gap"]) < 1e-6
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert study.main(["--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA device" in err
