@@ -396,8 +396,10 @@ class Stack(nn.Module):
 
         - ``"auto"`` (the default): each layer that is exactly a torch layer
           (``RNNCell``, ``GRUCell(reset="after")``, ``LSTMCell``) runs on torch's
-          fused recurrent op when its policy goes layer by layer; everything else on
-          the hand-built fast paths of :mod:`recurrentkit.executors`.
+          fused recurrent op when its policy goes layer by layer; ``shared`` routing
+          on the reference loop (so it equals a literal loop over the cells to the
+          bit); everything else on the hand-built fast paths of
+          :mod:`recurrentkit.executors`.
         - ``"handbuilt"``: the hand-built fast paths only (never torch's fused op).
         - ``"reference"``: the plain loop over the cells' equations, the definition
           every faster path is tested against.

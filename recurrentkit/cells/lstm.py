@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from recurrentkit._validation import check_bool, check_int, factory_kwargs
-from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
+from recurrentkit.cells.protocol import CellBase, make_weight
 from recurrentkit.errors import ConfigError
 
 __all__ = ["LSTMCell", "LSTMState"]
@@ -91,14 +91,7 @@ class LSTMCell(CellBase):
         self.output_size = proj_size or hidden_size
         self.bias = check_bool("bias", bias)
         factory: dict[str, Any] = factory_kwargs(device, dtype)
-        self.weight_ih = make_weight(4 * hidden_size, input_size, factory)
-        self.weight_hh = make_weight(4 * hidden_size, self.output_size, factory)
-        if self.bias:
-            self.bias_ih = make_bias(4 * hidden_size, factory)
-            self.bias_hh = make_bias(4 * hidden_size, factory)
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        self._make_gate_parameters(4 * hidden_size, self.output_size, self.bias, factory)
         if proj_size:
             self.weight_hr = make_weight(proj_size, hidden_size, factory)
         else:

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from recurrentkit._validation import check_bool, check_int, factory_kwargs
 from recurrentkit.cells.lstm import LSTMCell
-from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
+from recurrentkit.cells.protocol import CellBase
 
 __all__ = ["NestedLSTMCell", "NestedLSTMState"]
 
@@ -95,14 +95,7 @@ class NestedLSTMCell(CellBase):
         self.output_size = self.hidden_size
         self.bias = check_bool("bias", bias)
         factory: dict[str, Any] = factory_kwargs(device, dtype)
-        self.weight_ih = make_weight(4 * hidden_size, input_size, factory)
-        self.weight_hh = make_weight(4 * hidden_size, hidden_size, factory)
-        if self.bias:
-            self.bias_ih = make_bias(4 * hidden_size, factory)
-            self.bias_hh = make_bias(4 * hidden_size, factory)
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        self._make_gate_parameters(4 * hidden_size, hidden_size, self.bias, factory)
         self.inner: LSTMCell | NestedLSTMCell
         if depth == 2:
             self.inner = LSTMCell(hidden_size, hidden_size, bias=bias, **factory)

@@ -149,6 +149,21 @@ class CellBase(nn.Module, ABC):
             return y.squeeze(0), map_state(lambda t: t.squeeze(0), new_state)
         return y, new_state
 
+    def _make_gate_parameters(
+        self, rows: int, recurrent_width: int, bias: bool, factory: dict[str, Any]
+    ) -> None:
+        """Create torch.nn's ``weight_ih (rows, I)``, ``weight_hh (rows, recurrent_width)``
+        and, with ``bias``, ``bias_ih``/``bias_hh (rows,)`` (else registered as ``None``),
+        in torch's order. Call after setting ``input_size``."""
+        self.weight_ih = make_weight(rows, self.input_size, factory)
+        self.weight_hh = make_weight(rows, recurrent_width, factory)
+        if bias:
+            self.bias_ih = make_bias(rows, factory)
+            self.bias_hh = make_bias(rows, factory)
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+
     @abstractmethod
     def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
         """The zero state; no argument checks."""

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from recurrentkit._validation import check_bool, check_choice, check_int, factory_kwargs
-from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
+from recurrentkit.cells.protocol import CellBase
 
 __all__ = ["RNNCell"]
 
@@ -69,14 +69,7 @@ class RNNCell(CellBase):
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.bias = check_bool("bias", bias)
         factory: dict[str, Any] = factory_kwargs(device, dtype)
-        self.weight_ih = make_weight(hidden_size, input_size, factory)
-        self.weight_hh = make_weight(hidden_size, hidden_size, factory)
-        if self.bias:
-            self.bias_ih = make_bias(hidden_size, factory)
-            self.bias_hh = make_bias(hidden_size, factory)
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        self._make_gate_parameters(hidden_size, hidden_size, self.bias, factory)
         self.reset_parameters()
 
     def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
