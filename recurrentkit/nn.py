@@ -272,7 +272,8 @@ class RecurrentBase(nn.Module):
                 x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
         states = self._check_hx(hx, x, unbatched)
         if self._stack is not None:
-            self._stack.train(self.training)
+            if self._stack.training != self.training:  # train() walks every submodule
+                self._stack.train(self.training)
             y, finals = self._stack(
                 x, None if states is None else tuple(states), lengths=lengths
             )  # (T, B, H_out)
@@ -292,7 +293,8 @@ class RecurrentBase(nn.Module):
         u, finals = x, []
         last = len(self._bi_layers) - 1
         for k, layer in enumerate(self._bi_layers):
-            layer.train(self.training)
+            if layer.training != self.training:
+                layer.train(self.training)
             s = None if states is None else ((states[2 * k],), (states[2 * k + 1],))
             y, (s_f, s_b) = layer(u, s, lengths=lengths)  # (T, B, 2 H_out)
             finals += [s_f[0], s_b[0]]
