@@ -80,9 +80,6 @@ class GRUCell(CellBase):
         self._make_gate_parameters(3 * hidden_size, hidden_size, self.bias, factory)
         self.reset_parameters()
 
-    def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
-
     def _step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         H = self.hidden_size
         gi = F.linear(x, self.weight_ih, self.bias_ih)  # (B, 3H)

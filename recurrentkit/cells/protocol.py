@@ -57,7 +57,8 @@ class CellBase(nn.Module, ABC):
     """Base of the built-in cells: input checks, unbatched input, zero initial state.
 
     Subclasses set ``input_size``, ``hidden_size`` and ``output_size``, create their
-    parameters, and implement :meth:`_zero_state` and :meth:`_step`.
+    parameters, and implement :meth:`_step` (and :meth:`_zero_state` if the state is not
+    one ``(B, hidden_size)`` tensor).
     """
 
     input_size: int
@@ -164,9 +165,12 @@ class CellBase(nn.Module, ABC):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
 
-    @abstractmethod
     def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
-        """The zero state; no argument checks."""
+        """The zero state, no argument checks: ``(B, hidden_size)`` zeros by default.
+
+        Cells whose state is a NamedTuple (LSTM family) override it.
+        """
+        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
 
     @abstractmethod
     def _step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:

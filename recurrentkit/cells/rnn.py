@@ -72,9 +72,6 @@ class RNNCell(CellBase):
         self._make_gate_parameters(hidden_size, hidden_size, self.bias, factory)
         self.reset_parameters()
 
-    def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
-
     def _step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         pre = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(
             state, self.weight_hh, self.bias_hh

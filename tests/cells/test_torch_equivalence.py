@@ -72,6 +72,18 @@ def xs_for(T: int, B: int, I: int, unbatched: bool, dtype: torch.dtype) -> list[
     return [leaf((I,) if unbatched else (B, I), dtype) for _ in range(T)]
 
 
+def _step_torch_h(m, x, s):
+    """One step of a torch cell whose state is one tensor ``h``."""
+    h = m(x, s[0])
+    return h, [h]
+
+
+def _step_ours_h(m, x, s):
+    """One step of a recurrentkit cell whose state is one tensor ``h``."""
+    y, h = m(x, s[0])
+    return y, [h]
+
+
 @given(
     I=sizes,
     H=sizes,
@@ -87,16 +99,9 @@ def test_rnn_cell_equals_torch(I, H, B, T, bias, nonlinearity, unbatched, dtype)
     ours = rk.RNNCell(I, H, bias, nonlinearity, dtype=dtype)
     ours.load_state_dict(theirs.state_dict())
     h0 = leaf((H,) if unbatched else (B, H), dtype)
-
-    def step_t(m, x, s):
-        h = m(x, s[0])
-        return h, [h]
-
-    def step_o(m, x, s):
-        y, h = m(x, s[0])
-        return y, [h]
-
-    run_both(ours, theirs, xs_for(T, B, I, unbatched, dtype), [h0], step_t, step_o, dtype)
+    run_both(
+        ours, theirs, xs_for(T, B, I, unbatched, dtype), [h0], _step_torch_h, _step_ours_h, dtype
+    )
 
 
 @given(I=sizes, H=sizes, B=batches, T=steps, bias=st.booleans(), unbatched=st.booleans(),
@@ -106,16 +111,9 @@ def test_gru_cell_equals_torch(I, H, B, T, bias, unbatched, dtype) -> None:
     ours = rk.GRUCell(I, H, bias, dtype=dtype)
     ours.load_state_dict(theirs.state_dict())
     h0 = leaf((H,) if unbatched else (B, H), dtype)
-
-    def step_t(m, x, s):
-        h = m(x, s[0])
-        return h, [h]
-
-    def step_o(m, x, s):
-        y, h = m(x, s[0])
-        return y, [h]
-
-    run_both(ours, theirs, xs_for(T, B, I, unbatched, dtype), [h0], step_t, step_o, dtype)
+    run_both(
+        ours, theirs, xs_for(T, B, I, unbatched, dtype), [h0], _step_torch_h, _step_ours_h, dtype
+    )
 
 
 @given(I=sizes, H=sizes, B=batches, T=steps, bias=st.booleans(), unbatched=st.booleans(),
