@@ -10,17 +10,23 @@ How it is built:
 - The drop-in owns torch-named parameters (``weight_ih_l0``, ``weight_hh_l1_reverse``,
   ...), registered in torch's order and initialised as torch does (one uniform pass,
   so the same seed gives the same weights as torch.nn).
-- It runs library parts that it does *not* register as submodules (so the state_dict
-  has torch's keys only): a unidirectional drop-in runs one :class:`~recurrentkit.Stack`
-  with independent routing over ``RNNCell``/``GRUCell``/``LSTMCell``; a bidirectional
-  one runs, per layer, a :class:`~recurrentkit.bidirectional.Bidirectional` of two
-  one-layer stacks, with inter-layer dropout between layers.
-- Before every call the cells' parameters are pointed at the drop-in's (a dictionary
+- How it runs is its :attr:`~RecurrentBase.executor`: under ``"auto"`` (the default) the
+  whole module is one call of torch's fused multi-layer op (``torch._VF.gru`` & co., what
+  ``torch.nn.GRU.forward`` calls) with these parameters; under ``"handbuilt"`` or
+  ``"reference"`` it runs library parts that it does *not* register as submodules (so the
+  state_dict has torch's keys only): a unidirectional drop-in runs one
+  :class:`~recurrentkit.Stack` with independent routing over
+  ``RNNCell``/``GRUCell``/``LSTMCell``; a bidirectional one runs, per layer, a
+  :class:`~recurrentkit.bidirectional.Bidirectional` of two one-layer stacks, with
+  inter-layer dropout between layers. ``torch.compile`` tracing and torch.func transforms
+  run the parts (plain autograd ops) whatever the executor.
+- Before the parts run, the cells' parameters are pointed at the drop-in's (a dictionary
   write per tensor), so ``.to()``, ``.double()``, ``load_state_dict(assign=True)``,
   ``copy.deepcopy`` and ``torch.func.functional_call`` all act on what runs.
 
-Inside, everything is time-major; ``batch_first``, unbatched input and packed
-sequences are converted once, at this boundary.
+Inside, everything is time-major; ``batch_first`` and unbatched input are converted once,
+at this boundary (packed sequences go to torch's packed op as they are under ``"auto"``
+and are padded once for the parts).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import _VF, Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
@@ -43,14 +49,15 @@ from recurrentkit._validation import (
     check_tensor,
     describe,
     factory_kwargs,
-    param_like,
     shape_str,
 )
 from recurrentkit.bidirectional import Bidirectional
 from recurrentkit.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from recurrentkit.cells.protocol import CellBase
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, StateError
-from recurrentkit.stack import Stack, _repack
+from recurrentkit.executors.fast import plain_mode
+from recurrentkit.executors.torch_ops import FUSED_OPS as _FUSED_OPS
+from recurrentkit.stack import EXECUTORS, Stack, _repack
 
 __all__ = ["GRU", "LSTM", "RNN", "RecurrentBase"]
 
@@ -98,6 +105,7 @@ class RecurrentBase(nn.Module):
         proj_size: int,
         device: torch.device | str | None,
         dtype: torch.dtype | None,
+        executor: str = "auto",
     ) -> None:
         super().__init__()
         self.mode = mode
@@ -126,6 +134,7 @@ class RecurrentBase(nn.Module):
                 stacklevel=3,
             )
         factory = factory_kwargs(device, dtype)
+        self._executor = check_choice("executor", executor, EXECUTORS)
         self._build_parts()
         for cell, pairs in self._bindings:
             for kind, name in pairs:
@@ -133,6 +142,7 @@ class RecurrentBase(nn.Module):
                 assert template is not None
                 self.register_parameter(name, nn.Parameter(torch.empty(template.shape, **factory)))
         self._all_weights = [[name for _, name in pairs] for _, pairs in self._bindings]
+        self._flat_names = [name for names in self._all_weights for name in names]
         self._bind()
         self.reset_parameters()
 
@@ -176,6 +186,7 @@ class RecurrentBase(nn.Module):
             ("_bi_layers", layers),
         ):
             object.__setattr__(self, name, value)
+        self._set_parts_executor()
 
     def _replicate_for_data_parallel(self) -> RecurrentBase:
         # A replica shares this module's __dict__ copy: give it its own parts, so replicas
@@ -247,18 +258,45 @@ class RecurrentBase(nn.Module):
 
     # -- running ------------------------------------------------------------------------
 
-    def _run(
-        self, input: Tensor | PackedSequence, hx: Any
-    ) -> tuple[Tensor | PackedSequence, list[Any], bool]:
-        """Shared body of ``forward``: returns outputs, per-(layer, direction) final
-        cell states (batched), and whether the input was unbatched."""
-        self._bind()
+    @property
+    def executor(self) -> str:
+        """How the module runs: ``"auto"`` (default), ``"handbuilt"`` or ``"reference"``.
+
+        - ``"auto"``: the whole module on torch's fused multi-layer recurrent op
+          (``torch._VF.gru`` & co., what ``torch.nn.GRU`` itself calls: ATen/oneDNN on CPU,
+          cuDNN on GPU), with this module's parameters. Under ``torch.compile`` tracing
+          and torch.func transforms it runs the library's parts on plain ops instead.
+        - ``"handbuilt"`` / ``"reference"``: the library's parts (a :class:`~recurrentkit.Stack`
+          per direction, see :attr:`stack` and :attr:`bidirectional_layers`) with that
+          executor — hand-built cells and kernels, never torch's fused op.
+
+        All compute the same function (float64 agreement ≤ 1e-10 with ``torch.nn``,
+        outputs, states and gradients); in training, dropout draws different masks.
+        Settable at any time: ``gru.executor = "handbuilt"``.
+        """
+        return self._executor
+
+    @executor.setter
+    def executor(self, value: str) -> None:
+        self._executor = check_choice("executor", value, EXECUTORS)
+        self._set_parts_executor()
+
+    def _set_parts_executor(self) -> None:
+        parts = "handbuilt" if self._executor == "auto" else self._executor
+        stacks = [self._stack] if self._stack is not None else []
+        for layer in self._bi_layers:
+            stacks += [layer.forward_stack, layer.backward_stack]
+        for stack in stacks:
+            stack.executor = parts
+
+    def _run(self, input: Tensor | PackedSequence, hx: Any) -> tuple[Any, Any]:
+        """Shared body of ``forward``: ``(output, h_n)``, ``h_n`` a tensor or ``(h_n, c_n)``
+        in torch's layout."""
         packed = input if isinstance(input, PackedSequence) else None
-        lengths: Tensor | None = None
         if packed is not None:
             self._check_input("input.data (PackedSequence)", packed.data, (2,), "(N, I)")
-            x, lengths = pad_packed_sequence(packed)  # (T, B, I), the caller's batch order
-            unbatched = False
+            x = packed.data  # (N, I)
+            B, unbatched = int(packed.batch_sizes[0]), False
         else:
             self._check_input("input", input, (2, 3), self._layout())
             assert isinstance(input, Tensor)
@@ -270,7 +308,75 @@ class RecurrentBase(nn.Module):
                 axes = ["batch", "time"] if self.batch_first else ["time", "batch"]
                 check_nonempty("input", input, [0, 1], axes)
                 x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
-        states = self._check_hx(hx, x, unbatched)
+            B = x.shape[1]
+        h0 = self._check_hx(hx, B, x, unbatched)  # (D L, B, ·) tensors, or None
+        if self._executor == "auto" and not plain_mode():
+            y, h_n = self._run_fused(x, packed, h0)  # packed: (N, D H_out)
+            if packed is not None:
+                return PackedSequence(
+                    y, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+                ), h_n
+        else:
+            lengths = None
+            if packed is not None:
+                x, lengths = pad_packed_sequence(packed)  # (T, B, I), the caller's order
+            y, h_n = self._run_parts(x, h0, lengths)  # (T, B, D H_out)
+            if packed is not None:
+                assert lengths is not None
+                return _repack(y, lengths, packed), h_n
+        if unbatched:
+            h_n = tuple(h.squeeze(1) for h in h_n) if self.mode == "LSTM" else h_n.squeeze(1)
+            return y.squeeze(1), h_n  # (T, D H_out)
+        return (y.transpose(0, 1) if self.batch_first else y), h_n
+
+    def _run_fused(self, x: Tensor, packed: PackedSequence | None, h0: Any) -> tuple[Tensor, Any]:
+        """The whole module on torch's fused op: ``x`` is ``(T, B, I)``, or the packed
+        data ``(N, I)`` of ``packed``; ``h0`` in the caller's batch order or ``None``."""
+        lstm = self.mode == "LSTM"
+        if h0 is None:
+            D = 2 if self.bidirectional else 1
+            B = int(packed.batch_sizes[0]) if packed is not None else x.shape[1]
+            zeros = x.new_zeros((D * self.num_layers, B, self.proj_size or self.hidden_size))
+            h0 = (zeros, x.new_zeros((*zeros.shape[:2], self.hidden_size))) if lstm else zeros
+        elif packed is not None and packed.sorted_indices is not None:
+            order = packed.sorted_indices  # the op runs sequences longest first
+            h0 = tuple(h.index_select(1, order) for h in h0) if lstm else h0.index_select(1, order)
+        weights = self._weights()
+        config = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        if lstm:
+            if packed is None:
+                y, h, c = _VF.lstm(x, h0, weights, *config, False)
+            else:
+                y, h, c = _VF.lstm(x, packed.batch_sizes, h0, weights, *config)
+            h_n: Any = (h, c)
+        else:
+            op = _FUSED_OPS[self.mode]
+            if packed is None:
+                y, h_n = op(x, h0, weights, *config, False)
+            else:
+                y, h_n = op(x, packed.batch_sizes, h0, weights, *config)
+        if packed is not None and packed.unsorted_indices is not None:
+            back = packed.unsorted_indices  # the caller's batch order again
+            h_n = tuple(h.index_select(1, back) for h in h_n) if lstm else h_n.index_select(1, back)
+        return y, h_n
+
+    def _weights(self) -> list[Tensor]:
+        """The parameters in torch's flat order (``_flat_weights``)."""
+        params = self._parameters
+        try:
+            return [params[name] for name in self._flat_names]  # type: ignore[misc]
+        except KeyError:  # a DataParallel replica holds its weights as plain attributes
+            return [getattr(self, name) for name in self._flat_names]
+
+    def _run_parts(self, x: Tensor, h0: Any, lengths: Tensor | None) -> tuple[Tensor, Any]:
+        """The library's Stack / Bidirectional parts over ``x (T, B, I)``."""
+        self._bind()
+        states: list[Any] | None = None
+        if h0 is not None:
+            if self.mode == "LSTM":
+                states = [LSTMState(h, c) for h, c in zip(h0[0].unbind(0), h0[1].unbind(0))]
+            else:
+                states = list(h0.unbind(0))
         if self._stack is not None:
             if self._stack.training != self.training:  # train() walks every submodule
                 self._stack.train(self.training)
@@ -280,12 +386,9 @@ class RecurrentBase(nn.Module):
             finals = list(finals)
         else:
             y, finals = self._run_bidirectional(x, states, lengths)  # (T, B, 2 H_out)
-        if packed is not None:
-            assert lengths is not None
-            return _repack(y, lengths, packed), finals, False
-        if unbatched:
-            return y.squeeze(1), finals, True  # (T, D H_out)
-        return (y.transpose(0, 1) if self.batch_first else y), finals, False
+        if self.mode == "LSTM":
+            return y, (torch.stack([s.h for s in finals]), torch.stack([s.c for s in finals]))
+        return y, torch.stack(finals)  # (D L, B, H)
 
     def _run_bidirectional(
         self, x: Tensor, states: list[Any] | None, lengths: Tensor | None
@@ -316,9 +419,17 @@ class RecurrentBase(nn.Module):
         return f"(B, T, {I}) or (T, {I})" if self.batch_first else f"(T, B, {I}) or (T, {I})"
 
     def _check_input(self, name: str, x: object, ranks: tuple[int, ...], layout: str) -> None:
-        check_tensor(
-            name, x, ranks=ranks, size_last=self.input_size, like=param_like(self), layout=layout
-        )
+        first, *rest = self._weights()
+        check_tensor(name, x, ranks=ranks, size_last=self.input_size, like=first, layout=layout)
+        assert isinstance(x, Tensor)
+        for pname, p in zip(self._flat_names[1:], rest):  # a parameter converted on its own
+            if p.dtype != x.dtype or p.device != x.device:
+                raise DeviceError(
+                    pname,
+                    f"the input's dtype {x.dtype} and device {x.device} (all parameters of the "
+                    f"module must share them; {name} has them)",
+                    f"{p.dtype} on {p.device}",
+                )
 
     def _check_hx_tensor(
         self, name: str, t: object, shape: tuple[int, ...], layout: str, x: Tensor
@@ -335,12 +446,12 @@ class RecurrentBase(nn.Module):
             raise DeviceError(name, f"device {x.device} (the input's)", t.device)
         return t
 
-    def _check_hx(self, hx: object, x: Tensor, unbatched: bool) -> list[Any] | None:
-        """``hx`` → one cell state per (layer, direction), batched; ``None`` stays ``None``."""
+    def _check_hx(self, hx: object, B: int, x: Tensor, unbatched: bool) -> Any:
+        """``hx`` checked, as ``(D L, B, ·)`` tensors (a pair for LSTM); ``None`` stays."""
         if hx is None:
             return None
         D = 2 if self.bidirectional else 1
-        lead = (D * self.num_layers,) if unbatched else (D * self.num_layers, x.shape[1])
+        lead = (D * self.num_layers,) if unbatched else (D * self.num_layers, B)
         dims = "(D*num_layers, {})" if unbatched else "(D*num_layers, B, {})"
         out = self.proj_size or self.hidden_size
         if self.mode != "LSTM":
@@ -351,8 +462,7 @@ class RecurrentBase(nn.Module):
                     describe(hx),
                 )
             h = self._check_hx_tensor("hx", hx, (*lead, out), dims.format("H"), x)
-            h = h.unsqueeze(1) if unbatched else h  # (D L, B, H)
-            return list(h.unbind(0))
+            return h.unsqueeze(1) if unbatched else h  # (D L, B, H)
         if isinstance(hx, Tensor) or not isinstance(hx, (tuple, list)):
             raise InputTypeError(
                 "hx", "a tuple (h_0, c_0) (an LSTM's state is two tensors)", describe(hx)
@@ -366,7 +476,7 @@ class RecurrentBase(nn.Module):
         )
         if unbatched:
             h, c = h.unsqueeze(1), c.unsqueeze(1)  # (D L, 1, ·)
-        return [LSTMState(hk, ck) for hk, ck in zip(h.unbind(0), c.unbind(0))]
+        return h, c
 
     def _name(self) -> str:
         return type(self).__name__
@@ -386,11 +496,6 @@ class RecurrentBase(nn.Module):
         if self.bidirectional is not False:
             s += f", bidirectional={self.bidirectional}"
         return s
-
-
-def _stack_h(finals: list[Tensor], unbatched: bool) -> Tensor:
-    h = torch.stack(finals)  # (D L, B, H)
-    return h.squeeze(1) if unbatched else h
 
 
 class RNN(RecurrentBase):
@@ -418,6 +523,8 @@ class RNN(RecurrentBase):
         bidirectional: add a reverse direction (``D = 2``).
         device: where to create the parameters.
         dtype: dtype of the parameters.
+        executor: ``"auto"``, ``"handbuilt"`` or ``"reference"`` (see
+            :attr:`RecurrentBase.executor`).
         proj_size: keyword-only and must be 0 (as torch.nn, projections are LSTM's).
 
     Parameters, torch's names and shapes: ``weight_ih_l{k}[_reverse]`` ``(H, I or D H)``,
@@ -458,12 +565,13 @@ class RNN(RecurrentBase):
         dtype: torch.dtype | None = None,
         *,
         proj_size: int = 0,
+        executor: str = "auto",
     ) -> None:
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, _NONLINEARITIES)
         super().__init__(
             "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU",
             input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, proj_size, device, dtype,
+            bidirectional, proj_size, device, dtype, executor,
         )  # fmt: skip
 
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
@@ -481,8 +589,7 @@ class RNN(RecurrentBase):
         Returns:
             ``(output, h_n)``.
         """
-        out, finals, unbatched = self._run(input, hx)
-        return out, _stack_h(finals, unbatched)
+        return self._run(input, hx)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -517,6 +624,8 @@ class GRU(RecurrentBase):
         bidirectional: add a reverse direction (``D = 2``).
         device: where to create the parameters.
         dtype: dtype of the parameters.
+        executor: ``"auto"``, ``"handbuilt"`` or ``"reference"`` (see
+            :attr:`RecurrentBase.executor`).
         proj_size: keyword-only and must be 0 (as torch.nn, projections are LSTM's).
 
     Parameters, torch's names and shapes: ``weight_ih_l{k}[_reverse]``
@@ -557,10 +666,11 @@ class GRU(RecurrentBase):
         dtype: torch.dtype | None = None,
         *,
         proj_size: int = 0,
+        executor: str = "auto",
     ) -> None:
         super().__init__(
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, proj_size, device, dtype,
+            bidirectional, proj_size, device, dtype, executor,
         )  # fmt: skip
 
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
@@ -578,8 +688,7 @@ class GRU(RecurrentBase):
         Returns:
             ``(output, h_n)``.
         """
-        out, finals, unbatched = self._run(input, hx)
-        return out, _stack_h(finals, unbatched)
+        return self._run(input, hx)
 
 
 class LSTM(RecurrentBase):
@@ -612,6 +721,8 @@ class LSTM(RecurrentBase):
         proj_size: ``0`` or ``P < H``: project ``h`` to ``P`` features (``weight_hr_l{k}``).
         device: where to create the parameters.
         dtype: dtype of the parameters.
+        executor: ``"auto"``, ``"handbuilt"`` or ``"reference"`` (see
+            :attr:`RecurrentBase.executor`).
 
     Parameters, torch's names and shapes: ``weight_ih_l{k}[_reverse]``
     ``(4H, I or D H_out)``, ``weight_hh_l{k}[_reverse]`` ``(4H, H_out)``,
@@ -653,10 +764,12 @@ class LSTM(RecurrentBase):
         proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        executor: str = "auto",
     ) -> None:
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, proj_size, device, dtype,
+            bidirectional, proj_size, device, dtype, executor,
         )  # fmt: skip
 
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
@@ -677,7 +790,4 @@ class LSTM(RecurrentBase):
         Returns:
             ``(output, (h_n, c_n))``.
         """
-        out, finals, unbatched = self._run(input, hx)
-        h = _stack_h([s.h for s in finals], unbatched)
-        c = _stack_h([s.c for s in finals], unbatched)
-        return out, (h, c)
+        return self._run(input, hx)

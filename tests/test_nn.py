@@ -35,6 +35,7 @@ class Config:
     bias: bool
     proj: int
     dropout: float
+    executor: str = "auto"
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = dict(
@@ -55,7 +56,9 @@ class Config:
         with warnings.catch_warnings():  # dropout with one layer: both warn, as they should
             warnings.simplefilter("ignore", UserWarning)
             theirs = TORCH[self.mode](self.I, self.H, dtype=dtype, **self.kwargs())
-            ours = OURS[self.mode](self.I, self.H, dtype=dtype, **self.kwargs())
+            ours = OURS[self.mode](
+                self.I, self.H, dtype=dtype, executor=self.executor, **self.kwargs()
+            )
         ours.load_state_dict(theirs.state_dict())
         if self.dropout:
             theirs.eval(), ours.eval()
@@ -84,6 +87,7 @@ def configs(draw, mode: str, dropout: bool = True) -> Config:
         bias=draw(st.booleans()),
         proj=proj,
         dropout=draw(st.sampled_from([0.0, 0.0, 0.4])) if dropout else 0.0,
+        executor=draw(st.sampled_from(["auto", "handbuilt", "reference"])),
     )
 
 

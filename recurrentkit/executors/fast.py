@@ -6,7 +6,8 @@ Chosen by what the policy and cells declare, never by what they compute:
   independent, residual, handoff): each layer runs over the whole sequence on torch's
   fused op if the cell is exactly a torch layer (executor ``"auto"``), else on the
   cell's hand-built whole-sequence kernel (:mod:`.kernels`), else (user cells) on the
-  reference loop;
+  reference loop; an ``independent`` stack whose layers torch could hold in one module
+  (one mode, hidden size, bias and projection) runs as one call of torch's multi-layer op;
 - **shared routing** under ``"auto"``: the reference loop over the cells' own steps, so
   it equals the original study's literal loop to the bit; under ``"handbuilt"`` with
   ``carry="first"`` (built-in cells): only layer 1's state crosses time, so layer 1
@@ -39,12 +40,13 @@ from torch.nn import functional as F
 
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
+from recurrentkit.executors.cross_layer import run_cross_layer
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for
 from recurrentkit.executors.kernels.base import Linear
 from recurrentkit.executors.packing import Schedule, cat_states, schedule
 from recurrentkit.executors.reference import ReferenceLayers
-from recurrentkit.executors.torch_ops import run_torch_layer, torch_mode
+from recurrentkit.executors.torch_ops import fusable, run_torch_layer, run_torch_layers, torch_mode
 from recurrentkit.routing.base import RoutingPolicy
 from recurrentkit.routing.cross_layer import CrossLayer
 from recurrentkit.routing.handoff import Handoff
@@ -138,6 +140,11 @@ class FastLayers:
         if len(self.cells) == 1 and type(policy) in _BUILTIN_POLICIES:  # all one cell
             y, s = self.run_layer(0, x, states[0], lengths)
             return y, (s,)
+        if type(policy) is Independent and (mode := fusable(self.cells, self._modes)):
+            # exactly nn.GRU(num_layers=L) & co.: one call of torch's multi-layer op
+            return run_torch_layers(
+                self.cells, mode, x, states, lengths, self.dropout, self.training
+            )
         if type(policy) is Shared and self._exact_shared:
             # "auto": shared routing reproduces the literal step loop over the cells to the
             # bit (issue 3's proof); the batched plan below differs in the last bits.
@@ -201,6 +208,10 @@ class FastLayers:
         lengths: Tensor | None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """A step-major policy's own ``step`` in a time loop, layer 1's projection hoisted."""
+        if type(policy) is CrossLayer and len(self.cells) > 1:
+            done = run_cross_layer(self, policy, x, states, lengths)  # its own plans
+            if done is not None:
+                return done
         sched = schedule(x, lengths)
         kern0 = self._kernels[0]
         shrink = type(policy) in _BUILTIN_STEP_POLICIES and all(

@@ -10,8 +10,10 @@ own parameters — so gradients reach the cell exactly as through the hand-built
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import _VF, Tensor, nn
 
 from recurrentkit.cells.gru import GRUCell
@@ -19,7 +21,7 @@ from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.cells.rnn import RNNCell
 from recurrentkit.executors.packing import schedule
 
-__all__ = ["run_torch_layer", "torch_mode"]
+__all__ = ["FUSED_OPS", "fusable", "run_torch_layer", "run_torch_layers", "torch_mode"]
 
 
 def torch_mode(cell: nn.Module) -> str | None:
@@ -48,7 +50,72 @@ def _weights(cell: Any) -> list[Tensor]:
     return weights
 
 
-_OPS = {"RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu, "GRU": _VF.gru}
+#: torch's fused sequence ops of the one-tensor-state modes (LSTM: ``_VF.lstm``).
+FUSED_OPS = {"RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu, "GRU": _VF.gru}
+
+
+def fusable(cells: Sequence[nn.Module], modes: Sequence[str | None]) -> str | None:
+    """The mode if ``cells`` can run as one multi-layer torch module, else ``None``.
+
+    That needs one torch mode for every layer and what ``nn.GRU(num_layers=L)`` &
+    co. share across layers: the hidden size, whether biases exist, the projection.
+    """
+    mode = modes[0]
+    if mode is None or any(m != mode for m in modes):
+        return None
+    first = cells[0]
+    for cell in cells[1:]:
+        if (
+            cell.hidden_size != first.hidden_size
+            or (cell.bias_ih is None) != (first.bias_ih is None)
+            or getattr(cell, "proj_size", 0) != getattr(first, "proj_size", 0)
+        ):
+            return None
+    return mode
+
+
+def run_torch_layers(
+    cells: Sequence[nn.Module],
+    mode: str,
+    x: Tensor,
+    states: Sequence[Any],
+    lengths: Tensor | None,
+    dropout: float,
+    training: bool,
+) -> tuple[Tensor, tuple[Any, ...]]:
+    """Independent layers over ``x (T, B, I)`` in one call of torch's fused op.
+
+    ``cells`` must pass :func:`fusable`. Layer ``k + 1`` reads layer ``k``'s output,
+    dropped out with probability ``dropout`` in training (torch draws the masks).
+
+    Returns ``(outputs (T, B, O), final states)`` with the reference path's meaning:
+    with ``lengths``, outputs past a sequence's end are zero and its final state is
+    the one after its last step (torch's packed-sequence op, sequences sorted by
+    length and restored).
+    """
+    weights = [w for cell in cells for w in _weights(cell)]
+    config = (cells[0].bias_ih is not None, len(cells), dropout, training, False)
+    sched = schedule(x, lengths)
+    states = [sched.sort_state(s) for s in states]  # longest first (no-op if uniform)
+    lstm = mode == "LSTM"
+    if lstm:
+        hx: Any = (torch.stack([s.h for s in states]), torch.stack([s.c for s in states]))
+    else:
+        hx = torch.stack(list(states))  # (L, B, H)
+    if sched.uniform:
+        args: tuple[Any, ...] = (x, hx, weights, *config, False)
+    else:
+        assert sched.batch_sizes is not None
+        args = (sched.pack(x), sched.batch_sizes, hx, weights, *config)  # x: (N, I)
+    if lstm:
+        y, h, c = _VF.lstm(*args)
+        finals: list[Any] = [LSTMState(hk, ck) for hk, ck in zip(h.unbind(0), c.unbind(0))]
+    else:
+        y, h = FUSED_OPS[mode](*args)
+        finals = list(h.unbind(0))
+    if not sched.uniform:
+        y = sched.unpack(y)  # (T, B, O)
+    return y, tuple(sched.unsort_state(f) for f in finals)
 
 
 def run_torch_layer(
@@ -59,33 +126,9 @@ def run_torch_layer(
     lengths: Tensor | None,
     training: bool,
 ) -> tuple[Tensor, Any]:
-    """One layer over ``x (T, B, I)`` on torch's fused op.
+    """One layer over ``x (T, B, I)`` on torch's fused op (see :func:`run_torch_layers`).
 
-    Returns ``(outputs (T, B, O), final state)`` with the reference path's meaning:
-    with ``lengths``, outputs past a sequence's end are zero and its final state is
-    the one after its last step (torch's packed-sequence op, sequences sorted by
-    length and restored).
+    Returns ``(outputs (T, B, O), final state)``.
     """
-    weights = _weights(cell)
-    has_bias = cell.bias_ih is not None
-    sched = schedule(x, lengths)
-    lstm = mode == "LSTM"
-    hx: Any = (state.h[None], state.c[None]) if lstm else state[None]  # (1, B, H)
-    if sched.uniform:
-        if lstm:
-            y, h, c = _VF.lstm(x, hx, weights, has_bias, 1, 0.0, training, False, False)
-            return y, LSTMState(h[0], c[0])
-        y, h = _OPS[mode](x, hx, weights, has_bias, 1, 0.0, training, False, False)
-        return y, h[0]
-    assert sched.batch_sizes is not None
-    data = sched.pack(x)  # (N, I)
-    hx = tuple(sched.sort_state(s[0])[None] for s in hx) if lstm else sched.sort_state(hx[0])[None]
-    if lstm:
-        out, h, c = _VF.lstm(
-            data, sched.batch_sizes, hx, weights, has_bias, 1, 0.0, training, False
-        )
-        final: Any = LSTMState(h[0], c[0])
-    else:
-        out, h = _OPS[mode](data, sched.batch_sizes, hx, weights, has_bias, 1, 0.0, training, False)
-        final = h[0]
-    return sched.unpack(out), sched.unsort_state(final)
+    y, (final,) = run_torch_layers([cell], mode, x, [state], lengths, 0.0, training)
+    return y, final

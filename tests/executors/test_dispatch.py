@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 import recurrentkit as rk
+from recurrentkit._validation import map_state
 from recurrentkit.executors import fast
 from recurrentkit.executors.kernels.gru import GRUKernel
 from recurrentkit.executors.reference import ReferenceLayers
-from recurrentkit.executors.torch_ops import torch_mode
+from recurrentkit.executors.torch_ops import fusable, torch_mode
 
 TORCH_FORM = ["rnn", "rnn_relu", "gru", "gru_nobias", "lstm", "lstm_nobias", "lstm_proj"]
 LAYER_MAJOR = ["independent", "residual", "handoff"]
@@ -46,7 +47,7 @@ def test_dispatched_equals_reference(
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    calls = {"torch": 0, "kernel": 0, "reference": 0}
+    calls = {"torch": 0, "torch_stack": 0, "kernel": 0, "reference": 0}
 
     def count(name: str, fn: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -56,6 +57,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return wrapped
 
     monkeypatch.setattr(fast, "run_torch_layer", count("torch", fast.run_torch_layer))
+    monkeypatch.setattr(fast, "run_torch_layers", count("torch_stack", fast.run_torch_layers))
     monkeypatch.setattr(GRUKernel, "sequence", count("kernel", GRUKernel.sequence))
     monkeypatch.setattr(ReferenceLayers, "run_layer", count("reference", ReferenceLayers.run_layer))
     return calls
@@ -64,9 +66,9 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("executor", "expected"),
     [
-        ("auto", {"torch": 3, "kernel": 0, "reference": 0}),
-        ("handbuilt", {"torch": 0, "kernel": 3, "reference": 0}),
-        ("reference", {"torch": 0, "kernel": 0, "reference": 3}),
+        ("auto", {"torch": 0, "torch_stack": 1, "kernel": 0, "reference": 0}),
+        ("handbuilt", {"torch": 0, "torch_stack": 0, "kernel": 3, "reference": 0}),
+        ("reference", {"torch": 0, "torch_stack": 0, "kernel": 0, "reference": 3}),
     ],
 )
 def test_the_switch_selects_the_path(
@@ -78,9 +80,9 @@ def test_the_switch_selects_the_path(
     stack(torch.randn(4, 2, 3, dtype=torch.float64))
     assert calls == expected
     stack.executor = "reference"  # settable afterwards
-    calls.update(torch=0, kernel=0, reference=0)
+    calls.update(torch=0, torch_stack=0, kernel=0, reference=0)
     stack(torch.randn(4, 2, 3, dtype=torch.float64))
-    assert calls == {"torch": 0, "kernel": 0, "reference": 3}
+    assert calls == {"torch": 0, "torch_stack": 0, "kernel": 0, "reference": 3}
 
 
 def test_an_unknown_executor_is_a_config_error(checks: SimpleNamespace) -> None:
@@ -106,7 +108,42 @@ def test_reset_before_and_user_layers_mix_with_dispatched_ones(
     checks.same_run(ref, fused, x, state, torch.tensor([2, 6, 6, 1]))
     # `fused`: layer 0 on torch's op, layer 1 on the GRU kernel, the user layer on the
     # reference loop; `ref`: its three layers on the reference loop.
-    assert calls == {"torch": 1, "kernel": 1, "reference": 1 + 3}
+    assert calls == {"torch": 1, "torch_stack": 0, "kernel": 1, "reference": 1 + 3}
+
+
+def test_fusable_needs_what_torchs_layers_share() -> None:
+    def modes(cells: list[nn.Module]) -> list[str | None]:
+        return [torch_mode(c) for c in cells]
+
+    same = [rk.GRUCell(3, 5), rk.GRUCell(5, 5)]
+    assert fusable(same, modes(same)) == "GRU"
+    for cells in (
+        [rk.GRUCell(3, 5), rk.GRUCell(5, 4)],  # hidden sizes differ
+        [rk.GRUCell(3, 5), rk.GRUCell(5, 5, bias=False)],  # biases differ
+        [rk.LSTMCell(3, 5, proj_size=2), rk.LSTMCell(2, 5)],  # projections differ
+        [rk.GRUCell(3, 5), rk.RNNCell(5, 5)],  # modes differ
+        [rk.GRUCell(3, 5), rk.GRUCell(5, 5, reset="before")],  # not a torch layer
+    ):
+        assert fusable(cells, modes(cells)) is None
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_unfusable_independent_layers_dispatch_one_by_one(
+    checks: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, ragged: bool
+) -> None:
+    """Widths torch cannot fuse (H 5 then 4): each layer on torch's op, still exact."""
+
+    def build(executor: str) -> rk.Stack:
+        torch.manual_seed(3)
+        cells = [rk.LSTMCell(3, 5), rk.LSTMCell(5, 4), rk.LSTMCell(4, 4, proj_size=2)]
+        return rk.Stack(cells, executor=executor).double()
+
+    ref, fused = build("reference"), build("auto")
+    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    state = map_state(lambda t: torch.randn_like(t).requires_grad_(), ref.initial_state(4))
+    calls = _spy(monkeypatch)
+    checks.same_run(ref, fused, x, state, torch.tensor([3, 6, 1, 5]) if ragged else None)
+    assert calls["torch"] == 3 and calls["torch_stack"] == 0
 
 
 @pytest.mark.parametrize("kind", ["GRU", "LSTM"])
