@@ -48,7 +48,9 @@ Outputs in ``--out``:
   ``n_seeds`` and, per metric,
   ``{"mean": m, "ci95": half_width or null}`` (Student's t; null with one seed).
 - ``results.md`` — the tables (with mean ± 95% CI over seeds) and a conclusion
-  written from the numbers.
+  written from the numbers, rendered from the run records by
+  `recurrentkit.study_report` (``StudyReport``; the ``backbones`` preset gets its own
+  layout: one table of the cells' size, losses, reach and accuracy, no original reference).
 - ``samples/<run>.tsv`` — every sample (``text<TAB>ended``), ``loss_<model>_<protocol>.png``
   — loss curves, ``connectivity_<group>.png`` / ``decay_<group>.png`` /
   ``context_<group>.png`` — heatmaps of one name, decay curves and accuracy by context
@@ -77,18 +79,13 @@ import torch
 
 import recurrentkit as rk
 from recurrentkit import data, metrics
-from recurrentkit.analysis import (
-    RunAnalysis,
-    analyse_run,
-    analysis_tables,
-    compare_reach,
-    plot_comparison,
-)
+from recurrentkit.analysis import analyse_run
 from recurrentkit.errors import RecurrentKitError
 from recurrentkit.lm import CharLM, count_parameters
 from recurrentkit.routing import LeakWarning
 from recurrentkit.sample import Sample, generate, stepwise_loss, teacher_forced_loss
 from recurrentkit.study_cells import StudyGRUCell
+from recurrentkit.study_report import StudyReport, summarize_runs
 from recurrentkit.train import TrainConfig, TrainingDiverged, fit
 
 PROG = "names_memory_ablation.py"
@@ -417,481 +414,20 @@ def train_run(
     return result.status, record
 
 
-# -- reporting ---------------------------------------------------------------------------
-
-METRICS = (
-    "best_val_loss",
-    "final_val_loss",
-    "stepwise_val_loss",
-    "leak_gap",
-    "runaway_rate",
-    "mean_length",
-    "distinct2",
-    "distinct3",
-    "repetition",
-    "novelty",
-    "reproduction",
-    "heldout_match",
-    "first_letter_tv",
-    "pad_sampled",
-    "pad_grad_norm",
-    "pad_embedding_drift",
-    "best_epoch",
-    "far_share",
-    "future_share",
-    "top1_accuracy",
-    "top2_accuracy",
-    "top3_accuracy",
-)
+# -- reporting (rendering lives in recurrentkit.study_report) -------------------------
 
 
-def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group completed runs by (model, routing, protocol): mean and 95% CI over seeds."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in runs:
-        if r.get("status") == "completed" and "runaway_rate" in r:
-            groups.setdefault((r["model"], r["routing"], r["protocol"]), []).append(r)
-    out = []
-    for (m, rt, p), rs in groups.items():
-        entry: dict[str, Any] = {
-            "model": m,
-            "routing": rt,
-            "protocol": p,
-            "layers": rs[0]["layers"],
-            "params": rs[0]["params"],
-            "epochs": rs[0]["epochs"],
-            "n_seeds": len(rs),
-            "seeds": [r["seed"] for r in rs],
-        }
-        for k in METRICS:
-            mean, ci = metrics.mean_ci([float(r[k]) for r in rs])
-            entry[k] = {"mean": mean, "ci95": ci}
-        out.append(entry)
-    return out
-
-
-def _fmt(cell: dict[str, Any], digits: int = 3, pct: bool = False) -> str:
-    mean, ci = cell["mean"], cell["ci95"]
-    if pct:
-        s = f"{100 * mean:.1f}%"
-        return s if ci is None else f"{s} ± {100 * ci:.1f}"
-    s = f"{mean:.{digits}f}"
-    return s if ci is None else f"{s} ± {ci:.{digits}f}"
-
-
-def _fmt_sci(cell: dict[str, Any]) -> str:
-    mean, ci = cell["mean"], cell["ci95"]
-    s = "0" if mean == 0 else f"{mean:.2e}"
-    return s if ci is None else f"{s} ± {ci:.1e}"
-
-
-def _label(entry: dict[str, Any]) -> str:
-    spec = SPECS[entry["model"]]
-    routing = entry["routing"]
-    if entry["layers"] == 1:
-        routing += " (1 layer: every policy is this model)"
-    return f"{spec.label} | {routing}"
-
-
-def comparison_groups(
-    items: list[dict[str, Any]], compare: str
-) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-    """Runs (or summary entries) set side by side: ``(file stem, title)`` → member → item.
-    ``compare="routing"``: the policies of each (model, protocol); ``"model"``: the models
-    under each (routing, protocol). With several seeds, the last item of a member wins."""
-    groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for it in items:
-        m, r, p = it["model"], it["routing"], it["protocol"]
-        if compare == "model":
-            key, member = (f"{r}_{p}", f"{r} routing, {p} protocol"), SPECS[m].label
-        else:
-            key, member = (f"{m}_{p}", f"{SPECS[m].label}, {p} protocol"), r
-        groups.setdefault(key, {})[member] = it
-    return groups
-
-
-def memory_conclusions(summary: list[dict[str, Any]], compare: str) -> list[str]:
-    """Which policy (or backbone) reaches furthest back, per comparison group."""
-    lines = []
-    for (_, title), members in comparison_groups(summary, compare).items():
-        if len(members) < 2:
-            continue
-        far = {k: (e["far_share"]["mean"], e["far_share"]["ci95"]) for k, e in members.items()}
-        if not any(math.isfinite(mean) for mean, _ in far.values()):
-            continue  # no name reaches FAR characters (a word list of short words)
-        future = {k: e["future_share"]["mean"] for k, e in members.items()}
-        what = "model" if compare == "model" else "policy"
-        text = compare_reach(far, far=FAR, future_shares=future, what=what)
-        lines.append(f"- **Memory reach**, {title}: {text}")
-        if compare == "model":
-            best = min(members, key=lambda k: members[k]["stepwise_val_loss"]["mean"])
-            lines.append(
-                f"- **Backbones**, {title}: lowest step-wise validation loss: `{best}`; "
-                "step-wise validation loss / top-1 / top-3 accuracy: "
-                + "; ".join(
-                    f"`{k}` {_fmt(e['stepwise_val_loss'], 4)} / "
-                    f"{_fmt(e['top1_accuracy'], pct=True)} / {_fmt(e['top3_accuracy'], pct=True)}"
-                    for k, e in members.items()
-                )
-                + " ("
-                + ", ".join(f"`{k}` {e['params']:,}" for k, e in members.items())
-                + " parameters)."
-            )
-    return lines
-
-
-def conclusions(
-    summary: list[dict[str, Any]], num_samples: int, compare: str = "routing"
-) -> list[str]:
-    """Sentences the numbers support, policy by policy (thresholds stated in the text)."""
-    lines: list[str] = []
-    by = {(e["model"], e["routing"], e["protocol"]): e for e in summary}
-    n_min = min((e["n_seeds"] for e in summary), default=0)
-    if n_min <= 1:
-        lines.append(
-            "Every figure comes from **one seed**: there is no confidence interval, so small "
-            "differences (a few points of runaway rate, a few hundredths of a nat) are not "
-            "evidence either way; run with `--seeds 0,1,2` to resolve them."
-        )
-    for e in summary:
-        if e["layers"] == 1:
-            continue
-        m, r, p = e["model"], e["routing"], e["protocol"]
-        label = f"{SPECS[m].label} `{r}` ({p} protocol, {e['epochs']} epochs)"
-        gap = e["leak_gap"]["mean"]
-        run = e["runaway_rate"]["mean"]
-        ind = by.get((m, "independent", p))
-        parts = []
-        if abs(gap) < 1e-3:
-            parts.append(
-                f"step-wise and teacher-forced validation loss agree (gap {gap:+.1e} nats): "
-                "what it learned under teacher forcing is what sampling runs"
-            )
-        else:
-            parts.append(
-                f"step-wise validation loss exceeds teacher-forced by {gap:+.3f} nats: its "
-                "teacher-forced loss was helped by inputs a sampler never has (a leak)"
-                if gap > 0
-                else f"step-wise validation loss is lower than teacher-forced by {-gap:.3f} nats"
-            )
-        parts.append(f"runaway rate {100 * run:.1f}%")
-        if ind is not None and r != "independent":
-            d_run = run - ind["runaway_rate"]["mean"]
-            d_rep = e["repetition"]["mean"] - ind["repetition"]["mean"]
-            d_loss = e["stepwise_val_loss"]["mean"] - ind["stepwise_val_loss"]["mean"]
-            parts.append(
-                f"vs independent: runaway {100 * d_run:+.1f} points, repetition "
-                f"{100 * d_rep:+.1f} points, mean length {e['mean_length']['mean']:.2f} vs "
-                f"{ind['mean_length']['mean']:.2f}, step-wise val loss {d_loss:+.3f} nats"
-            )
-        lines.append(f"- **{label}**: " + "; ".join(parts) + ".")
-    # The original's claim.
-    multi = [e for e in summary if e["layers"] > 1]
-    if multi:
-        never = [e for e in multi if e["runaway_rate"]["mean"] >= 0.5]
-        shared = [e for e in multi if e["routing"] == "shared"]
-        if never:
-            who = ", ".join(
-                f"{SPECS[e['model']].label} `{e['routing']}` ({e['protocol']}, "
-                f"{100 * e['runaway_rate']['mean']:.0f}%)"
-                for e in never
-            )
-            lines.append(
-                f"- **The original's never-ending samples** (runaway rate ≥ 50%) are "
-                f"reproduced by: {who}."
-            )
-        else:
-            lines.append(
-                "- **The original's never-ending samples are not reproduced** here: no policy "
-                "reaches a 50% runaway rate at these training lengths."
-            )
-        for e in shared:
-            ind = by.get((e["model"], "independent", e["protocol"]))
-            if ind is None:
-                continue
-            d = e["runaway_rate"]["mean"] - ind["runaway_rate"]["mean"]
-            verdict = (
-                "supports" if d >= 0.2 else "does not support" if d < 0.05 else "weakly supports"
-            )
-            lines.append(
-                f"- {SPECS[e['model']].label} ({e['protocol']} protocol): causal shared memory "
-                f"{verdict} the claim that sharing memory makes generation run away "
-                f"({100 * e['runaway_rate']['mean']:.1f}% vs independent "
-                f"{100 * ind['runaway_rate']['mean']:.1f}%; thresholds: ≥ 20 points supports, "
-                "< 5 points does not)."
-            )
-    # The protocol.
-    for e in summary:
-        if e["protocol"] != "seed":
-            continue
-        other = by.get((e["model"], e["routing"], "fixed"))
-        if other is None:
-            continue
-        lines.append(
-            f"- **Protocol**, {SPECS[e['model']].label} `{e['routing']}`: the PAD start gives "
-            f"a first-letter distribution {e['first_letter_tv']['mean']:.3f} (total variation) "
-            f"away from the data's, the start token {other['first_letter_tv']['mean']:.3f}; "
-            f"samples drawing `<PAD>`: {e['pad_sampled']['mean']:.1f} vs "
-            f"{other['pad_sampled']['mean']:.1f} of each {num_samples:,} (forbidden by "
-            f"construction under `fixed`); runaway {100 * e['runaway_rate']['mean']:.1f}% vs "
-            f"{100 * other['runaway_rate']['mean']:.1f}%. (Losses differ in what they count: "
-            "`fixed` also predicts the first letter, so its loss is not comparable.)"
-        )
-    causal = [e for e in summary if e["routing"] != "handoff" or e["layers"] == 1]
-    zero = [e for e in causal if e["pad_grad_norm"]["mean"] == 0.0]
-    leak_pad = [e for e in summary if e["routing"] == "handoff" and e["layers"] > 1]
-    if causal:
-        text = (
-            f"- **PAD flaw**: in {len(zero)} of {len(causal)} causal groups the gradient on the "
-            "`<PAD>` embedding is exactly 0 and training never moves it"
-        )
-        if any(e["protocol"] == "seed" for e in zero):
-            text += ", yet the seed protocol starts every sample from it"
-        text += "."
-        if leak_pad:
-            text += (
-                " Under `handoff` it is not zero ("
-                + ", ".join(
-                    f"{SPECS[e['model']].label} {e['protocol']}: {e['pad_grad_norm']['mean']:.2e}"
-                    for e in leak_pad
-                )
-                + "): the padding after a name reaches the final state of the layer below, "
-                "which the next layer starts from."
-            )
-        lines.append(text)
-    lines.extend(memory_conclusions(summary, compare))
-    return lines
-
-
-def write_markdown(path: Path, results: dict[str, Any]) -> None:
-    """``results.md``: models, the main table, the PAD-protocol table, samples, conclusion."""
-    summary = results["summary"]
-    compare = PRESETS[results["preset"]].compare
-    L: list[str] = []
-    if compare == "model":
-        L.append("# Recurrent backbones at matched size on the names — measured\n")
-    else:
-        L.append("# Shared vs layer-wise memory in stacked GRUs — measured\n")
-    L.append(
-        f"Command: `{results['command']}`  \n"
-        f"Preset: `{results['preset']}` — {PRESETS[results['preset']].description}.  \n"
-        f"Device: {results['device']}; torch {results['torch']}; "
-        f"{results['threads']} CPU thread(s); {results['world_size']} process(es).  \n"
-        f"Wall time: {results['wall_seconds']:.0f} s. Data: {results['data']['source']} "
-        f"({results['data']['train']} training / {results['data']['val']} validation names, "
-        f"split seed {SPLIT_SEED}).\n"
+def make_report(preset: str) -> StudyReport:
+    """The renderer of a preset's ``results.md`` and figures."""
+    return StudyReport(
+        SPECS,
+        PRESETS[preset].description,
+        PRESETS[preset].compare,
+        split_seed=SPLIT_SEED,
+        analysis_names=ANALYSIS_NAMES,
+        far=FAR,
+        pad_grad_rows=PAD_GRAD_BATCH,
     )
-    L.append("## Models\n")
-    L.append(
-        "| model | layers | embedding | hidden | dropout | optimizer | lr | epochs run "
-        "| params (measured) | params (original) |"
-    )
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
-    seen: dict[str, dict[str, Any]] = {}
-    for e in summary:
-        seen.setdefault(e["model"], e)
-    for m, e in seen.items():
-        s = SPECS[m]
-        orig = f"{s.original_params:,}" if s.original_params else "—"
-        L.append(
-            f"| {s.label} | {s.layers} | {s.embed} | {s.hidden} | {s.dropout} | {s.optimizer} "
-            f"| {s.lr:g} | {e['epochs']} (original {s.epochs}) | {e['params']:,} | {orig} |"
-        )
-    L.append("")
-    for protocol in data.PROTOCOLS:
-        rows = [e for e in summary if e["protocol"] == protocol]
-        if not rows:
-            continue
-        L.append(f"## Results, `{protocol}` protocol\n")
-        L.append(
-            "Mean ± 95% CI over seeds (a bare number: one seed). Losses in nats per "
-            "predicted character; *teacher-forced* runs whole validation names at once, "
-            "*step-wise* feeds them one token at a time as sampling does. Over "
-            f"{results['num_samples']:,} samples of at most 20 characters: *runaway* = no end "
-            "token within 20 steps; *distinct-n* = distinct / total character n-grams over "
-            "all samples; *repetition* = share of samples in which some 2- or 3-gram occurs "
-            "3+ times; *novelty* = share that is not a training name; *held-out match* = "
-            "share equal to a validation name absent from training.\n"
-        )
-        L.append(
-            "| model | routing | seeds | best val (epoch) | val, teacher-forced | val, step-wise "
-            "| runaway | mean length | distinct-2 | distinct-3 | repetition | novelty "
-            "| held-out match |"
-        )
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for e in rows:
-            L.append(
-                f"| {_label(e)} | {e['n_seeds']} | {_fmt(e['best_val_loss'], 4)} "
-                f"({e['best_epoch']['mean']:.0f}) | {_fmt(e['final_val_loss'], 4)} "
-                f"| {_fmt(e['stepwise_val_loss'], 4)} | {_fmt(e['runaway_rate'], pct=True)} "
-                f"| {_fmt(e['mean_length'], 2)} | {_fmt(e['distinct2'])} "
-                f"| {_fmt(e['distinct3'])} | {_fmt(e['repetition'], pct=True)} "
-                f"| {_fmt(e['novelty'], pct=True)} | {_fmt(e['heldout_match'], pct=True)} |"
-            )
-        L.append("")
-    L.append("## The PAD-start protocol\n")
-    L.append(
-        "Under the `seed` protocol the first letter is never a target and sampling starts "
-        "from `<PAD>`, an input whose every target is ignored. *PAD gradient*: norm of the "
-        "training loss's gradient on the `<PAD>` embedding row (2,048 training names, eval "
-        "mode); *PAD drift*: how far training moved that row; *first-letter TV*: total "
-        "variation between the samples' first letters and the training names'; *PAD drawn*: "
-        f"samples (of {results['num_samples']:,}) in which `<PAD>` was sampled.\n"
-    )
-    L.append(
-        "| model | routing | protocol | PAD gradient | PAD drift | first-letter TV | PAD drawn |"
-    )
-    L.append("|---|---|---|---|---|---|---|")
-    for e in summary:
-        L.append(
-            f"| {_label(e)} | {e['protocol']} | {_fmt_sci(e['pad_grad_norm'])} "
-            f"| {_fmt(e['pad_embedding_drift'], 3)} | {_fmt(e['first_letter_tv'])} "
-            f"| {_fmt(e['pad_sampled'], 1)} |"
-        )
-    L.append("")
-    L.extend(memory_section(results, compare))
-    L.append("## Conclusion\n")
-    L.append(
-        "Written by the script from the numbers above (thresholds stated); the training "
-        "lengths are this preset's, which may be far shorter than the original's.\n"
-    )
-    L.extend(conclusions(summary, results["num_samples"], compare))
-    L.append("")
-    L.append("## Samples (first 12 of each run, seed 0)\n")
-    for r in results["runs"]:
-        if r.get("seed") != min(x["seed"] for x in results["runs"]) or "examples" not in r:
-            continue
-        shown = ", ".join(f"`{t}`" if t else "`(empty)`" for t in r["examples"])
-        L.append(f"- {r['run']}: {shown}")
-    L.append("")
-    if results.get("plots"):
-        L.append("## Loss curves\n")
-        for p in results["plots"]:
-            L.append(f"![{p}]({p})")
-        L.append("")
-    L.append("## The original's figures\n")
-    L.append(
-        "Validation loss as the original printed it (one unseeded run; the figures usually "
-        "quoted are the epoch-20 prints): "
-        + "; ".join(
-            f"{SPECS[m].label} {o['epoch20_val_loss']} at epoch 20, {o['last_val_loss']} at "
-            f"epoch {o['last_epoch']}"
-            for m, o in ORIGINAL.items()
-        )
-        + ". It reported every shared-memory sample at the 20-character limit.\n"
-    )
-    L.append("The schema of `results.json` is described in the script's docstring.")
-    path.write_text("\n".join(L) + "\n")
-
-
-def memory_section(results: dict[str, Any], compare: str) -> list[str]:
-    """``results.md``'s section on what the models remember: tables and figures."""
-    summary = results["summary"]
-    L = ["## What the models remember\n"]
-    L.append(
-        "Gradient connectivity (Madsen, *Visualizing memorization in RNNs*, Distill 2019): "
-        "the norm of the gradient of each true next character's logit with respect to every "
-        f"one-hot input, over {ANALYSIS_NAMES} seeded validation names in eval mode "
-        "(`recurrentkit.analysis`). *Far share*: mean share of an output's connectivity on "
-        f"inputs {FAR} or more characters back; *future share*: share on *later* inputs — "
-        "exactly 0 for a causal policy, the teacher-forcing leak otherwise (shares count the "
-        "future in the total). *Top-k*: next-character accuracy over every validation name.\n"
-    )
-    L.append(
-        f"| model | routing | protocol | seeds | far share (d ≥ {FAR}) | future share "
-        "| top-1 | top-2 | top-3 |"
-    )
-    L.append("|---|---|---|---|---|---|---|---|---|")
-    for e in summary:
-        L.append(
-            f"| {_label(e)} | {e['protocol']} | {e['n_seeds']} "
-            f"| {_fmt(e['far_share'], pct=True)} | {_fmt(e['future_share'], pct=True)} "
-            f"| {_fmt(e['top1_accuracy'], pct=True)} | {_fmt(e['top2_accuracy'], pct=True)} "
-            f"| {_fmt(e['top3_accuracy'], pct=True)} |"
-        )
-    L.append("")
-    runs = [r for r in results["runs"] if "analysis" in r]
-    if runs:
-        seed = min(r["seed"] for r in runs)
-        analyses = {
-            r["run"]: RunAnalysis.from_dict(r["analysis"]) for r in runs if r["seed"] == seed
-        }
-        L.append(
-            f"Seed {seed}: mean share of connectivity at distance d = t − s (above), and "
-            "top-1 accuracy by characters of the name seen (below; position 0 = only the "
-            "start token; the `seed` protocol never predicts the first letter).\n"
-        )
-        L.append(analysis_tables(analyses))
-        L.append("")
-    for p in results.get("memory_plots", []):
-        L.append(f"![{p}]({p})")
-    if results.get("memory_plots"):
-        L.append("")
-    return L
-
-
-def plot_memory(out: Path, runs: list[dict[str, Any]], compare: str) -> list[str]:
-    """Heatmaps, decay and accuracy-by-context figures per comparison group (lowest seed)."""
-    done = [r for r in runs if "analysis" in r]
-    if not done:
-        return []
-    seed = min(r["seed"] for r in done)
-    files = []
-    groups = comparison_groups([r for r in done if r["seed"] == seed], compare)
-    for (stem, title), members in groups.items():
-        analyses = {k: RunAnalysis.from_dict(r["analysis"]) for k, r in members.items()}
-        try:
-            files += plot_comparison(analyses, out, stem, title=title)
-        except ImportError:
-            return []
-    return files
-
-
-def plot_losses(out: Path, runs: list[dict[str, Any]]) -> list[str]:
-    """One PNG per (model, protocol): train (dashed) and validation loss per routing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return []
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in runs:
-        if r.get("history"):
-            groups.setdefault((r["model"], r["protocol"]), []).append(r)
-    names = []
-    for (m, p), rs in groups.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for i, r in enumerate(rs):
-            ep = [h["epoch"] for h in r["history"]]
-            color = f"C{i % 10}"
-            label = f"{r['routing']} s{r['seed']}"
-            ax.plot(
-                ep, [h["val_loss"] for h in r["history"]], "-o", color=color, label=f"{label} val"
-            )
-            if "stepwise_val_loss" in r:
-                ax.plot(ep[-1], r["stepwise_val_loss"], "*", color=color, markersize=12)
-            ax.plot(
-                ep,
-                [h["train_loss"] for h in r["history"]],
-                "--",
-                color=color,
-                alpha=0.6,
-                label=f"{label} train",
-            )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch (★: step-wise validation loss of the final model)")
-        ax.set_ylabel("loss (nats / character)")
-        ax.set_title(f"{SPECS[m].label}, {p} protocol")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        name = f"loss_{m}_{p}.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        names.append(name)
-    return names
 
 
 # -- the command line --------------------------------------------------------------------
@@ -1205,8 +741,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             status = 130
             break
     if rank == 0:
-        results["plots"] = plot_losses(out, results["runs"])
-        results["memory_plots"] = plot_memory(out, results["runs"], preset.compare)
+        report = make_report(args.preset)
+        results["plots"] = report.plot_losses(out, results["runs"])
+        results["memory_plots"] = report.plot_memory(out, results["runs"])
         _write_all(out, results, start)
         log(
             f"wrote {out / 'results.md'} and {out / 'results.json'} "
@@ -1219,11 +756,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _write_all(out: Path, results: dict[str, Any], start: float) -> None:
     results["wall_seconds"] = time.perf_counter() - start
-    results["summary"] = summarize(results["runs"])
+    results["summary"] = summarize_runs(results["runs"])
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, out / "results.json")
-    write_markdown(out / "results.md", results)
+    make_report(results["preset"]).write_markdown(out / "results.md", results)
 
 
 def _finite(o: Any) -> Any:

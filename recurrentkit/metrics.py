@@ -216,7 +216,7 @@ def total_variation(p: Mapping[str, float], q: Mapping[str, float]) -> float:
         for k, v in dist.items():
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise InputTypeError(f"{name}[{k!r}]", "a probability (a float)", describe(v))
-    keys = set(p) | set(q)
+    keys = sorted(set(p) | set(q))  # a fixed order: the sum is the same in every process
     return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)
 
 

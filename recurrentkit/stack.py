@@ -31,6 +31,7 @@ from recurrentkit._validation import (
 )
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError, StateError
 from recurrentkit.executors.fast import FastLayers
+from recurrentkit.executors.packing import schedule_packed
 from recurrentkit.executors.reference import ReferenceLayers
 from recurrentkit.routing import RoutingPolicy, resolve
 
@@ -188,31 +189,32 @@ class Stack(nn.Module):
         if packed is not None:
             if lengths is not None:
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
+            self._check_input("x (PackedSequence data)", packed.data, ranks=(2,))
+            states = self._check_state(state, int(packed.batch_sizes[0]), packed.data, False)
+            direct = self._run_packed(packed, states)
+            if direct is not None:  # ran on the packed rows themselves
+                return direct
             x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
-            self._check_input("x (PackedSequence data)", x_tm, ranks=(3,))
-            unbatched = False
+            out, states = self._run(x_tm, states, lengths)  # (T, B, O)
+            return _repack(out, lengths, packed), states
+        self._check_input("x", x, ranks=(2, 3))
+        assert isinstance(x, Tensor)
+        unbatched = x.dim() == 2
+        if unbatched:
+            x_tm = x.unsqueeze(1)  # (T, 1, I)
         else:
-            self._check_input("x", x, ranks=(2, 3))
-            assert isinstance(x, Tensor)
-            unbatched = x.dim() == 2
-            if unbatched:
-                x_tm = x.unsqueeze(1)  # (T, 1, I)
-            else:
-                x_tm = x.transpose(0, 1) if self.batch_first else x  # (T, B, I)
-            check_nonempty("x", x, range(x.dim() - 1), self._axes(x.dim())[:-1])
-            if lengths is not None:
-                lengths = self._check_lengths(lengths, x_tm, unbatched)
-                # Padding is never read; zeroing it keeps its gradient exactly zero even
-                # where it holds NaN or inf (autograd would give 0 * NaN = NaN).
-                mask = length_mask(lengths, x_tm.shape[0], x_tm.device)  # (T, B, 1)
-                x_tm = torch.where(mask, x_tm, x_tm.new_zeros(()))
-        states = self._check_state(state, x_tm, unbatched)
+            x_tm = x.transpose(0, 1) if self.batch_first else x  # (T, B, I)
+        check_nonempty("x", x, range(x.dim() - 1), self._axes(x.dim())[:-1])
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, x_tm, unbatched)
+            # Padding is never read; zeroing it keeps its gradient exactly zero even
+            # where it holds NaN or inf (autograd would give 0 * NaN = NaN).
+            mask = length_mask(lengths, x_tm.shape[0], x_tm.device)  # (T, B, 1)
+            x_tm = torch.where(mask, x_tm, x_tm.new_zeros(()))
+        states = self._check_state(state, x_tm.shape[1], x_tm, unbatched)
         out, states = self._run(x_tm, states, lengths)  # (T, B, O)
         if unbatched:
             return out.squeeze(1), tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
-        if packed is not None:
-            assert lengths is not None
-            return _repack(out, lengths, packed), states
         return (out.transpose(0, 1) if self.batch_first else out), states
 
     def step(
@@ -243,7 +245,7 @@ class Stack(nn.Module):
         if x_t.dim() == 2:
             check_nonempty("x_t", x_t, [0], ["batch"])  # the message shows x_t's own shape
         x_tm = x_t.reshape(1, 1, -1) if x_t.dim() == 1 else x_t.unsqueeze(0)  # (1, B, I)
-        states = self._check_state(state, x_tm, x_t.dim() == 1)
+        states = self._check_state(state, x_tm.shape[1], x_tm, x_t.dim() == 1)
         if x_t.dim() == 1:
             states = tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
         return self._step_checked(x_t, states, _stamp(self, x_t))
@@ -309,6 +311,22 @@ class Stack(nn.Module):
             return layers.run(self.routing, x_tm, states, lengths)
         return self.routing.run(layers, x_tm, states, lengths)
 
+    def _run_packed(
+        self, packed: PackedSequence, states: tuple[Any, ...]
+    ) -> tuple[PackedSequence, tuple[Any, ...]] | None:
+        """The plans that run on a PackedSequence's rows as they are (see
+        :meth:`FastLayers.run_packed`); ``None`` where the executor has none."""
+        layers = self._layers()
+        if not isinstance(layers, FastLayers):
+            return None
+        done = layers.run_packed(self.routing, packed.data, schedule_packed(packed), states)
+        if done is None:
+            return None
+        out, states = done  # (N, O)
+        return PackedSequence(
+            out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+        ), states
+
     def _run_step(self, x_t: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
         layers = self._layers()
         if isinstance(layers, FastLayers):
@@ -329,8 +347,8 @@ class Stack(nn.Module):
             layout = f"(B, T, {I}) or (T, {I})"
         else:
             layout = f"(T, B, {I}) or (T, {I})"
-        if ranks == (3,):
-            layout = f"(T, B, {I})"
+        if ranks == (2,):
+            layout = f"(N, {I}) (packed rows)"
         check_tensor(
             name, x, ranks=ranks, size_last=self.input_size, like=param_like(self), layout=layout
         )
@@ -358,10 +376,11 @@ class Stack(nn.Module):
             raise ShapeError("lengths", f"values in 1..{T} (T)", lengths.tolist())
         return lengths
 
-    def _check_state(self, state: object, x_tm: Tensor, unbatched: bool) -> tuple[Any, ...]:
-        B = x_tm.shape[1]
+    def _check_state(self, state: object, B: int, x: Tensor, unbatched: bool) -> tuple[Any, ...]:
+        """``state`` checked for batch ``B`` and ``x``'s dtype and device (``None``: the
+        initial state)."""
         if state is None:
-            return self.initial_state(B, device=x_tm.device, dtype=x_tm.dtype)
+            return self.initial_state(B, device=x.device, dtype=x.dtype)
         L = self.num_layers
         if not isinstance(state, (tuple, list)):
             raise InputTypeError(
@@ -383,10 +402,10 @@ class Stack(nn.Module):
             )
         out = []
         for k, (cell, s) in enumerate(zip(self.cells, state)):
-            template = cell.initial_state(B, device="meta", dtype=x_tm.dtype)
+            template = cell.initial_state(B, device="meta", dtype=x.dtype)
             if unbatched:
                 template = map_state(lambda t: t[0], template)
-            s = check_state(f"state[{k}]", s, template, device=x_tm.device)
+            s = check_state(f"state[{k}]", s, template, device=x.device)
             out.append(map_state(lambda t: t.unsqueeze(0), s) if unbatched else s)
         return tuple(out)
 

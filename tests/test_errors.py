@@ -483,7 +483,7 @@ def test_lengths_with_unbatched_or_packed_input() -> None:
 def test_packed_data_checked() -> None:
     with expect(rk.InputTypeError, "x (PackedSequence data)", "floating-point", "torch.int64"):
         two_layer()(pack_sequence([torch.ones(3, I, dtype=torch.long)]))
-    with expect(rk.ShapeError, "x (PackedSequence data)", "last dim 4", "(3, 1, 6)"):
+    with expect(rk.ShapeError, "x (PackedSequence data)", "last dim 4", "(3, 6)"):
         two_layer()(pack_sequence([torch.ones(3, 6)]))
 
 

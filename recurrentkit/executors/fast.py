@@ -40,13 +40,18 @@ from torch.nn import functional as F
 
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
-from recurrentkit.executors.cross_layer import run_cross_layer
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for
 from recurrentkit.executors.kernels.base import Linear
 from recurrentkit.executors.packing import Schedule, cat_states, schedule
 from recurrentkit.executors.reference import ReferenceLayers
-from recurrentkit.executors.torch_ops import fusable, run_torch_layer, run_torch_layers, torch_mode
+from recurrentkit.executors.torch_ops import (
+    fusable,
+    run_torch_layer,
+    run_torch_layers,
+    run_torch_rows,
+    torch_mode,
+)
 from recurrentkit.routing.base import RoutingPolicy
 from recurrentkit.routing.cross_layer import CrossLayer
 from recurrentkit.routing.handoff import Handoff
@@ -156,6 +161,32 @@ class FastLayers:
             return policy.run(self, x, states, lengths)
         return self._run_steps(policy, x, states, lengths)
 
+    def run_packed(
+        self, policy: RoutingPolicy, data: Tensor, sched: Schedule, states: tuple[Any, ...]
+    ) -> tuple[Tensor, tuple[Any, ...]] | None:
+        """``policy`` over packed rows ``data (N, I)`` (a PackedSequence's own data), or
+        ``None`` where no plan runs on packed rows directly.
+
+        Plans that do: one layer under a built-in policy (torch's op or the cell's
+        kernel), and an ``independent`` stack torch could hold in one module. They skip
+        padding the input and packing the output again. ``states`` and the returned
+        final states are in the original batch order; outputs are packed rows ``(N, O)``.
+        """
+        if self._plain:
+            return None
+        if type(policy) is Independent and (mode := fusable(self.cells, self._modes)):
+            return run_torch_rows(
+                self.cells, mode, data, sched, states, self.dropout, self.training
+            )
+        if len(self.cells) != 1 or type(policy) not in _BUILTIN_POLICIES:
+            return None
+        if (mode := self._modes[0]) is not None:
+            return run_torch_rows(self.cells, mode, data, sched, states, 0.0, self.training)
+        if self._kernels[0] is None:
+            return None
+        out, seq = self._sequence(0, data, sched.sort_state(states[0]), sched)
+        return out, (sched.unsort_state(map_state(sched.last, seq)),)
+
     def step(
         self, policy: RoutingPolicy, x: Tensor, states: tuple[Any, ...]
     ) -> tuple[Tensor, tuple[Any, ...]]:
@@ -208,10 +239,6 @@ class FastLayers:
         lengths: Tensor | None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """A step-major policy's own ``step`` in a time loop, layer 1's projection hoisted."""
-        if type(policy) is CrossLayer and len(self.cells) > 1:
-            done = run_cross_layer(self, policy, x, states, lengths)  # its own plans
-            if done is not None:
-                return done
         sched = schedule(x, lengths)
         kern0 = self._kernels[0]
         shrink = type(policy) in _BUILTIN_STEP_POLICIES and all(

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from recurrentkit._validation import map_state
 
-__all__ = ["Schedule", "cat_states", "schedule"]
+__all__ = ["Schedule", "cat_states", "schedule", "schedule_packed"]
 
 
 class Schedule:
@@ -169,6 +169,20 @@ def schedule(x: Tensor, lengths: Tensor | None) -> Schedule:
         unsorted.to(x.device),
         batch_sizes,
     )
+
+
+def schedule_packed(packed: PackedSequence) -> Schedule:
+    """The layout of a :class:`~torch.nn.utils.rnn.PackedSequence`: its ``data`` already
+    is the packed rows ``(N, F)`` of this schedule (no copy needed to run on them)."""
+    batch_sizes = packed.batch_sizes.detach().to("cpu", torch.long)
+    sizes = tuple(batch_sizes.tolist())
+    B = sizes[0]
+    if all(n == B for n in sizes):  # every sequence runs every step: a plain reshape
+        return Schedule(sizes, B)
+    sorted_indices, unsorted = packed.sorted_indices, packed.unsorted_indices
+    if sorted_indices is None or unsorted is None:  # packed with enforce_sorted=True
+        sorted_indices = unsorted = torch.arange(B, device=packed.data.device)
+    return Schedule(sizes, B, sorted_indices, unsorted, batch_sizes)
 
 
 def cat_states(states: list[Any]) -> Any:

@@ -19,9 +19,16 @@ from torch import _VF, Tensor, nn
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.cells.rnn import RNNCell
-from recurrentkit.executors.packing import schedule
+from recurrentkit.executors.packing import Schedule, schedule
 
-__all__ = ["FUSED_OPS", "fusable", "run_torch_layer", "run_torch_layers", "torch_mode"]
+__all__ = [
+    "FUSED_OPS",
+    "fusable",
+    "run_torch_layer",
+    "run_torch_layers",
+    "run_torch_rows",
+    "torch_mode",
+]
 
 
 def torch_mode(cell: nn.Module) -> str | None:
@@ -93,9 +100,27 @@ def run_torch_layers(
     the one after its last step (torch's packed-sequence op, sequences sorted by
     length and restored).
     """
+    sched = schedule(x, lengths)
+    out, finals = run_torch_rows(cells, mode, sched.pack(x), sched, states, dropout, training)
+    return sched.unpack(out), finals  # (T, B, O)
+
+
+def run_torch_rows(
+    cells: Sequence[nn.Module],
+    mode: str,
+    data: Tensor,
+    sched: Schedule,
+    states: Sequence[Any],
+    dropout: float,
+    training: bool,
+) -> tuple[Tensor, tuple[Any, ...]]:
+    """:func:`run_torch_layers` on packed rows ``data (N, I)`` laid out by ``sched``.
+
+    ``states`` and the returned final states are in the original batch order; the
+    outputs are packed rows ``(N, O)`` in ``sched``'s layout.
+    """
     weights = [w for cell in cells for w in _weights(cell)]
     config = (cells[0].bias_ih is not None, len(cells), dropout, training, False)
-    sched = schedule(x, lengths)
     states = [sched.sort_state(s) for s in states]  # longest first (no-op if uniform)
     lstm = mode == "LSTM"
     if lstm:
@@ -103,19 +128,19 @@ def run_torch_layers(
     else:
         hx = torch.stack(list(states))  # (L, B, H)
     if sched.uniform:
+        x = data.view(sched.steps, sched.batch, data.shape[-1])  # (T, B, I)
         args: tuple[Any, ...] = (x, hx, weights, *config, False)
     else:
         assert sched.batch_sizes is not None
-        args = (sched.pack(x), sched.batch_sizes, hx, weights, *config)  # x: (N, I)
+        args = (data, sched.batch_sizes, hx, weights, *config)
     if lstm:
         y, h, c = _VF.lstm(*args)
         finals: list[Any] = [LSTMState(hk, ck) for hk, ck in zip(h.unbind(0), c.unbind(0))]
     else:
         y, h = FUSED_OPS[mode](*args)
         finals = list(h.unbind(0))
-    if not sched.uniform:
-        y = sched.unpack(y)  # (T, B, O)
-    return y, tuple(sched.unsort_state(f) for f in finals)
+    out = y.reshape(-1, y.shape[-1])  # (N, O)
+    return out, tuple(sched.unsort_state(f) for f in finals)
 
 
 def run_torch_layer(

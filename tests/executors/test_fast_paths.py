@@ -177,3 +177,71 @@ def test_one_layer_stacks(checks: SimpleNamespace, routing: str, cell: str) -> N
     fast_stack = checks.build(cell, POLICIES[routing], "handbuilt", L=1)
     x, state = checks.inputs(ref)
     checks.same_run(ref, fast_stack, x, state, RAGGED)
+
+
+PACKED_LENGTHS = {
+    "unsorted": (RAGGED, False),
+    "sorted": (torch.tensor([6, 5, 3, 1]), True),  # enforce_sorted: no sorted_indices
+    "equal": (torch.tensor([6, 6, 6, 6]), False),
+}
+
+
+@pytest.mark.parametrize("cell", ["gru", "gru_before", "lstm_proj", "rnn", "nested", "user"])
+@pytest.mark.parametrize(
+    ("L", "routing"), [(1, "independent"), (1, "handoff"), (3, "independent"), (3, "shared")]
+)
+@pytest.mark.parametrize("layout", PACKED_LENGTHS)
+@pytest.mark.parametrize("executor", ["handbuilt", "auto"])
+def test_packed_rows_run_as_they_are(
+    checks: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    cell: str,
+    L: int,
+    routing: str,
+    layout: str,
+    executor: str,
+) -> None:
+    """A PackedSequence runs on its own rows where a plan allows (no padding and packing
+    again), and equals the reference path: outputs, states, every gradient."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from recurrentkit import stack as stack_module
+
+    ref = checks.build(cell, routing, "reference", L=L)
+    fast_stack = checks.build(cell, routing, executor, L=L)
+    fast_stack.load_state_dict(ref.state_dict())
+    x, state = checks.inputs(ref)  # (6, 4, 3)
+    lengths, enforce_sorted = PACKED_LENGTHS[layout]
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    out_ref, s_ref = ref(packed, state)
+    pads: list[int] = []
+    pad = stack_module.pad_packed_sequence
+    monkeypatch.setattr(
+        stack_module, "pad_packed_sequence", lambda *a, **k: pads.append(1) or pad(*a, **k)
+    )
+    out, s = fast_stack(packed, state)
+    torch_form = cell in ("gru", "lstm_proj", "rnn")
+    direct = (L == 1 and cell != "user") or (
+        routing == "independent" and executor == "auto" and torch_form
+    )
+    assert not pads if direct else pads == [1]
+    assert torch.equal(out.batch_sizes, packed.batch_sizes)
+    for a, b in (
+        (out.sorted_indices, packed.sorted_indices),
+        (out.unsorted_indices, packed.unsorted_indices),
+    ):
+        assert (a is None and b is None) or torch.equal(a, b)
+    outs_ref, outs = [out_ref.data, *checks.flat(s_ref)], [out.data, *checks.flat(s)]
+    for a, b in zip(outs_ref, outs):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+    cot = [torch.randn_like(t) for t in outs]
+    wrt_ref = [x, *checks.flat(state), *ref.parameters()]
+    wrt = [x, *checks.flat(state), *fast_stack.parameters()]
+    loss_ref = sum((o * c).sum() for o, c in zip(outs_ref, cot))
+    g_ref = torch.autograd.grad(loss_ref, wrt_ref, retain_graph=True, allow_unused=True)
+    loss = sum((o * c).sum() for o, c in zip(outs, cot))
+    g = torch.autograd.grad(loss, wrt, allow_unused=True)
+    for a, b, w in zip(g_ref, g, wrt):  # None: unused by both (a nested cell's inner h)
+        zero = torch.zeros_like(w)
+        b, a = zero if b is None else b, zero if a is None else a
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)

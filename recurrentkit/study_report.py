@@ -1,0 +1,904 @@
+r"""Render a study's results: run records → summary, Markdown tables, conclusions, figures.
+
+The names study (`examples/names_memory_ablation.py`) trains and measures its runs and
+keeps one *run record* per run: a JSON-ready dict with ``run``, ``model``, ``routing``,
+``protocol``, ``seed``, ``layers``, ``params``, ``epochs``, ``status``, the losses, the
+sample metrics, the PAD measurements, ``history`` and ``analysis`` (the script's
+docstring lists every key). This module turns records into the report, and reads
+nothing else, so a report can be rendered again from a saved ``results.json``:
+
+- [`summarize_runs`][recurrentkit.study_report.summarize_runs] groups the seeds of each
+  (model, routing, protocol) into mean ± 95% CI;
+- a [`StudyReport`][recurrentkit.study_report.StudyReport] writes ``results.md`` (tables,
+  conclusions stated from the numbers) and draws the loss curves and the memory figures,
+  in one of two layouts: ``compare="routing"``, the study's (routing policies compared
+  per model, with the original study's reference figures and the PAD-start protocol),
+  or ``compare="model"``, a comparison of models (e.g. backbones) under each policy.
+
+matplotlib is needed only for the figures, and imported when one is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from recurrentkit._validation import check_choice, check_int, describe
+from recurrentkit.analysis import RunAnalysis, analysis_tables, compare_reach, plot_comparison
+from recurrentkit.data import PROTOCOLS
+from recurrentkit.errors import ConfigError, InputTypeError
+from recurrentkit.metrics import mean_ci
+
+__all__ = [
+    "COMPARE",
+    "SUMMARY_METRICS",
+    "ModelInfo",
+    "StudyReport",
+    "format_stat",
+    "summarize_runs",
+]
+
+COMPARE = ("routing", "model")
+"""The report layouts: ``"routing"`` compares the policies of each model (the study),
+``"model"`` the models under each policy (e.g. backbones)."""
+
+SUMMARY_METRICS: tuple[str, ...] = (
+    "best_val_loss",
+    "final_val_loss",
+    "stepwise_val_loss",
+    "leak_gap",
+    "runaway_rate",
+    "mean_length",
+    "distinct2",
+    "distinct3",
+    "repetition",
+    "novelty",
+    "reproduction",
+    "heldout_match",
+    "first_letter_tv",
+    "pad_sampled",
+    "pad_grad_norm",
+    "pad_embedding_drift",
+    "best_epoch",
+    "far_share",
+    "future_share",
+    "top1_accuracy",
+    "top2_accuracy",
+    "top3_accuracy",
+)
+"""The run-record keys [`summarize_runs`][recurrentkit.study_report.summarize_runs]
+averages over seeds."""
+
+_RESULTS_KEYS = (
+    "command", "preset", "device", "torch", "threads", "world_size", "wall_seconds", "data",
+    "num_samples", "runs", "summary",
+)  # fmt: skip
+_GROUP_KEYS = ("seed", "layers", "params", "epochs")
+_SAMPLE_STEPS = 20  # the samplers' length limit, as the study runs it
+
+
+class ModelInfo(Protocol):
+    """What a report states about one model (the study script's ``ModelSpec`` is one).
+
+    Any object with these attributes will do: ``label`` (its name in tables), ``layers``,
+    ``embed`` and ``hidden`` (sizes), ``dropout``, ``optimizer``, ``lr``, ``epochs`` (the
+    default training length: the original's, for the original's models) and
+    ``original_params`` (the original study's parameter count, ``None`` if it has none).
+    """
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def layers(self) -> int: ...
+
+    @property
+    def embed(self) -> int: ...
+
+    @property
+    def hidden(self) -> int: ...
+
+    @property
+    def dropout(self) -> float: ...
+
+    @property
+    def optimizer(self) -> str: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def original_params(self) -> int | None: ...
+
+
+def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Group completed runs by (model, routing, protocol): mean and 95% CI over seeds.
+
+    A run counts when its ``status`` is ``"completed"`` and it was measured (it has a
+    ``runaway_rate``); diverged or interrupted runs are left out. A ``None`` value (a
+    NaN written to strict JSON) counts as NaN.
+
+    Args:
+        runs: run records, each with ``model``, ``routing``, ``protocol``, ``seed``,
+            ``layers``, ``params``, ``epochs``, ``status`` and every key of
+            [`SUMMARY_METRICS`][recurrentkit.study_report.SUMMARY_METRICS].
+
+    Returns:
+        One entry per group, in order of first appearance: ``model``, ``routing``,
+        ``protocol``, ``layers``, ``params``, ``epochs`` (of the group's first run),
+        ``n_seeds``, ``seeds`` and, per metric, ``{"mean": m, "ci95": half_width}``
+        ([`mean_ci`][recurrentkit.metrics.mean_ci]: ``None`` with one seed).
+
+    Raises:
+        InputTypeError: ``runs`` not a sequence of mappings.
+        ConfigError: a completed run that lacks a key.
+
+    Example:
+        >>> from recurrentkit.study_report import SUMMARY_METRICS, summarize_runs
+        >>> base = {"model": "beta", "routing": "shared", "protocol": "seed", "layers": 2,
+        ...         "params": 10, "epochs": 2, "status": "completed"}
+        >>> runs = [{**base, **dict.fromkeys(SUMMARY_METRICS, v), "seed": s}
+        ...         for s, v in [(0, 0.1), (1, 0.3)]]
+        >>> [entry] = summarize_runs(runs)
+        >>> entry["n_seeds"], round(entry["runaway_rate"]["mean"], 3)
+        (2, 0.2)
+    """
+    if isinstance(runs, (str, Mapping)) or not isinstance(runs, Sequence):
+        raise InputTypeError("runs", "a sequence of run records (dicts)", describe(runs))
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for i, r in enumerate(runs):
+        if not isinstance(r, Mapping):
+            raise InputTypeError(f"runs[{i}]", "a run record (a dict)", describe(r))
+        if r.get("status") == "completed" and "runaway_rate" in r:
+            _require(f"runs[{i}]", r, ("model", "routing", "protocol"))
+            groups.setdefault((r["model"], r["routing"], r["protocol"]), []).append(r)
+    out = []
+    for (m, rt, p), rs in groups.items():
+        for r in rs:
+            _require(f"the run {r.get('run', (m, rt, p))!r}", r, (*_GROUP_KEYS, *SUMMARY_METRICS))
+        entry: dict[str, Any] = {
+            "model": m,
+            "routing": rt,
+            "protocol": p,
+            "layers": rs[0]["layers"],
+            "params": rs[0]["params"],
+            "epochs": rs[0]["epochs"],
+            "n_seeds": len(rs),
+            "seeds": [r["seed"] for r in rs],
+        }
+        for k in SUMMARY_METRICS:
+            mean, ci = mean_ci([math.nan if r[k] is None else float(r[k]) for r in rs])
+            entry[k] = {"mean": mean, "ci95": ci}
+        out.append(entry)
+    return out
+
+
+def _require(name: str, record: Mapping[str, Any], keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise ConfigError(name, "a record with the keys " + ", ".join(missing), "one without")
+
+
+def format_stat(stat: Mapping[str, Any], digits: int = 3, *, pct: bool = False) -> str:
+    """One summary cell as text: ``mean`` or ``mean ± ci95``.
+
+    Args:
+        stat: ``{"mean": m, "ci95": half_width or None}`` (a summary entry's metric).
+        digits: decimals of a plain number.
+        pct: show a share as a percentage with one decimal (``digits`` unused).
+
+    Returns:
+        E.g. ``"1.9258"``, ``"1.926 ± 0.012"``, ``"22.2%"``, ``"22.2% ± 1.5"``.
+
+    Example:
+        >>> from recurrentkit.study_report import format_stat
+        >>> format_stat({"mean": 1.92583, "ci95": None}, 4)
+        '1.9258'
+        >>> format_stat({"mean": 0.2224, "ci95": 0.0151}, pct=True)
+        '22.2% ± 1.5'
+    """
+    mean, ci = stat["mean"], stat["ci95"]
+    if pct:
+        s = f"{100 * mean:.1f}%"
+        return s if ci is None else f"{s} ± {100 * ci:.1f}"
+    s = f"{mean:.{digits}f}"
+    return s if ci is None else f"{s} ± {ci:.{digits}f}"
+
+
+def _fmt_sci(stat: Mapping[str, Any]) -> str:
+    mean, ci = stat["mean"], stat["ci95"]
+    s = "0" if mean == 0 else f"{mean:.2e}"
+    return s if ci is None else f"{s} ± {ci:.1e}"
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """How to render one study's results, and the rendering.
+
+    Two layouts, by ``compare``:
+
+    - ``"routing"`` (the study): a models table with the original's epochs and parameter
+      counts; per protocol, losses and sample metrics of every policy; the PAD-start
+      protocol table; what the models remember; conclusions policy by policy (the leak,
+      runaway, the original's claim, the protocol, the PAD flaw, memory reach); samples;
+      loss curves; the original's figures (from the results' ``"original"``).
+    - ``"model"`` (e.g. backbones at matched size): a models table; per (routing,
+      protocol), one table of every model's parameters, losses, memory reach, accuracy
+      and sample metrics; what the models remember; conclusions (memory reach, lowest
+      loss); samples; loss curves.
+
+    Attributes:
+        models: model id (a run record's ``model``) → its
+            [`ModelInfo`][recurrentkit.study_report.ModelInfo].
+        description: the preset's description, for the header.
+        compare: the layout, one of [`COMPARE`][recurrentkit.study_report.COMPARE].
+        split_seed: the seed of the train/validation split (stated in the header).
+        analysis_names: validation names whose connectivity each run measured.
+        far: the distance ``far_share`` counts from.
+        pad_grad_rows: training names the PAD gradient was measured on.
+
+    Raises:
+        InputTypeError: ``models`` not a mapping, arguments of the wrong type.
+        ConfigError: no models, an unknown ``compare``, sizes below 1.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from recurrentkit.study_report import SUMMARY_METRICS, StudyReport, summarize_runs
+        >>> tiny = SimpleNamespace(label="tiny", layers=2, embed=8, hidden=16, dropout=0.1,
+        ...     optimizer="adam", lr=1e-2, epochs=2, original_params=None)
+        >>> report = StudyReport({"tiny": tiny}, "a smoke test")
+        >>> base = {"model": "tiny", "protocol": "seed", "seed": 0, "layers": 2,
+        ...         "params": 1900, "epochs": 2, "status": "completed",
+        ...         **dict.fromkeys(SUMMARY_METRICS, 0.0)}
+        >>> runs = [{**base, "routing": "independent"},
+        ...         {**base, "routing": "handoff", "leak_gap": 0.2, "runaway_rate": 0.6}]
+        >>> for line in report.conclusions(summarize_runs(runs), num_samples=50)[1:4]:
+        ...     print(line)
+        - **tiny `independent` (seed protocol, 2 epochs)**: step-wise and teacher-forced ...
+        - **tiny `handoff` (seed protocol, 2 epochs)**: step-wise validation loss exceeds teacher-forced by +0.200 nats: ...
+        - **The original's never-ending samples** (runaway rate ≥ 50%) are reproduced by: tiny `handoff` (seed, 60%).
+    """  # noqa: E501
+
+    models: Mapping[str, ModelInfo]
+    description: str = ""
+    compare: str = "routing"
+    split_seed: int = 0
+    analysis_names: int = 256
+    far: int = 3
+    pad_grad_rows: int = 2048
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.models, Mapping):
+            raise InputTypeError(
+                "models", "a mapping of model id to ModelInfo", describe(self.models)
+            )
+        if not self.models:
+            raise ConfigError("models", "at least one model", "an empty mapping")
+        if not isinstance(self.description, str):
+            raise InputTypeError("description", "a str", describe(self.description))
+        check_choice("compare", self.compare, COMPARE)
+        check_int("split_seed", self.split_seed, minimum=0)
+        check_int("analysis_names", self.analysis_names)
+        check_int("far", self.far)
+        check_int("pad_grad_rows", self.pad_grad_rows)
+
+    # -- pieces --------------------------------------------------------------------------
+
+    def label(self, model: str) -> str:
+        """The table name of model id ``model``.
+
+        Raises:
+            ConfigError: a model the report does not know.
+        """
+        info = self.models.get(model)
+        if info is None:
+            raise ConfigError("model", f"one of {', '.join(map(repr, self.models))}", repr(model))
+        return info.label
+
+    def _row(self, entry: Mapping[str, Any]) -> str:
+        routing = entry["routing"]
+        if entry["layers"] == 1:
+            routing += " (1 layer: every policy is this model)"
+        return f"{self.label(entry['model'])} | {routing}"
+
+    def comparison_groups(
+        self, items: Sequence[Mapping[str, Any]]
+    ) -> dict[tuple[str, str], dict[str, Mapping[str, Any]]]:
+        """Runs (or summary entries) set side by side, as the figures and conclusions do.
+
+        Args:
+            items: run records or summary entries (``model``, ``routing``, ``protocol``).
+
+        Returns:
+            ``(file stem, title)`` → member → item. ``compare="routing"``: the policies
+            (members) of each (model, protocol), stem ``"<model>_<protocol>"``;
+            ``"model"``: the models' labels under each (routing, protocol), stem
+            ``"<routing>_<protocol>"``. With several seeds, the last item of a member
+            wins.
+        """
+        groups: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+        for it in items:
+            m, r, p = it["model"], it["routing"], it["protocol"]
+            if self.compare == "model":
+                key, member = (f"{r}_{p}", f"{r} routing, {p} protocol"), self.label(m)
+            else:
+                key, member = (f"{m}_{p}", f"{self.label(m)}, {p} protocol"), r
+            groups.setdefault(key, {})[member] = it
+        return groups
+
+    # -- conclusions ---------------------------------------------------------------------
+
+    def conclusions(self, summary: Sequence[Mapping[str, Any]], num_samples: int) -> list[str]:
+        """Sentences the numbers support (Markdown list items; thresholds in the text).
+
+        Under ``compare="routing"``, policy by policy: whether step-wise and
+        teacher-forced loss agree (a leak), runaway and the difference from
+        ``independent``, whether the original's never-ending samples are reproduced
+        (runaway ≥ 50%), whether causal shared memory supports the claim (≥ 20 points
+        more runaway than independent: supports; < 5: does not), the protocol's effect,
+        the PAD flaw; then which policy reaches furthest back. Under ``"model"``: which
+        model reaches furthest back and which has the lowest step-wise loss. Both start
+        with a caveat when a group has a single seed.
+
+        Args:
+            summary: entries of [`summarize_runs`][recurrentkit.study_report.summarize_runs].
+            num_samples: samples drawn per run (for the text).
+
+        Returns:
+            The lines, in order.
+        """
+        lines: list[str] = []
+        n_min = min((e["n_seeds"] for e in summary), default=0)
+        if n_min <= 1:
+            lines.append(
+                "Every figure comes from **one seed**: there is no confidence interval, so small "
+                "differences (a few points of runaway rate, a few hundredths of a nat) are not "
+                "evidence either way; run with `--seeds 0,1,2` to resolve them."
+            )
+        if self.compare == "routing":
+            lines += self._policy_conclusions(summary, num_samples)
+        lines += self._memory_conclusions(summary)
+        return lines
+
+    def _policy_conclusions(
+        self, summary: Sequence[Mapping[str, Any]], num_samples: int
+    ) -> list[str]:
+        lines: list[str] = []
+        by = {(e["model"], e["routing"], e["protocol"]): e for e in summary}
+        for e in summary:
+            if e["layers"] == 1:
+                continue
+            m, r, p = e["model"], e["routing"], e["protocol"]
+            label = f"{self.label(m)} `{r}` ({p} protocol, {e['epochs']} epochs)"
+            gap = e["leak_gap"]["mean"]
+            run = e["runaway_rate"]["mean"]
+            ind = by.get((m, "independent", p))
+            parts = []
+            if abs(gap) < 1e-3:
+                parts.append(
+                    f"step-wise and teacher-forced validation loss agree (gap {gap:+.1e} nats): "
+                    "what it learned under teacher forcing is what sampling runs"
+                )
+            else:
+                parts.append(
+                    f"step-wise validation loss exceeds teacher-forced by {gap:+.3f} nats: its "
+                    "teacher-forced loss was helped by inputs a sampler never has (a leak)"
+                    if gap > 0
+                    else f"step-wise validation loss is lower than teacher-forced by {-gap:.3f} "
+                    "nats"
+                )
+            parts.append(f"runaway rate {100 * run:.1f}%")
+            if ind is not None and r != "independent":
+                d_run = run - ind["runaway_rate"]["mean"]
+                d_rep = e["repetition"]["mean"] - ind["repetition"]["mean"]
+                d_loss = e["stepwise_val_loss"]["mean"] - ind["stepwise_val_loss"]["mean"]
+                parts.append(
+                    f"vs independent: runaway {100 * d_run:+.1f} points, repetition "
+                    f"{100 * d_rep:+.1f} points, mean length {e['mean_length']['mean']:.2f} vs "
+                    f"{ind['mean_length']['mean']:.2f}, step-wise val loss {d_loss:+.3f} nats"
+                )
+            lines.append(f"- **{label}**: " + "; ".join(parts) + ".")
+        lines += self._claim_conclusions(summary, by)
+        # The protocol.
+        for e in summary:
+            if e["protocol"] != "seed":
+                continue
+            other = by.get((e["model"], e["routing"], "fixed"))
+            if other is None:
+                continue
+            lines.append(
+                f"- **Protocol**, {self.label(e['model'])} `{e['routing']}`: the PAD start gives "
+                f"a first-letter distribution {e['first_letter_tv']['mean']:.3f} (total "
+                f"variation) away from the data's, the start token "
+                f"{other['first_letter_tv']['mean']:.3f}; samples drawing `<PAD>`: "
+                f"{e['pad_sampled']['mean']:.1f} vs {other['pad_sampled']['mean']:.1f} of each "
+                f"{num_samples:,} (forbidden by construction under `fixed`); runaway "
+                f"{100 * e['runaway_rate']['mean']:.1f}% vs "
+                f"{100 * other['runaway_rate']['mean']:.1f}%. (Losses differ in what they count: "
+                "`fixed` also predicts the first letter, so its loss is not comparable.)"
+            )
+        lines += self._pad_conclusion(summary)
+        return lines
+
+    def _claim_conclusions(
+        self,
+        summary: Sequence[Mapping[str, Any]],
+        by: Mapping[tuple[str, str, str], Mapping[str, Any]],
+    ) -> list[str]:
+        """The original's claim: never-ending samples, and what shared memory has to do
+        with them."""
+        multi = [e for e in summary if e["layers"] > 1]
+        if not multi:
+            return []
+        lines = []
+        never = [e for e in multi if e["runaway_rate"]["mean"] >= 0.5]
+        if never:
+            who = ", ".join(
+                f"{self.label(e['model'])} `{e['routing']}` ({e['protocol']}, "
+                f"{100 * e['runaway_rate']['mean']:.0f}%)"
+                for e in never
+            )
+            lines.append(
+                f"- **The original's never-ending samples** (runaway rate ≥ 50%) are "
+                f"reproduced by: {who}."
+            )
+        else:
+            lines.append(
+                "- **The original's never-ending samples are not reproduced** here: no policy "
+                "reaches a 50% runaway rate at these training lengths."
+            )
+        for e in (e for e in multi if e["routing"] == "shared"):
+            ind = by.get((e["model"], "independent", e["protocol"]))
+            if ind is None:
+                continue
+            d = e["runaway_rate"]["mean"] - ind["runaway_rate"]["mean"]
+            verdict = (
+                "supports" if d >= 0.2 else "does not support" if d < 0.05 else "weakly supports"
+            )
+            lines.append(
+                f"- {self.label(e['model'])} ({e['protocol']} protocol): causal shared memory "
+                f"{verdict} the claim that sharing memory makes generation run away "
+                f"({100 * e['runaway_rate']['mean']:.1f}% vs independent "
+                f"{100 * ind['runaway_rate']['mean']:.1f}%; thresholds: ≥ 20 points supports, "
+                "< 5 points does not)."
+            )
+        return lines
+
+    def _pad_conclusion(self, summary: Sequence[Mapping[str, Any]]) -> list[str]:
+        causal = [e for e in summary if e["routing"] != "handoff" or e["layers"] == 1]
+        if not causal:
+            return []
+        zero = [e for e in causal if e["pad_grad_norm"]["mean"] == 0.0]
+        leak_pad = [e for e in summary if e["routing"] == "handoff" and e["layers"] > 1]
+        text = (
+            f"- **PAD flaw**: in {len(zero)} of {len(causal)} causal groups the gradient on the "
+            "`<PAD>` embedding is exactly 0 and training never moves it"
+        )
+        if any(e["protocol"] == "seed" for e in zero):
+            text += ", yet the seed protocol starts every sample from it"
+        text += "."
+        if leak_pad:
+            text += (
+                " Under `handoff` it is not zero ("
+                + ", ".join(
+                    f"{self.label(e['model'])} {e['protocol']}: {e['pad_grad_norm']['mean']:.2e}"
+                    for e in leak_pad
+                )
+                + "): the padding after a name reaches the final state of the layer below, "
+                "which the next layer starts from."
+            )
+        return [text]
+
+    def _memory_conclusions(self, summary: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Which policy (or model) reaches furthest back, per comparison group."""
+        lines = []
+        for (_, title), members in self.comparison_groups(summary).items():
+            if len(members) < 2:
+                continue
+            far = {k: (e["far_share"]["mean"], e["far_share"]["ci95"]) for k, e in members.items()}
+            if not any(math.isfinite(mean) for mean, _ in far.values()):
+                continue  # no name reaches `far` characters (a word list of short words)
+            future = {k: e["future_share"]["mean"] for k, e in members.items()}
+            what = "model" if self.compare == "model" else "policy"
+            text = compare_reach(far, far=self.far, future_shares=future, what=what)
+            lines.append(f"- **Memory reach**, {title}: {text}")
+            if self.compare == "model":
+                best = min(members, key=lambda k: members[k]["stepwise_val_loss"]["mean"])
+                lines.append(
+                    f"- **Backbones**, {title}: lowest step-wise validation loss: `{best}`; "
+                    "step-wise validation loss / top-1 / top-3 accuracy: "
+                    + "; ".join(
+                        f"`{k}` {format_stat(e['stepwise_val_loss'], 4)} / "
+                        f"{format_stat(e['top1_accuracy'], pct=True)} / "
+                        f"{format_stat(e['top3_accuracy'], pct=True)}"
+                        for k, e in members.items()
+                    )
+                    + " ("
+                    + ", ".join(f"`{k}` {e['params']:,}" for k, e in members.items())
+                    + " parameters)."
+                )
+        return lines
+
+    # -- results.md ----------------------------------------------------------------------
+
+    def markdown(self, results: Mapping[str, Any]) -> str:
+        """``results.md``: header, models, results tables, what the models remember,
+        conclusion, samples, loss curves (and, under ``compare="routing"``, the PAD-start
+        protocol table and the original's figures).
+
+        Args:
+            results: what the study writes to ``results.json``: ``command``, ``preset``,
+                ``device``, ``torch``, ``threads``, ``world_size``, ``wall_seconds``,
+                ``data`` (``source``, ``train``, ``val``), ``num_samples``, ``runs``
+                (records), ``summary`` (of
+                [`summarize_runs`][recurrentkit.study_report.summarize_runs]), optionally
+                ``plots``/``memory_plots`` (figure file names) and ``original`` (model id
+                → ``epoch20_val_loss``, ``last_val_loss``, ``last_epoch``).
+
+        Returns:
+            The Markdown text, ending with a newline.
+
+        Raises:
+            InputTypeError: ``results`` not a mapping.
+            ConfigError: a missing key, a model the report does not know.
+        """
+        if not isinstance(results, Mapping):
+            raise InputTypeError("results", "a mapping as results.json holds", describe(results))
+        _require("results", results, _RESULTS_KEYS)
+        study = self.compare == "routing"
+        L = self._header(results) + self._models_table(results["summary"])
+        if study:
+            L += self._protocol_tables(results) + self._pad_table(results)
+        else:
+            L += self._comparison_tables(results)
+        L += self._memory_section(results)
+        L += self._conclusion_section(results)
+        L += self._samples_section(results["runs"])
+        if results.get("plots"):
+            L.append("## Loss curves\n")
+            L += [f"![{p}]({p})" for p in results["plots"]]
+            L.append("")
+        if study and results.get("original"):
+            L += self._original_section(results["original"])
+        L.append("The schema of `results.json` is described in the script's docstring.")
+        return "\n".join(L) + "\n"
+
+    def write_markdown(self, path: str | os.PathLike[str], results: Mapping[str, Any]) -> None:
+        """Write [`markdown`][recurrentkit.study_report.StudyReport.markdown]'s text to
+        ``path`` (UTF-8), atomically: a reader sees the old file or the new one, whole."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.markdown(results), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _header(self, results: Mapping[str, Any]) -> list[str]:
+        if self.compare == "model":
+            title = "# Recurrent backbones at matched size on the names — measured\n"
+        else:
+            title = "# Shared vs layer-wise memory in stacked GRUs — measured\n"
+        d = results["data"]
+        return [
+            title,
+            f"Command: `{results['command']}`  \n"
+            f"Preset: `{results['preset']}` — {self.description}.  \n"
+            f"Device: {results['device']}; torch {results['torch']}; "
+            f"{results['threads']} CPU thread(s); {results['world_size']} process(es).  \n"
+            f"Wall time: {results['wall_seconds']:.0f} s. Data: {d['source']} "
+            f"({d['train']} training / {d['val']} validation names, "
+            f"split seed {self.split_seed}).\n",
+        ]
+
+    def _models_table(self, summary: Sequence[Mapping[str, Any]]) -> list[str]:
+        seen: dict[str, Mapping[str, Any]] = {}
+        for e in summary:
+            seen.setdefault(e["model"], e)
+        L = ["## Models\n"]
+        if self.compare == "routing":
+            L.append(
+                "| model | layers | embedding | hidden | dropout | optimizer | lr | epochs run "
+                "| params (measured) | params (original) |"
+            )
+            L.append("|---|---|---|---|---|---|---|---|---|---|")
+        else:
+            L.append(
+                "| model | layers | embedding | hidden | dropout | optimizer | lr | epochs "
+                "| params |"
+            )
+            L.append("|---|---|---|---|---|---|---|---|---|")
+        for m, e in seen.items():
+            self.label(m)  # an unknown model is a ConfigError, not a KeyError
+            s = self.models[m]
+            row = (
+                f"| {s.label} | {s.layers} | {s.embed} | {s.hidden} | {s.dropout} | {s.optimizer} "
+                f"| {s.lr:g} "
+            )
+            if self.compare == "routing":
+                orig = f"{s.original_params:,}" if s.original_params else "—"
+                L.append(
+                    row + f"| {e['epochs']} (original {s.epochs}) | {e['params']:,} | {orig} |"
+                )
+            else:
+                L.append(row + f"| {e['epochs']} | {e['params']:,} |")
+        L.append("")
+        return L
+
+    def _samples_text(self, num_samples: int) -> str:
+        return (
+            f"Over {num_samples:,} samples of at most {_SAMPLE_STEPS} characters: *runaway* = no "
+            f"end token within {_SAMPLE_STEPS} steps"
+        )
+
+    def _protocol_tables(self, results: Mapping[str, Any]) -> list[str]:
+        """The study's main tables: one per protocol, every policy's losses and samples."""
+        L: list[str] = []
+        summary = results["summary"]
+        for protocol in PROTOCOLS:
+            rows = [e for e in summary if e["protocol"] == protocol]
+            if not rows:
+                continue
+            L.append(f"## Results, `{protocol}` protocol\n")
+            L.append(
+                "Mean ± 95% CI over seeds (a bare number: one seed). Losses in nats per "
+                "predicted character; *teacher-forced* runs whole validation names at once, "
+                "*step-wise* feeds them one token at a time as sampling does. "
+                f"{self._samples_text(results['num_samples'])}; *distinct-n* = distinct / "
+                "total character n-grams over all samples; *repetition* = share of samples in "
+                "which some 2- or 3-gram occurs 3+ times; *novelty* = share that is not a "
+                "training name; *held-out match* = share equal to a validation name absent "
+                "from training.\n"
+            )
+            L.append(
+                "| model | routing | seeds | best val (epoch) | val, teacher-forced "
+                "| val, step-wise | runaway | mean length | distinct-2 | distinct-3 "
+                "| repetition | novelty | held-out match |"
+            )
+            L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            for e in rows:
+                L.append(
+                    f"| {self._row(e)} | {e['n_seeds']} | {format_stat(e['best_val_loss'], 4)} "
+                    f"({e['best_epoch']['mean']:.0f}) | {format_stat(e['final_val_loss'], 4)} "
+                    f"| {format_stat(e['stepwise_val_loss'], 4)} "
+                    f"| {format_stat(e['runaway_rate'], pct=True)} "
+                    f"| {format_stat(e['mean_length'], 2)} | {format_stat(e['distinct2'])} "
+                    f"| {format_stat(e['distinct3'])} | {format_stat(e['repetition'], pct=True)} "
+                    f"| {format_stat(e['novelty'], pct=True)} "
+                    f"| {format_stat(e['heldout_match'], pct=True)} |"
+                )
+            L.append("")
+        return L
+
+    def _comparison_tables(self, results: Mapping[str, Any]) -> list[str]:
+        """The model comparison's main tables: one per (routing, protocol), every model."""
+        L: list[str] = []
+        for (_, title), members in self.comparison_groups(results["summary"]).items():
+            L.append(f"## Results, {title}\n")
+            L.append(
+                "Mean ± 95% CI over seeds (a bare number: one seed). Losses in nats per "
+                "predicted character; *teacher-forced* runs whole validation names at once, "
+                "*step-wise* feeds them one token at a time as sampling does (the two agree "
+                f"for a causal model). *Far share*: share of gradient connectivity {self.far} "
+                "or more characters back; *top-k*: next-character accuracy over every "
+                "validation name (both explained under *What the models remember*). "
+                f"{self._samples_text(results['num_samples'])}; *novelty* = share that is not "
+                "a training name.\n"
+            )
+            L.append(
+                "| model | params | seeds | best val (epoch) | val, teacher-forced "
+                f"| val, step-wise | far share (d ≥ {self.far}) | top-1 | top-2 | top-3 "
+                "| runaway | mean length | novelty |"
+            )
+            L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            for name, e in members.items():
+                L.append(
+                    f"| {name} | {e['params']:,} | {e['n_seeds']} "
+                    f"| {format_stat(e['best_val_loss'], 4)} ({e['best_epoch']['mean']:.0f}) "
+                    f"| {format_stat(e['final_val_loss'], 4)} "
+                    f"| {format_stat(e['stepwise_val_loss'], 4)} "
+                    f"| {format_stat(e['far_share'], pct=True)} "
+                    f"| {format_stat(e['top1_accuracy'], pct=True)} "
+                    f"| {format_stat(e['top2_accuracy'], pct=True)} "
+                    f"| {format_stat(e['top3_accuracy'], pct=True)} "
+                    f"| {format_stat(e['runaway_rate'], pct=True)} "
+                    f"| {format_stat(e['mean_length'], 2)} "
+                    f"| {format_stat(e['novelty'], pct=True)} |"
+                )
+            L.append("")
+        return L
+
+    def _pad_table(self, results: Mapping[str, Any]) -> list[str]:
+        L = ["## The PAD-start protocol\n"]
+        L.append(
+            "Under the `seed` protocol the first letter is never a target and sampling starts "
+            "from `<PAD>`, an input whose every target is ignored. *PAD gradient*: norm of the "
+            f"training loss's gradient on the `<PAD>` embedding row ({self.pad_grad_rows:,} "
+            "training names, eval mode); *PAD drift*: how far training moved that row; "
+            "*first-letter TV*: total variation between the samples' first letters and the "
+            "training names'; *PAD drawn*: samples (of "
+            f"{results['num_samples']:,}) in which `<PAD>` was sampled.\n"
+        )
+        L.append(
+            "| model | routing | protocol | PAD gradient | PAD drift | first-letter TV "
+            "| PAD drawn |"
+        )
+        L.append("|---|---|---|---|---|---|---|")
+        for e in results["summary"]:
+            L.append(
+                f"| {self._row(e)} | {e['protocol']} | {_fmt_sci(e['pad_grad_norm'])} "
+                f"| {format_stat(e['pad_embedding_drift'], 3)} "
+                f"| {format_stat(e['first_letter_tv'])} | {format_stat(e['pad_sampled'], 1)} |"
+            )
+        L.append("")
+        return L
+
+    def _memory_section(self, results: Mapping[str, Any]) -> list[str]:
+        """What the models remember: the definitions, (the study's) table by policy, the
+        connectivity and accuracy tables of the lowest seed, the figures."""
+        L = ["## What the models remember\n"]
+        L.append(
+            "Gradient connectivity (Madsen, *Visualizing memorization in RNNs*, Distill "
+            "2019): the norm of the gradient of each true next character's logit with respect "
+            f"to every one-hot input, over {self.analysis_names} seeded validation names in "
+            "eval mode (`recurrentkit.analysis`). *Far share*: mean share of an output's "
+            f"connectivity on inputs {self.far} or more characters back; *future share*: "
+            "share on *later* inputs — exactly 0 for a causal policy, the teacher-forcing leak "
+            "otherwise (shares count the future in the total). *Top-k*: next-character "
+            "accuracy over every validation name.\n"
+        )
+        if self.compare == "routing":  # the model comparison's main table holds these
+            L.append(
+                f"| model | routing | protocol | seeds | far share (d ≥ {self.far}) "
+                "| future share | top-1 | top-2 | top-3 |"
+            )
+            L.append("|---|---|---|---|---|---|---|---|---|")
+            for e in results["summary"]:
+                L.append(
+                    f"| {self._row(e)} | {e['protocol']} | {e['n_seeds']} "
+                    f"| {format_stat(e['far_share'], pct=True)} "
+                    f"| {format_stat(e['future_share'], pct=True)} "
+                    f"| {format_stat(e['top1_accuracy'], pct=True)} "
+                    f"| {format_stat(e['top2_accuracy'], pct=True)} "
+                    f"| {format_stat(e['top3_accuracy'], pct=True)} |"
+                )
+            L.append("")
+        runs = [r for r in results["runs"] if "analysis" in r]
+        if runs:
+            seed = min(r["seed"] for r in runs)
+            analyses = {
+                r["run"]: RunAnalysis.from_dict(r["analysis"]) for r in runs if r["seed"] == seed
+            }
+            L.append(
+                f"Seed {seed}: mean share of connectivity at distance d = t − s (above), and "
+                "top-1 accuracy by characters of the name seen (below; position 0 = only the "
+                "start token; the `seed` protocol never predicts the first letter).\n"
+            )
+            L.append(analysis_tables(analyses))
+            L.append("")
+        memory_plots = results.get("memory_plots") or []
+        L += [f"![{p}]({p})" for p in memory_plots]
+        if memory_plots:
+            L.append("")
+        return L
+
+    def _conclusion_section(self, results: Mapping[str, Any]) -> list[str]:
+        L = ["## Conclusion\n"]
+        if self.compare == "routing":
+            L.append(
+                "Written by the script from the numbers above (thresholds stated); the "
+                "training lengths are this preset's, which may be far shorter than the "
+                "original's.\n"
+            )
+        else:
+            L.append("Written by the script from the numbers above (thresholds stated).\n")
+        L += self.conclusions(results["summary"], results["num_samples"])
+        L.append("")
+        return L
+
+    def _samples_section(self, runs: Sequence[Mapping[str, Any]]) -> list[str]:
+        L = ["## Samples (first 12 of each run, seed 0)\n"]
+        for r in runs:
+            if r.get("seed") != min(x["seed"] for x in runs) or "examples" not in r:
+                continue
+            shown = ", ".join(f"`{t}`" if t else "`(empty)`" for t in r["examples"])
+            L.append(f"- {r['run']}: {shown}")
+        L.append("")
+        return L
+
+    def _original_section(self, original: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        figures = "; ".join(
+            f"{self.label(m)} {o['epoch20_val_loss']} at epoch 20, {o['last_val_loss']} at "
+            f"epoch {o['last_epoch']}"
+            for m, o in original.items()
+        )
+        return [
+            "## The original's figures\n",
+            "Validation loss as the original printed it (one unseeded run; the figures usually "
+            f"quoted are the epoch-20 prints): {figures}. It reported every shared-memory "
+            "sample at the 20-character limit.\n",
+        ]
+
+    # -- figures -------------------------------------------------------------------------
+
+    def plot_losses(
+        self, directory: str | os.PathLike[str], runs: Sequence[Mapping[str, Any]]
+    ) -> list[str]:
+        """One PNG per (model, protocol), ``loss_<model>_<protocol>.png``: validation
+        (solid) and training (dashed) loss by epoch for each run, a star at the final
+        model's step-wise validation loss.
+
+        Args:
+            directory: where to write (an existing folder).
+            runs: run records; those with a ``history`` are drawn.
+
+        Returns:
+            The file names written (relative to ``directory``); ``[]`` when matplotlib
+            is not installed.
+        """
+        try:
+            from matplotlib.figure import Figure
+            from matplotlib.ticker import MaxNLocator
+        except ImportError:
+            return []
+        groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        for r in runs:
+            if r.get("history"):
+                groups.setdefault((r["model"], r["protocol"]), []).append(r)
+        names = []
+        for (m, p), rs in groups.items():
+            fig = Figure(figsize=(6, 4))
+            ax = fig.subplots()
+            for i, r in enumerate(rs):
+                ep = [h["epoch"] for h in r["history"]]
+                color = f"C{i % 10}"
+                label = f"{r['routing']} s{r['seed']}"
+                val = [h["val_loss"] for h in r["history"]]
+                ax.plot(ep, val, "-o", color=color, label=f"{label} val")
+                if "stepwise_val_loss" in r:
+                    ax.plot(ep[-1], r["stepwise_val_loss"], "*", color=color, markersize=12)
+                train = [h["train_loss"] for h in r["history"]]
+                ax.plot(ep, train, "--", color=color, alpha=0.6, label=f"{label} train")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch (★: step-wise validation loss of the final model)")
+            ax.set_ylabel("loss (nats / character)")
+            ax.set_title(f"{self.label(m)}, {p} protocol")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            name = f"loss_{m}_{p}.png"
+            fig.savefig(Path(directory) / name, dpi=110)
+            names.append(name)
+        return names
+
+    def plot_memory(
+        self, directory: str | os.PathLike[str], runs: Sequence[Mapping[str, Any]]
+    ) -> list[str]:
+        """Heatmaps, decay curves and accuracy by context per comparison group
+        ([`plot_comparison`][recurrentkit.analysis.plot_comparison]), of the runs of the
+        lowest seed that were analysed.
+
+        Args:
+            directory: where to write.
+            runs: run records; those with an ``analysis`` are drawn.
+
+        Returns:
+            The file names written (relative to ``directory``); ``[]`` when no run was
+            analysed or matplotlib is not installed.
+        """
+        done = [r for r in runs if "analysis" in r]
+        if not done:
+            return []
+        seed = min(r["seed"] for r in done)
+        files: list[str] = []
+        groups = self.comparison_groups([r for r in done if r["seed"] == seed])
+        for (stem, title), members in groups.items():
+            analyses = {k: RunAnalysis.from_dict(r["analysis"]) for k, r in members.items()}
+            try:
+                files += plot_comparison(analyses, directory, stem, title=title)
+            except ImportError:
+                return []
+        return files
