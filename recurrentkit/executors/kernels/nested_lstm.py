@@ -90,7 +90,7 @@ class _Nested(Function):
         Gs = [gi.new_empty(N, 4 * H) for _ in range(d)]  # activated gates per level
         XHs = [gi.new_empty(N, 2 * H) for _ in range(d - 1)]  # [x̃ | h̃] read by level j+1
         Cs = [gi.new_empty(N, H) for _ in range(d)]
-        TCs = [gi.new_empty(N, H) for _ in range(d)]
+        tc = gi.new_empty(sizes[0], H)  # tanh(c) of one step (backward recomputes it)
         out = gi.new_empty(N, H)
         G_s = [split_steps(G, sizes) for G in Gs]
         IF_s = [split_steps(G[:, : 2 * H], sizes) for G in Gs]
@@ -100,7 +100,7 @@ class _Nested(Function):
         XH_s = [split_steps(X, sizes) for X in XHs]
         X_s = [split_steps(X[:, :H], sizes) for X in XHs]
         Hh_s = [split_steps(X[:, H:], sizes) for X in XHs]
-        C_s, TC_s = [split_steps(C, sizes) for C in Cs], [split_steps(T, sizes) for T in TCs]
+        C_s = [split_steps(C, sizes) for C in Cs]
         gi_s, out_s = split_steps(gi, sizes), split_steps(out, sizes)
         w_t = w_hh.t()
         wcat_t = [w.t() for w in wcats]
@@ -125,11 +125,11 @@ class _Nested(Function):
                     Gg_s[j][t].tanh_()
                     torch.mul(F_s[j][t], cs[j], out=C_s[j][t]).addcmul_(I_s[j][t], Gg_s[j][t])
             for j in range(d - 1, -1, -1):  # h_j = σ(o_j) tanh(c_j) is c_{j-1} (out at j = 0)
-                torch.tanh(C_s[j][t], out=TC_s[j][t])
+                tanh_c = torch.tanh(C_s[j][t], out=tc[:bs])
                 target = C_s[j - 1][t] if j > 0 else out_s[t]
-                torch.mul(O_s[j][t], TC_s[j][t], out=target)
+                torch.mul(O_s[j][t], tanh_c, out=target)
             h, cs = out_s[t], [C_s[j][t] for j in range(d)]
-        ctx.save_for_backward(h0, w_hh, out, *wcats, *c0s, *Gs, *XHs, *Cs, *TCs)
+        ctx.save_for_backward(h0, w_hh, out, *wcats, *c0s, *Gs, *XHs, *Cs)
         ctx.sched, ctx.d = sched, d
         ctx.has_bias = [b is not None for b in bcats]
         return (out, *Cs)
@@ -145,18 +145,17 @@ class _Nested(Function):
         k += 2 * d - 1
         Gs, XHs = saved[k : k + d], saved[k + d : k + 2 * d - 1]
         k += 2 * d - 1
-        Cs, TCs = saved[k : k + d], saved[k + d : k + 2 * d]
+        Cs = saved[k : k + d]
         sizes = sched.sizes
         N, H = out.shape
         B = h0.shape[0]
         Ks, Pos, Ps, Fs, Is = [], [], [], [], []
         for j in range(d):  # the factors of each level's gradients, built in place
             i, f, g, o = Gs[j].chunk(4, dim=1)
-            tc = TCs[j]
-            K = torch.mul(tc, tc)
-            Ks.append(K.neg_().add_(1).mul_(o))  # σ(o) (1 - tanh²c)
+            tc = torch.tanh(Cs[j])  # recomputed: saving it costs more memory than time
             Po = torch.mul(tc, o)
             Pos.append(Po.addcmul_(Po, o, value=-1))  # tanh(c) σ'(o)
+            Ks.append(tc.mul_(tc).neg_().add_(1).mul_(o))  # σ(o) (1 - tanh²c), in place
             # [di | df] = [dx̃ | dh̃] ⊙ [g σ'(i) | c σ'(f)]; innermost: [di | df | dg] = dc ⊗ [...]
             P = out.new_empty(N, (2 if j < d - 1 else 3) * H)
             gi_ = torch.mul(g, i, out=P[:, :H])
