@@ -20,8 +20,8 @@ character model (embedding, recurrent stack, linear head over a vocabulary of 28
   ``PackedSequence`` (embedding, stack, head and loss on the real tokens only), against
   the same number of real tokens laid out unpadded (full 16-step rows, fewer of them) —
   the goal is ≤ 1.2×; the padded batch without lengths is shown too;
-- **flops**: ``cross_layer``'s arithmetic over ``nn.GRU``'s (recurrent part, forward;
-  backward scales alike), printed beside its ratio.
+- **flops**: ``cross_layer``'s arithmetic over ``nn.GRU``'s or ``nn.LSTM``'s (recurrent
+  part, forward; backward scales alike), printed beside its ratio.
 
 Run ``python benchmarks/bench.py --help``. Quote ratios, not absolute times: on a shared
 machine absolute times drift, ratios measured in one interleaved run much less.
@@ -348,9 +348,10 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def cross_layer_flop_ratio(E: int, H: int, L: int) -> float:
-    """Forward multiply-adds of a cross_layer GRU stack over nn.GRU's (recurrent part)."""
-    base = sum(3 * H * ((E if k == 0 else H) + H) for k in range(L))
+def cross_layer_flop_ratio(E: int, H: int, L: int, gates: int = 3) -> float:
+    """Forward multiply-adds of a cross_layer stack over the torch module's (recurrent
+    part): ``gates`` is 3 for GRU, 4 for LSTM."""
+    base = sum(gates * H * ((E if k == 0 else H) + H) for k in range(L))
     if L == 1:
         return 1.0
     extra = sum((L - 1) * ((E if k == 0 else H) + L * H) + (L - 1) * H * H for k in range(L))
@@ -416,7 +417,7 @@ def run_size(
             native = row_key_by_name(impls, "nn.LSTM (oneDNN off)")
             row["train_ratio_vs_native_lstm"] = train[k] / train[native]
         if impl.routing == "cross_layer":
-            row["flop_ratio"] = cross_layer_flop_ratio(E, H, L)
+            row["flop_ratio"] = cross_layer_flop_ratio(E, H, L, 4 if impl.cell == "LSTM" else 3)
         if k in compile_s:
             row["compile_s"] = compile_s[k]
         if (k, 1) in sample:

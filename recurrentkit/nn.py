@@ -36,7 +36,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import torch
-from torch import _VF, Tensor, nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
@@ -56,7 +56,7 @@ from recurrentkit.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from recurrentkit.cells.protocol import CellBase
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, StateError
 from recurrentkit.executors.fast import plain_mode
-from recurrentkit.executors.torch_ops import FUSED_OPS as _FUSED_OPS
+from recurrentkit.executors.torch_ops import call_fused
 from recurrentkit.stack import EXECUTORS, Stack, _repack
 
 __all__ = ["GRU", "LSTM", "RNN", "RecurrentBase"]
@@ -341,20 +341,11 @@ class RecurrentBase(nn.Module):
         elif packed is not None and packed.sorted_indices is not None:
             order = packed.sorted_indices  # the op runs sequences longest first
             h0 = tuple(h.index_select(1, order) for h in h0) if lstm else h0.index_select(1, order)
-        weights = self._weights()
         config = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
-        if lstm:
-            if packed is None:
-                y, h, c = _VF.lstm(x, h0, weights, *config, False)
-            else:
-                y, h, c = _VF.lstm(x, packed.batch_sizes, h0, weights, *config)
-            h_n: Any = (h, c)
+        if packed is None:
+            y, h_n = call_fused(self.mode, x, h0, self._weights(), *config, False)
         else:
-            op = _FUSED_OPS[self.mode]
-            if packed is None:
-                y, h_n = op(x, h0, weights, *config, False)
-            else:
-                y, h_n = op(x, packed.batch_sizes, h0, weights, *config)
+            y, h_n = call_fused(self.mode, x, packed.batch_sizes, h0, self._weights(), *config)
         if packed is not None and packed.unsorted_indices is not None:
             back = packed.unsorted_indices  # the caller's batch order again
             h_n = tuple(h.index_select(1, back) for h in h_n) if lstm else h_n.index_select(1, back)

@@ -22,7 +22,7 @@ from recurrentkit.cells.rnn import RNNCell
 from recurrentkit.executors.packing import Schedule, schedule
 
 __all__ = [
-    "FUSED_OPS",
+    "call_fused",
     "fusable",
     "run_torch_layer",
     "run_torch_layers",
@@ -57,8 +57,22 @@ def _weights(cell: Any) -> list[Tensor]:
     return weights
 
 
-#: torch's fused sequence ops of the one-tensor-state modes (LSTM: ``_VF.lstm``).
-FUSED_OPS = {"RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu, "GRU": _VF.gru}
+_OPS = {"RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu, "GRU": _VF.gru}
+
+
+def call_fused(mode: str, *args: Any) -> tuple[Tensor, Any]:
+    """torch's fused sequence op of ``mode`` (what ``nn.GRU.forward`` & co. call).
+
+    ``args`` are the op's own: ``(x, hx, weights, bias, num_layers, dropout, train,
+    bidirectional, batch_first)``, or ``(data, batch_sizes, hx, weights, bias,
+    num_layers, dropout, train, bidirectional)`` for packed rows; ``hx`` is ``(h, c)``
+    for ``"LSTM"``. Returns ``(output, h_n)``, ``h_n`` being ``(h_n, c_n)`` for LSTM.
+    """
+    if mode == "LSTM":
+        y, h, c = _VF.lstm(*args)
+        return y, (h, c)
+    y, h = _OPS[mode](*args)
+    return y, h
 
 
 def fusable(cells: Sequence[nn.Module], modes: Sequence[str | None]) -> str | None:
@@ -133,12 +147,11 @@ def run_torch_rows(
     else:
         assert sched.batch_sizes is not None
         args = (data, sched.batch_sizes, hx, weights, *config)
+    y, h_n = call_fused(mode, *args)
     if lstm:
-        y, h, c = _VF.lstm(*args)
-        finals: list[Any] = [LSTMState(hk, ck) for hk, ck in zip(h.unbind(0), c.unbind(0))]
+        finals: list[Any] = [LSTMState(h, c) for h, c in zip(h_n[0].unbind(0), h_n[1].unbind(0))]
     else:
-        y, h = FUSED_OPS[mode](*args)
-        finals = list(h.unbind(0))
+        finals = list(h_n.unbind(0))
     out = y.reshape(-1, y.shape[-1])  # (N, O)
     return out, tuple(sched.unsort_state(f) for f in finals)
 
