@@ -13,10 +13,8 @@ Chosen by what the policy and cells declare, never by what they compute:
   ``carry="first"`` (built-in cells): only layer 1's state crosses time, so layer 1
   runs as one sequence and every layer above is one batched step over all ``T × B``
   rows at once (equal to the reference to rounding, about 1e-16 in float64);
-- **cross_layer** over two or more built-in GRU, LSTM or RNN cells: the whole stack over
-  the whole sequence as one op with a hand-written backward (:mod:`.cross_layer`);
-- **step-major policies** (shared ``carry="last"``, cross_layer over other cells, user
-  policies that define ``step``): the policy's own ``step`` in a time loop, with layer 1's input
+- **step-major policies** (shared ``carry="last"``, cross_layer, user policies that
+  define ``step``): the policy's own ``step`` in a time loop, with layer 1's input
   projection hoisted out of the loop; with built-in policies and cells, finished
   sequences leave the batch as they end (otherwise the reference's masking). Each
   built-in cell steps on plain ops whose large weights get their gradient as one matmul
@@ -42,7 +40,6 @@ from torch.nn import functional as F
 
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
-from recurrentkit.executors.cross_layer import run_cross_layer
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for
 from recurrentkit.executors.kernels.base import Linear
@@ -242,10 +239,6 @@ class FastLayers:
         lengths: Tensor | None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """A step-major policy's own ``step`` in a time loop, layer 1's projection hoisted."""
-        if type(policy) is CrossLayer and len(self.cells) > 1:
-            done = run_cross_layer(self, policy, x, states, lengths)  # its own plans
-            if done is not None:
-                return done
         sched = schedule(x, lengths)
         kern0 = self._kernels[0]
         shrink = type(policy) in _BUILTIN_STEP_POLICIES and all(
