@@ -172,16 +172,19 @@ def check_like(name: str, x: Tensor, like: Tensor) -> None:
         raise DeviceError(name, f"device {like.device} (the module's parameters)", x.device)
 
 
-def check_params_like(name: str, x: Tensor, module: torch.nn.Module) -> None:
-    """Every parameter of ``module`` shares ``x``'s dtype and device.
+def check_params_like(
+    name: str, x: Tensor, params: torch.nn.Module | Iterable[tuple[str, Tensor]]
+) -> None:
+    """Every parameter shares ``x``'s dtype and device.
 
+    ``params`` is a module (its ``named_parameters()``) or ``(name, tensor)`` pairs.
     ``x`` has already been checked against the first parameter; this finds a part of the
-    module (a layer, a policy) converted on its own, which would otherwise fail deep in
-    a matrix product.
+    module (a layer, a policy, one weight) converted on its own, which would otherwise
+    fail deep in a matrix product.
     """
-    for p in module.parameters():
+    named = params.named_parameters() if isinstance(params, torch.nn.Module) else params
+    for pname, p in named:
         if p.dtype != x.dtype or p.device != x.device:
-            pname = next(n for n, q in module.named_parameters() if q is p)
             raise DeviceError(
                 pname,
                 f"the input's dtype {x.dtype} and device {x.device} (all parameters of the "

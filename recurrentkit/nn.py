@@ -45,6 +45,7 @@ from recurrentkit._validation import (
     check_choice,
     check_int,
     check_nonempty,
+    check_params_like,
     check_probability,
     check_tensor,
     describe,
@@ -410,17 +411,12 @@ class RecurrentBase(nn.Module):
         return f"(B, T, {I}) or (T, {I})" if self.batch_first else f"(T, B, {I}) or (T, {I})"
 
     def _check_input(self, name: str, x: object, ranks: tuple[int, ...], layout: str) -> None:
-        first, *rest = self._weights()
-        check_tensor(name, x, ranks=ranks, size_last=self.input_size, like=first, layout=layout)
+        weights = self._weights()
+        check_tensor(
+            name, x, ranks=ranks, size_last=self.input_size, like=weights[0], layout=layout
+        )
         assert isinstance(x, Tensor)
-        for pname, p in zip(self._flat_names[1:], rest):  # a parameter converted on its own
-            if p.dtype != x.dtype or p.device != x.device:
-                raise DeviceError(
-                    pname,
-                    f"the input's dtype {x.dtype} and device {x.device} (all parameters of the "
-                    f"module must share them; {name} has them)",
-                    f"{p.dtype} on {p.device}",
-                )
+        check_params_like(name, x, zip(self._flat_names[1:], weights[1:]))
 
     def _check_hx_tensor(
         self, name: str, t: object, shape: tuple[int, ...], layout: str, x: Tensor

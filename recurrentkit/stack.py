@@ -191,11 +191,12 @@ class Stack(nn.Module):
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
             self._check_input("x (PackedSequence data)", packed.data, ranks=(2,))
             states = self._check_state(state, int(packed.batch_sizes[0]), packed.data, False)
-            direct = self._run_packed(packed, states)
+            layers = self._layers()
+            direct = self._run_packed(layers, packed, states)
             if direct is not None:  # ran on the packed rows themselves
                 return direct
             x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
-            out, states = self._run(x_tm, states, lengths)  # (T, B, O)
+            out, states = self._run(x_tm, states, lengths, layers)  # (T, B, O)
             return _repack(out, lengths, packed), states
         self._check_input("x", x, ranks=(2, 3))
         assert isinstance(x, Tensor)
@@ -304,19 +305,25 @@ class Stack(nn.Module):
         )
 
     def _run(
-        self, x_tm: Tensor, states: tuple[Any, ...], lengths: Tensor | None
+        self,
+        x_tm: Tensor,
+        states: tuple[Any, ...],
+        lengths: Tensor | None,
+        layers: ReferenceLayers | FastLayers | None = None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
-        layers = self._layers()
+        layers = layers if layers is not None else self._layers()
         if isinstance(layers, FastLayers):
             return layers.run(self.routing, x_tm, states, lengths)
         return self.routing.run(layers, x_tm, states, lengths)
 
     def _run_packed(
-        self, packed: PackedSequence, states: tuple[Any, ...]
+        self,
+        layers: ReferenceLayers | FastLayers,
+        packed: PackedSequence,
+        states: tuple[Any, ...],
     ) -> tuple[PackedSequence, tuple[Any, ...]] | None:
         """The plans that run on a PackedSequence's rows as they are (see
         :meth:`FastLayers.run_packed`); ``None`` where the executor has none."""
-        layers = self._layers()
         if not isinstance(layers, FastLayers):
             return None
         done = layers.run_packed(self.routing, packed.data, schedule_packed(packed), states)

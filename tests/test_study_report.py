@@ -6,7 +6,6 @@ committed reports in docs/study/ are what the renderer makes of the committed re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -27,8 +26,6 @@ from recurrentkit.study_report import (
     format_stat,
     summarize_runs,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -373,24 +370,3 @@ def test_matplotlib_is_imported_only_to_draw() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
-
-# -- the committed reports --------------------------------------------------------------
-
-
-def _study_script() -> Any:
-    path = ROOT / "examples" / "names_memory_ablation.py"
-    spec = importlib.util.spec_from_file_location("names_memory_ablation_report", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("run", ["quick", "backbones"])
-def test_the_committed_reports_are_what_the_renderer_makes(run: str) -> None:
-    """docs/study/<run>/results.md is the rendering of the results.json beside it."""
-    folder = ROOT / "docs" / "study" / run
-    saved = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    report = _study_script().make_report(saved["preset"])
-    assert report.markdown(saved) == (folder / "results.md").read_text(encoding="utf-8")

@@ -216,3 +216,15 @@ def test_cuda_without_a_gpu_is_a_one_line_error(
     assert study.main(["--device", "cuda", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA device" in err
+
+
+# -- the committed reports --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run", ["quick", "backbones"])
+def test_the_committed_reports_are_what_the_renderer_makes(run: str) -> None:
+    """docs/study/<run>/results.md is the rendering of the results.json beside it."""
+    folder = ROOT / "docs" / "study" / run
+    saved = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    report = study.make_report(saved["preset"])
+    assert report.markdown(saved) == (folder / "results.md").read_text(encoding="utf-8")
