@@ -20,6 +20,9 @@ Chosen by what the policy and cells declare, never by what they compute:
   built-in cell steps on plain ops whose large weights get their gradient as one matmul
   over all steps (:mod:`.deferred`); without autograd (sampling), a torch-exact cell
   steps on torch's fused cell op under ``"auto"``;
+- a layer whose input *is* its state's ``h`` (shared routing, dropout off: the layer
+  below's write is both) runs as one matmul with summed weights, ``(W_ih + W_hh) h``
+  (:meth:`CellKernel.tied_weights`), in both shared plans;
 - one **step** (:meth:`FastLayers.step`) is the policy's ``step`` on those cell steps;
 - a **one-layer** stack under a built-in policy is that layer over the sequence (every
   built-in policy reduces to it).
@@ -52,7 +55,7 @@ from recurrentkit.executors.torch_ops import (
     run_torch_rows,
     torch_mode,
 )
-from recurrentkit.routing.base import RoutingPolicy
+from recurrentkit.routing.base import RoutingPolicy, state_h
 from recurrentkit.routing.cross_layer import CrossLayer
 from recurrentkit.routing.handoff import Handoff
 from recurrentkit.routing.independent import Independent
@@ -96,6 +99,9 @@ class FastLayers:
         self._linear: Linear = F.linear if self._plain else DeferredLinear()
         self._x_t: Tensor | None = None  # layer 1's input at the current step ...
         self._gi_t: Tensor | None = None  # ... and its hoisted projection
+        # whole runs (not single steps) tie a layer's weights when its input is its h
+        self._tie = False
+        self._tied: dict[int, tuple[Tensor, Tensor | None] | None] = {}
 
     # -- the Layers protocol ---------------------------------------------------------
 
@@ -110,6 +116,9 @@ class FastLayers:
         mode = self._modes[layer]
         if mode is not None and (mode != "LSTM" or not cell.proj_size) and not _grad(cell):
             return _torch_cell(cell, mode, x, state)  # inference: one fused torch op
+        tied = self._tied_step(layer, x, state, linear)
+        if tied is not None:
+            return tied
         return kern.step(cell, kern.project(cell, x, linear), state, linear)
 
     def drop(self, layer: int, y: Tensor) -> Tensor:
@@ -142,6 +151,7 @@ class FastLayers:
         """``policy`` over ``x (T, B, I)`` from ``states``: ``(outputs (T, B, O), states)``."""
         if self._plain and lengths is not None:  # no shapes that depend on values
             return policy.run(self._ref, x, states, lengths)
+        self._tie = not self._plain
         if len(self.cells) == 1 and type(policy) in _BUILTIN_POLICIES:  # all one cell
             y, s = self.run_layer(0, x, states[0], lengths)
             return y, (s,)
@@ -226,8 +236,11 @@ class FastLayers:
         for k in range(1, len(self.cells)):
             kern = self._kernels[k]
             assert kern is not None
-            cell = self.cells[k]
-            u, seq = kern.step(cell, kern.project(cell, self.drop(k - 1, u)), seq)  # (N, O)
+            cell, x_k = self.cells[k], self.drop(k - 1, u)
+            done = self._tied_step(k, x_k, seq, F.linear)
+            if done is None:
+                done = kern.step(cell, kern.project(cell, x_k), seq)
+            u, seq = done  # (N, O)
             finals.append(map_state(sched.last, seq))
         return sched.unpack(u), tuple(sched.unsort_state(f) for f in finals)
 
@@ -266,6 +279,29 @@ class FastLayers:
         if sched.uniform:
             return torch.stack(ys), final  # (T, B, O)
         return sched.unpack(torch.cat(ys)), sched.unsort_state(final)
+
+    def _tied_step(
+        self, layer: int, x: Tensor, state: Any, linear: Linear
+    ) -> tuple[Tensor, Any] | None:
+        """A step of ``layer`` whose input ``x`` *is* its state's ``h`` (shared routing
+        hands each layer above the first the tensor the layer below just wrote, as
+        input and as state, when dropout is off) as one matmul with the summed weights
+        of :meth:`CellKernel.tied_weights`; ``None`` otherwise.
+
+        This is ``W_ih x + W_hh h = (W_ih + W_hh) h``: a GRU computes ``4H`` gate
+        columns instead of ``6H``, an LSTM ``4H`` instead of ``8H``. Only inside a whole
+        run, where the summed weights serve every step (built once, on first use).
+        """
+        if not self._tie or x is not state_h(state):
+            return None
+        kern = self._kernels[layer]
+        assert kern is not None
+        if layer not in self._tied:
+            self._tied[layer] = kern.tied_weights(self.cells[layer])
+        tied = self._tied[layer]
+        if tied is None:
+            return None
+        return kern.step_tied(self.cells[layer], linear(x, *tied), state, linear)
 
     def _project0(self, x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
         kern = self._kernels[0]

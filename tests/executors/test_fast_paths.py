@@ -245,3 +245,74 @@ def test_packed_rows_run_as_they_are(
         zero = torch.zeros_like(w)
         b, a = zero if b is None else b, zero if a is None else a
         torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+
+
+TIED_CELLS = [
+    "gru",
+    "gru_before",
+    "gru_nobias",
+    "lstm",
+    "lstm_nobias",
+    "lstm_proj",
+    "rnn",
+    "rnn_relu",
+    "nested",
+    "nested3",
+]
+
+
+def count_tied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the steps that ran on summed weights (``FastLayers._tied_step`` hits)."""
+    hits = [0]
+    original = fast.FastLayers._tied_step
+
+    def spy(self: fast.FastLayers, *args: Any) -> Any:
+        out = original(self, *args)
+        hits[0] += out is not None
+        return out
+
+    monkeypatch.setattr(fast.FastLayers, "_tied_step", spy)
+    return hits
+
+
+@pytest.mark.parametrize("cell", TIED_CELLS)
+@pytest.mark.parametrize(("routing", "steps"), [("shared", 2), ("shared_last", 12)])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_shared_layers_fed_their_own_h_run_on_summed_weights(
+    checks: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    cell: str,
+    routing: str,
+    steps: int,
+    ragged: bool,
+) -> None:
+    """Above layer 1, shared routing hands a layer one tensor as its input and as its
+    ``h``: the hand-built path runs those steps as one matmul with ``W_ih + W_hh`` and
+    still equals the reference, outputs, states and every gradient."""
+    hits = count_tied(monkeypatch)
+    ref = checks.build(cell, POLICIES[routing], "reference")
+    fast_stack = checks.build(cell, POLICIES[routing], "handbuilt")
+    x, state = checks.inputs(ref)
+    checks.same_run(ref, fast_stack, x, state, RAGGED if ragged else None)
+    # shared-first: layers 2 and 3 once over all rows; carry="last": 2 layers × 6 steps
+    assert hits[0] == steps
+
+
+@pytest.mark.parametrize("routing", ["shared", "shared_last"])
+def test_summed_weights_only_where_input_is_h(
+    checks: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, routing: str
+) -> None:
+    """Not under active dropout (the input is a dropped copy of ``h``), not for single
+    steps (one step would pay for summing the weights), not for other policies."""
+    hits = count_tied(monkeypatch)
+    x, _ = checks.inputs(checks.build("gru", "independent", "reference"))
+    checks.build("gru", POLICIES[routing], "handbuilt", dropout=0.5).train()(x)
+    assert hits[0] == 0
+    stack = checks.build("gru", POLICIES[routing], "handbuilt")
+    stack.step(x[0], None)
+    assert hits[0] == 0
+    for other in ("independent", "residual", "cross_layer", "handoff"):
+        checks.build("gru", POLICIES[other], "handbuilt")(x)
+    assert hits[0] == 0
+    checks.build("gru", POLICIES[routing], "handbuilt", dropout=0.5).eval()(x)
+    assert hits[0] > 0

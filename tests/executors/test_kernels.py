@@ -61,17 +61,21 @@ def check(cell: Any, T: int, B: int, lengths: Tensor | None) -> None:
     got = run_kernel(cell, x, state, lengths)
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
-    cot = [torch.randn_like(t) for t in ref]
-    wrt = [x, *flat(state), *cell.parameters()]
+    same_grads(ref, got, [x, *flat(state), *cell.parameters()], 1e-10)
 
-    def grads(outs: list) -> list:
+
+def same_grads(ref: list[Tensor], got: list[Tensor], wrt: list[Tensor], tol: float) -> None:
+    """One random cotangent through ``ref`` and ``got``: equal gradients of ``wrt``."""
+    cot = [torch.randn_like(t) for t in ref]
+
+    def grads(outs: list[Tensor]) -> list[Tensor]:
         g = torch.autograd.grad(
             sum((o * c).sum() for o, c in zip(outs, cot)), wrt, allow_unused=True
         )
         return [torch.zeros_like(w) if v is None else v for v, w in zip(g, wrt)]
 
     for a, b in zip(grads(ref), grads(got)):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+        torch.testing.assert_close(b, a, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("name", KERNEL_CELLS)
@@ -121,3 +125,30 @@ def test_only_builtin_classes_get_kernels(checks: SimpleNamespace) -> None:
     nested = rk.NestedLSTMCell(2, 3)
     nested.inner = checks.LeakyCell(3, 3)  # a swapped-in inner cell: not the built-in chain
     assert kernel_for(nested) is None
+
+
+@pytest.mark.parametrize("name", KERNEL_CELLS)
+def test_step_tied_equals_step_with_input_h(name: str) -> None:
+    """``step_tied(linear(h, *tied_weights))`` is ``step(project(h))``: a step whose input
+    is its own ``h``, forward and every gradient (weights included)."""
+    torch.manual_seed(0)
+    probe = KERNEL_CELLS[name](4, 6)
+    width = flat(probe.initial_state(1))[0].shape[1]  # h's width (proj_size where set)
+    cell = KERNEL_CELLS[name](width, 6).to(D)
+    kern = kernel_for(cell)
+    assert kern is not None
+    state = map_state(lambda t: torch.randn_like(t).requires_grad_(), cell.initial_state(3))
+    h = flat(state)[0]
+    ref = flat(kern.step(cell, kern.project(cell, h), state))
+    tied = kern.tied_weights(cell)
+    assert tied is not None
+    got = flat(kern.step_tied(cell, torch.nn.functional.linear(h, *tied), state))
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+    same_grads(ref, got, [*flat(state), *cell.parameters()], 1e-12)
+
+
+def test_no_tied_weights_where_input_and_h_differ_in_width() -> None:
+    for cell in (rk.GRUCell(3, 5), rk.LSTMCell(3, 5), rk.RNNCell(3, 5), rk.NestedLSTMCell(3, 5)):
+        kern = kernel_for(cell)
+        assert kern is not None and kern.tied_weights(cell) is None

@@ -10,7 +10,17 @@ from torch.nn import functional as F
 
 from recurrentkit.executors.packing import Schedule
 
-__all__ = ["CellKernel", "Linear", "prev_mm", "rows", "split_steps", "zeros_bias"]
+__all__ = [
+    "AdditiveKernel",
+    "CellKernel",
+    "Linear",
+    "folded_bias",
+    "prev_mm",
+    "rows",
+    "split_steps",
+    "summed_weights",
+    "zeros_bias",
+]
 
 Linear = Callable[..., Tensor]
 """``F.linear``'s signature: what the step-wise pieces use for every matmul with a weight
@@ -30,12 +40,16 @@ class CellKernel:
     - :meth:`sequence` — a whole sequence as one custom autograd op: one recurrent
       matmul and a few fused gate kernels per step forward, a hand-written backward
       that saves the gates and computes each weight gradient as one matmul over all
-      steps.
+      steps;
+    - optionally :meth:`tied_weights` and :meth:`step_tied` — a step whose input *is*
+      the state's ``h`` (shared routing without active dropout hands layer ``l`` the
+      tensor layer ``l-1`` just wrote as both), as one matmul with summed weights.
     """
 
     def project(self, cell: nn.Module, x: Tensor, linear: Linear = F.linear) -> Tensor:
-        """``x (M, I)`` → ``(M, G)``, the part of the gates that depends on ``x`` only."""
-        raise NotImplementedError
+        """``x (M, I)`` → ``(M, G)``, the part of the gates that depends on ``x`` only
+        (here ``W_ih x + b_ih``)."""
+        return linear(x, cell.weight_ih, cell.bias_ih)
 
     def step(
         self, cell: nn.Module, gi: Tensor, state: Any, linear: Linear = F.linear
@@ -52,6 +66,46 @@ class CellKernel:
         state sequence (each field ``(N, ·)``: the state after each row's step).
         """
         raise NotImplementedError
+
+    def tied_weights(self, cell: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+        """For steps whose input is the state's ``h``: the weight ``(G', H)`` and bias
+        ``(G',)`` of the one matmul that replaces the input projection and the recurrent
+        matmul (the gates that read ``x`` and ``h`` alike get ``W_ih + W_hh``), or
+        ``None`` where this cell has no such form. Built once per run."""
+        return None
+
+    def step_tied(
+        self, cell: nn.Module, gates: Tensor, state: Any, linear: Linear = F.linear
+    ) -> tuple[Tensor, Any]:
+        """One step from ``gates = linear(h, *tied_weights(cell))`` ``(B, G')``:
+        ``(y (B, O), new state)``, equal to ``step(cell, project(cell, h), state)``."""
+        raise NotImplementedError
+
+
+class AdditiveKernel(CellKernel):
+    """A cell whose gates are ``W_ih x + b_ih + W_hh h + b_hh`` before any nonlinearity
+    (RNN, LSTM, Nested LSTM): :meth:`step` adds the recurrent matmul to the projected
+    input and hands the sum to :meth:`step_tied`, which a subclass writes."""
+
+    def step(self, cell: nn.Module, gi: Tensor, state: Any, linear: Linear = F.linear) -> Any:
+        h = state if isinstance(state, Tensor) else state.h
+        return self.step_tied(cell, gi + linear(h, cell.weight_hh, cell.bias_hh), state, linear)
+
+    def tied_weights(self, cell: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+        return summed_weights(cell)
+
+
+def summed_weights(cell: Any) -> tuple[Tensor, Tensor | None] | None:
+    """``(W_ih + W_hh, b_ih + b_hh)`` for a cell whose gates are ``W_ih x + W_hh h + b``
+    with ``x`` as wide as ``h``; ``None`` where the widths differ."""
+    if cell.weight_ih.shape != cell.weight_hh.shape:
+        return None
+    return cell.weight_ih + cell.weight_hh, folded_bias(cell)
+
+
+def folded_bias(cell: Any) -> Tensor | None:
+    """``b_ih + b_hh`` (or ``None`` for a cell without biases)."""
+    return None if cell.bias_ih is None else cell.bias_ih + cell.bias_hh
 
 
 def split_steps(x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:

@@ -29,30 +29,39 @@ __all__ = ["GRUKernel"]
 class GRUKernel(CellKernel):
     """:class:`~recurrentkit.GRUCell`, either reset form."""
 
-    def project(self, cell: GRUCell, x: Tensor, linear: Linear = F.linear) -> Tensor:  # type: ignore[override]
-        return linear(x, cell.weight_ih, cell.bias_ih)  # (M, 3H)
-
     def step(  # type: ignore[override]
         self, cell: GRUCell, gi: Tensor, state: Tensor, linear: Linear = F.linear
     ) -> tuple[Tensor, Tensor]:
         H = cell.hidden_size
-        i_r, i_z, i_n = gi.split(H, dim=1)
+        i_rz, i_n = gi[:, : 2 * H], gi[:, 2 * H :]
         if cell.reset == "after":
-            h_r, h_z, h_n = linear(state, cell.weight_hh, cell.bias_hh).split(H, dim=1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-        else:
-            w, b = cell.weight_hh, cell.bias_hh
-            w_rz, w_n = rows(linear, w, 0, 2 * H), rows(linear, w, 2 * H, 3 * H)
-            b_rz = None if b is None else rows(linear, b, 0, 2 * H)
-            b_n = None if b is None else rows(linear, b, 2 * H, 3 * H)
-            h_r, h_z = linear(state, w_rz, b_rz).split(H, dim=1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + linear(r * state, w_n, b_n))
-        h = n + z * (state - n)
-        return h, h
+            h_rz, h_n = linear(state, cell.weight_hh, cell.bias_hh).split([2 * H, H], dim=1)
+            return _finish(cell, i_rz + h_rz, i_n, h_n, state, linear)
+        w, b = cell.weight_hh, cell.bias_hh
+        b_rz = None if b is None else rows(linear, b, 0, 2 * H)
+        h_rz = linear(state, rows(linear, w, 0, 2 * H), b_rz)
+        return _finish(cell, i_rz + h_rz, i_n, None, state, linear)
+
+    def tied_weights(self, cell: GRUCell) -> tuple[Tensor, Tensor | None] | None:  # type: ignore[override]
+        """``[W_ir + W_hr; W_iz + W_hz; W_in; (W_hn)]``: ``(4H, H)`` reset-after, ``(3H, H)``
+        reset-before (there ``W_hn`` reads ``r ⊙ h``, a matmul of its own)."""
+        if cell.weight_ih.shape != cell.weight_hh.shape:
+            return None
+        H = cell.hidden_size
+
+        def tie(a: Tensor, b: Tensor) -> Tensor:
+            parts = [a[: 2 * H] + b[: 2 * H], a[2 * H :]]
+            return torch.cat(parts + [b[2 * H :]] if cell.reset == "after" else parts)
+
+        bias = None if cell.bias_ih is None else tie(cell.bias_ih, cell.bias_hh)
+        return tie(cell.weight_ih, cell.weight_hh), bias
+
+    def step_tied(  # type: ignore[override]
+        self, cell: GRUCell, gates: Tensor, state: Tensor, linear: Linear = F.linear
+    ) -> tuple[Tensor, Tensor]:
+        H = cell.hidden_size
+        h_n = gates[:, 3 * H :] if cell.reset == "after" else None
+        return _finish(cell, gates[:, : 2 * H], gates[:, 2 * H : 3 * H], h_n, state, linear)
 
     def sequence(  # type: ignore[override]
         self, cell: GRUCell, gi: Tensor, state: Tensor, sched: Schedule
@@ -60,6 +69,29 @@ class GRUKernel(CellKernel):
         fn = _GRUAfter if cell.reset == "after" else _GRUBefore
         out = fn.apply(gi, state, cell.weight_hh, cell.bias_hh, sched)  # (N, H)
         return out, out
+
+
+def _finish(
+    cell: GRUCell,
+    a_rz: Tensor,
+    i_n: Tensor,
+    h_n: Tensor | None,
+    state: Tensor,
+    linear: Linear,
+) -> tuple[Tensor, Tensor]:
+    """A GRU step from its pre-activations: ``a_rz (B, 2H)`` (reset and update gates),
+    ``i_n = W_in x + b_in`` and, reset-after, ``h_n = W_hn h + b_hn`` (reset-before:
+    ``None``, computed here from ``r ⊙ h``)."""
+    r, z = torch.sigmoid(a_rz).chunk(2, dim=1)  # (B, H) each
+    if h_n is None:
+        H = cell.hidden_size
+        b = cell.bias_hh
+        b_n = None if b is None else rows(linear, b, 2 * H, 3 * H)
+        n = torch.tanh(i_n + linear(r * state, rows(linear, cell.weight_hh, 2 * H, 3 * H), b_n))
+    else:
+        n = torch.tanh(i_n + r * h_n)
+    h = n + z * (state - n)
+    return h, h
 
 
 class _GRUAfter(Function):

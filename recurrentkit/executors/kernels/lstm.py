@@ -18,29 +18,20 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
-from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, split_steps
+from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["LSTMKernel"]
 
 
-def folded_bias(cell: Any) -> Tensor | None:
-    """``b_ih + b_hh`` (or ``None`` for a cell without biases)."""
-    return None if cell.bias_ih is None else cell.bias_ih + cell.bias_hh
-
-
-class LSTMKernel(CellKernel):
+class LSTMKernel(AdditiveKernel):
     """:class:`~recurrentkit.LSTMCell`."""
 
-    def project(self, cell: LSTMCell, x: Tensor, linear: Linear = F.linear) -> Tensor:  # type: ignore[override]
-        return linear(x, cell.weight_ih, cell.bias_ih)  # (M, 4H); b_hh: added by step
-
-    def step(  # type: ignore[override]
-        self, cell: LSTMCell, gi: Tensor, state: Any, linear: Linear = F.linear
+    def step_tied(  # type: ignore[override]
+        self, cell: LSTMCell, gates: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, LSTMState]:
-        h, c = state
-        gates = gi + linear(h, cell.weight_hh, cell.bias_hh)  # (B, 4H)
-        i, f, g, o = gates.chunk(4, dim=1)
+        c = state[1]
+        i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each, before activation
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (B, H)
         h = torch.sigmoid(o) * torch.tanh(c)  # (B, H)
         if cell.weight_hr is not None:

@@ -20,8 +20,14 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.lstm import LSTMState
 from recurrentkit.cells.nested_lstm import NestedLSTMCell, NestedLSTMState
-from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, split_steps
-from recurrentkit.executors.kernels.lstm import LSTMKernel, folded_bias
+from recurrentkit.executors.kernels.base import (
+    AdditiveKernel,
+    Linear,
+    folded_bias,
+    prev_mm,
+    split_steps,
+)
+from recurrentkit.executors.kernels.lstm import LSTMKernel
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["NestedLSTMKernel", "levels"]
@@ -37,18 +43,14 @@ def levels(cell: NestedLSTMCell) -> list[Any]:
     return chain
 
 
-class NestedLSTMKernel(CellKernel):
+class NestedLSTMKernel(AdditiveKernel):
     """:class:`~recurrentkit.NestedLSTMCell` (built-in inner cells, no projection)."""
 
-    def project(self, cell: NestedLSTMCell, x: Tensor, linear: Linear = F.linear) -> Tensor:  # type: ignore[override]
-        return linear(x, cell.weight_ih, cell.bias_ih)  # (M, 4H); b_hh: added by step
-
-    def step(  # type: ignore[override]
-        self, cell: NestedLSTMCell, gi: Tensor, state: Any, linear: Linear = F.linear
+    def step_tied(  # type: ignore[override]
+        self, cell: NestedLSTMCell, gates: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, NestedLSTMState]:
-        h, c, inner_state = state
-        gates = gi + linear(h, cell.weight_hh, cell.bias_hh)  # (B, 4H)
-        i, f, g, o = gates.chunk(4, dim=1)
+        _, c, inner_state = state
+        i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each, before activation
         inner_x = torch.sigmoid(i) * g  # (B, H)
         inner_h = torch.sigmoid(f) * c  # (B, H)
         inner: Any = cell.inner

@@ -11,23 +11,19 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.cells.rnn import RNNCell
-from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, split_steps
+from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["RNNKernel"]
 
 
-class RNNKernel(CellKernel):
+class RNNKernel(AdditiveKernel):
     """:class:`~recurrentkit.RNNCell`."""
 
-    def project(self, cell: RNNCell, x: Tensor, linear: Linear = F.linear) -> Tensor:  # type: ignore[override]
-        return linear(x, cell.weight_ih, cell.bias_ih)  # (M, H); b_hh: added by step
-
-    def step(  # type: ignore[override]
-        self, cell: RNNCell, gi: Tensor, state: Tensor, linear: Linear = F.linear
+    def step_tied(  # type: ignore[override]
+        self, cell: RNNCell, gates: Tensor, state: Tensor, linear: Linear = F.linear
     ) -> tuple[Tensor, Tensor]:
-        pre = gi + linear(state, cell.weight_hh, cell.bias_hh)  # (B, H)
-        h = torch.tanh(pre) if cell.nonlinearity == "tanh" else torch.relu(pre)
+        h = torch.tanh(gates) if cell.nonlinearity == "tanh" else torch.relu(gates)
         return h, h
 
     def sequence(  # type: ignore[override]
