@@ -33,8 +33,8 @@ def scan(
     """
     mask = None if lengths is None else length_mask(lengths, x.shape[0], x.device)
     outputs = []
-    for t in range(x.shape[0]):
-        y, new = step(x[t], state)
+    for t, x_t in enumerate(x.unbind(0)):  # unbind: one backward node, not T zero-filled
+        y, new = step(x_t, state)
         if mask is not None:
             m = mask[t]  # (B, 1)
             new = _where(m, new, state)

@@ -3,7 +3,7 @@
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.cells.nested_lstm import NestedLSTMCell, NestedLSTMState
-from recurrentkit.cells.protocol import Cell, CellBase
+from recurrentkit.cells.protocol import Cell, CellBase, splits_step
 from recurrentkit.cells.rnn import RNNCell
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "NestedLSTMCell",
     "NestedLSTMState",
     "RNNCell",
+    "splits_step",
 ]

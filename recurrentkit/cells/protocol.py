@@ -9,6 +9,16 @@ and, optionally, ``input_size`` and ``output_size`` (ints) so that a
 :class:`~recurrentkit.Stack` can check that layer widths chain. A state is a tensor
 or a NamedTuple of states. A cell knows nothing of time, layers or routing.
 
+Also optional, for speed: a **split step**, two methods such that
+``cell(x, state) == cell.step_projected(cell.input_projection(x), state)``::
+
+    cell.input_projection(x) -> gi          # (M, I) -> (M, G): the part that reads x only
+    cell.step_projected(gi, state) -> (output, new_state)
+
+With them, the fast executor projects a layer's whole input sequence in one call wherever
+that sequence is known in advance (every layer under layer-major policies, layer 1
+under any policy) and steps on the projected rows (see :func:`splits_step`).
+
 :class:`CellBase` implements the public call once for every built-in cell: it checks
 ``x`` and ``state`` (raising :mod:`recurrentkit.errors`), accepts unbatched input the
 way torch cells do, and hands batched tensors to the subclass's :meth:`CellBase._step`,
@@ -17,6 +27,7 @@ which holds only the equations.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from typing import Any, Protocol, runtime_checkable
@@ -35,7 +46,7 @@ from recurrentkit._validation import (
     map_state,
 )
 
-__all__ = ["Cell", "CellBase"]
+__all__ = ["Cell", "CellBase", "splits_step"]
 
 
 @runtime_checkable
@@ -51,6 +62,21 @@ class Cell(Protocol):
     ) -> Any: ...
 
     def __call__(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]: ...
+
+
+def splits_step(cell: object) -> bool:
+    """Whether ``cell`` has the optional split step: *methods* ``input_projection`` and
+    ``step_projected`` (a submodule of that name does not count).
+
+    The executor trusts the split: ``step_projected(input_projection(x), state)`` must
+    equal ``cell(x, state)``, rows independent of each other, on tensors the
+    :class:`~recurrentkit.Stack` has already checked (``cell``'s own per-step checks
+    do not run on this path). The reference executor always calls ``cell(x, state)``.
+    """
+    return all(
+        inspect.ismethod(getattr(cell, name, None))
+        for name in ("input_projection", "step_projected")
+    )
 
 
 class CellBase(nn.Module, ABC):

@@ -5,9 +5,11 @@ Chosen by what the policy and cells declare, never by what they compute:
 - **layer-major policies** (they override ``run`` and call ``layers.run_layer``, e.g.
   independent, residual, handoff): each layer runs over the whole sequence on torch's
   fused op if the cell is exactly a torch layer (executor ``"auto"``), else on the
-  cell's hand-built whole-sequence kernel (:mod:`.kernels`), else (user cells) on the
-  reference loop; an ``independent`` stack whose layers torch could hold in one module
-  (one mode, hidden size, bias and projection) runs as one call of torch's multi-layer op;
+  cell's hand-built whole-sequence kernel (:mod:`.kernels`); a user cell with the
+  protocol's split step projects the whole sequence at once and steps on the projected
+  rows; other user cells run on the reference loop; an ``independent`` stack whose
+  layers torch could hold in one module (one mode, hidden size, bias and projection)
+  runs as one call of torch's multi-layer op;
 - **shared routing** under ``"auto"``: the reference loop over the cells' own steps, so
   it equals the original study's literal loop to the bit; under ``"handbuilt"`` with
   ``carry="first"`` (built-in cells): only layer 1's state crosses time, so layer 1
@@ -15,8 +17,9 @@ Chosen by what the policy and cells declare, never by what they compute:
   rows at once (equal to the reference to rounding, about 1e-16 in float64);
 - **step-major policies** (shared ``carry="last"``, cross_layer, user policies that
   define ``step``): the policy's own ``step`` in a time loop, with layer 1's input
-  projection hoisted out of the loop; with built-in policies and cells, finished
-  sequences leave the batch as they end (otherwise the reference's masking). Each
+  projection hoisted out of the loop (built-in cells and split user cells); with
+  built-in policies and cells, finished sequences leave the batch as they end
+  (otherwise the reference's masking). Each
   built-in cell steps on plain ops whose large weights get their gradient as one matmul
   over all steps (:mod:`.deferred`); without autograd (sampling), a torch-exact cell
   steps on torch's fused cell op under ``"auto"``;
@@ -44,7 +47,7 @@ from torch.nn import functional as F
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
 from recurrentkit.executors.deferred import DeferredLinear
-from recurrentkit.executors.kernels import CellKernel, kernel_for
+from recurrentkit.executors.kernels import CellKernel, kernel_for, stepper_for
 from recurrentkit.executors.kernels.base import Linear
 from recurrentkit.executors.packing import Schedule, cat_states, schedule
 from recurrentkit.executors.reference import ReferenceLayers
@@ -93,6 +96,8 @@ class FastLayers:
         self._exact_shared = torch_ops  # executor "auto"
         self._plain = plain_mode()
         self._kernels: list[CellKernel | None] = [kernel_for(c) for c in cells]
+        # what steps each cell from projected input: the kernel, or a user cell's split step
+        self._steppers: list[CellKernel | None] = [stepper_for(c) for c in cells]
         use_torch = torch_ops and not self._plain
         self._modes = [torch_mode(c) if use_torch else None for c in cells]
         # step loops: weight gradients as one matmul per weight over all steps
@@ -106,7 +111,7 @@ class FastLayers:
     # -- the Layers protocol ---------------------------------------------------------
 
     def cell(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-        kern, cell = self._kernels[layer], self.cells[layer]
+        kern, cell = self._steppers[layer], self.cells[layer]
         if kern is None:
             return self._ref.cell(layer, x, state)
         linear = self._linear
@@ -128,13 +133,19 @@ class FastLayers:
         self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
     ) -> tuple[Tensor, Any]:
         cell, mode = self.cells[layer], self._modes[layer]
-        if x.shape[0] == 1 and lengths is None and self._kernels[layer] is not None:
+        if x.shape[0] == 1 and lengths is None and self._steppers[layer] is not None:
             y, state = self.cell(layer, x[0], state)  # one step: no sequence machinery
             return y.unsqueeze(0), state
         if mode is not None:
             return run_torch_layer(cell, mode, x, state, lengths, self.training)
         if self._kernels[layer] is None:
-            return self._ref.run_layer(layer, x, state, lengths)
+            split = self._steppers[layer]
+            if split is None:
+                return self._ref.run_layer(layer, x, state, lengths)
+            # a user cell's split step: the whole input projected at once, then stepped
+            T, B = x.shape[0], x.shape[1]
+            gi = split.project(cell, x.reshape(T * B, -1)).reshape(T, B, -1)  # (T, B, G)
+            return scan(lambda g, s: split.step(cell, g, s), gi, state, lengths)
         sched = schedule(x, lengths)
         out, seq = self._sequence(layer, sched.pack(x), sched.sort_state(state), sched)
         return sched.unpack(out), sched.unsort_state(map_state(sched.last, seq))
@@ -253,7 +264,7 @@ class FastLayers:
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """A step-major policy's own ``step`` in a time loop, layer 1's projection hoisted."""
         sched = schedule(x, lengths)
-        kern0 = self._kernels[0]
+        kern0 = self._steppers[0]
         shrink = type(policy) in _BUILTIN_STEP_POLICIES and all(
             k is not None for k in self._kernels
         )
@@ -292,10 +303,9 @@ class FastLayers:
         columns instead of ``6H``, an LSTM ``4H`` instead of ``8H``. Only inside a whole
         run, where the summed weights serve every step (built once, on first use).
         """
-        if not self._tie or x is not state_h(state):
-            return None
         kern = self._kernels[layer]
-        assert kern is not None
+        if not self._tie or kern is None or x is not state_h(state):
+            return None
         if layer not in self._tied:
             self._tied[layer] = kern.tied_weights(self.cells[layer])
         tied = self._tied[layer]
@@ -304,7 +314,7 @@ class FastLayers:
         return kern.step_tied(self.cells[layer], linear(x, *tied), state, linear)
 
     def _project0(self, x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
-        kern = self._kernels[0]
+        kern = self._steppers[0]
         if kern is None:
             return ()
         return kern.project(self.cells[0], x).split(sizes)

@@ -60,6 +60,17 @@ class LeakyCell(nn.Module):
         return h, h
 
 
+class SplitLeakyCell(LeakyCell):
+    """LeakyCell with the protocol's split step (the reference still calls ``forward``)."""
+
+    def input_projection(self, x: Tensor) -> Tensor:
+        return self.w(x)  # (M, H)
+
+    def step_projected(self, gi: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        h = 0.5 * state + torch.tanh(gi + self.u(state))
+        return h, h
+
+
 class GRUSubclass(rk.GRUCell):
     """A subclass that changes the equations: it must never run on a GRU fast path."""
 
@@ -69,6 +80,7 @@ class GRUSubclass(rk.GRUCell):
 
 
 CELLS["user"] = LeakyCell
+CELLS["user_split"] = SplitLeakyCell
 CELLS["gru_subclass"] = GRUSubclass
 
 

@@ -21,7 +21,17 @@ POLICIES: dict[str, Any] = {
     "cross_layer": "cross_layer",
     "handoff": "handoff",
 }
-CELLS = ["gru", "gru_before", "lstm", "rnn", "nested", "nested3", "user", "gru_subclass"]
+CELLS = [
+    "gru",
+    "gru_before",
+    "lstm",
+    "rnn",
+    "nested",
+    "nested3",
+    "user",
+    "user_split",
+    "gru_subclass",
+]
 RAGGED = torch.tensor([3, 6, 1, 5])
 
 
@@ -316,3 +326,62 @@ def test_summed_weights_only_where_input_is_h(
     assert hits[0] == 0
     checks.build("gru", POLICIES[routing], "handbuilt", dropout=0.5).eval()(x)
     assert hits[0] > 0
+
+
+@pytest.mark.parametrize("routing", POLICIES)
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("plain", [False, True], ids=["eager", "plain_ops"])
+def test_split_user_cells_project_whole_sequences(
+    checks: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    routing: str,
+    ragged: bool,
+    plain: bool,
+) -> None:
+    """A user cell with ``input_projection``/``step_projected`` never has its own call
+    run on the fast path; its input is projected once per layer whose whole input is
+    known in advance (every layer under layer-major policies, layer 1 otherwise);
+    results equal the reference's."""
+    monkeypatch.setattr(fast, "plain_mode", lambda: plain)
+    calls: dict[str, int] = {"forward": 0, "input_projection": 0}
+    cls = checks.CELLS["user_split"]
+    for name in calls:
+        original = getattr(cls, name)
+
+        def spy(self: Any, *args: Any, _name: str = name, _f: Any = original) -> Any:
+            calls[_name] += 1
+            return _f(self, *args)
+
+        monkeypatch.setattr(cls, name, spy)
+    ref = checks.build("user_split", POLICIES[routing], "reference")
+    fast_stack = checks.build("user_split", POLICIES[routing], "handbuilt")
+    x, state = checks.inputs(ref)
+    fast_stack.load_state_dict(ref.state_dict())
+    calls.update(forward=0, input_projection=0)
+    fast_stack(x, state, lengths=RAGGED if ragged else None)
+    if plain and ragged:  # plain ops with lengths: the reference's loop (see fast.py)
+        assert calls["forward"] == 3 * 6 and calls["input_projection"] == 0
+    else:
+        assert calls["forward"] == 0
+        layer_major = POLICIES[routing] in ("independent", "residual", "handoff")
+        # else: layer 1 once, layers 2 and 3 at each of the 6 steps
+        assert calls["input_projection"] == (3 if layer_major else 1 + 2 * 6)
+    checks.same_run(ref, fast_stack, x, state, RAGGED if ragged else None)
+
+
+def test_a_submodule_named_like_the_split_is_not_a_split(checks: SimpleNamespace) -> None:
+    """``input_projection`` must be a method: a cell whose submodule has that name runs
+    its own call."""
+
+    class Cell(checks.LeakyCell):
+        def __init__(self, i: int, h: int) -> None:
+            super().__init__(i, h)
+            self.input_projection = torch.nn.Linear(i, h)  # unrelated to the step
+
+        def step_projected(self, gi: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+            raise AssertionError("not a split cell: must not be called")
+
+    assert not rk.cells.splits_step(Cell(3, 5))
+    assert rk.cells.splits_step(checks.CELLS["user_split"](3, 5))
+    stack = rk.Stack([Cell(3, 5), Cell(5, 5)], "independent", executor="handbuilt")
+    stack(torch.randn(4, 2, 3))

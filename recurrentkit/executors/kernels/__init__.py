@@ -1,7 +1,8 @@
 """Hand-built fast kernels for the built-in cells, chosen by exact cell type.
 
 Only the built-in classes themselves get a kernel: a subclass may change the
-equations, so it runs on the reference loop.
+equations, so it runs on the reference loop — unless it (or any user cell) declares
+the protocol's split step, which :func:`stepper_for` adapts (:class:`.split.SplitKernel`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from torch import nn
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.lstm import LSTMCell
 from recurrentkit.cells.nested_lstm import NestedLSTMCell
+from recurrentkit.cells.protocol import splits_step
 from recurrentkit.cells.rnn import RNNCell
 from recurrentkit.executors.kernels.base import CellKernel
 from recurrentkit.executors.kernels.gru import GRUKernel
 from recurrentkit.executors.kernels.lstm import LSTMKernel
 from recurrentkit.executors.kernels.nested_lstm import NestedLSTMKernel, levels
 from recurrentkit.executors.kernels.rnn import RNNKernel
+from recurrentkit.executors.kernels.split import SplitKernel
 
-__all__ = ["CellKernel", "kernel_for"]
+__all__ = ["CellKernel", "kernel_for", "stepper_for"]
 
 _KERNELS: dict[type, CellKernel] = {
     RNNCell: RNNKernel(),
@@ -40,3 +43,15 @@ def kernel_for(cell: nn.Module) -> CellKernel | None:
         if len(hidden) != 1 or any(lv.bias != cell.bias for lv in chain):
             return None
     return _KERNELS.get(kind)
+
+
+_SPLIT = SplitKernel()
+
+
+def stepper_for(cell: nn.Module) -> CellKernel | None:
+    """What steps ``cell`` from projected input: its built-in kernel, the adapter of a
+    user cell with a split step, or ``None`` (the cell's own call, on the reference loop)."""
+    kern = kernel_for(cell)
+    if kern is None and splits_step(cell):
+        return _SPLIT
+    return kern

@@ -1,0 +1,29 @@
+"""The kernel of a user cell that splits its step (the cell protocol's optional part)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from recurrentkit.executors.kernels.base import CellKernel, Linear
+
+__all__ = ["SplitKernel"]
+
+
+class SplitKernel(CellKernel):
+    """A user cell's ``input_projection`` and ``step_projected`` as a kernel's
+    :meth:`project` and :meth:`step` (see :func:`recurrentkit.cells.splits_step`).
+
+    No whole-sequence op: the executor steps it in its own loops. ``linear`` is not
+    used: the cell's matmuls are its own.
+    """
+
+    def project(self, cell: nn.Module, x: Tensor, linear: Linear = F.linear) -> Tensor:
+        return cell.input_projection(x)  # type: ignore[operator]
+
+    def step(
+        self, cell: nn.Module, gi: Tensor, state: Any, linear: Linear = F.linear
+    ) -> tuple[Tensor, Any]:
+        return cell.step_projected(gi, state)  # type: ignore[operator]
