@@ -379,7 +379,10 @@ class Stack(nn.Module):
             raise ShapeError(
                 "lengths", f"shape ({B},) (one length per sequence)", shape_str(lengths.shape)
             )
-        if bool((lengths < 1).any()) or bool((lengths > T).any()):
+        if torch.compiler.is_compiling():  # no Python branch on values while tracing
+            ok = ((lengths >= 1) & (lengths <= T)).all()
+            torch._assert_async(ok, f"lengths: expected values in 1..{T} (T)")
+        elif bool((lengths < 1).any()) or bool((lengths > T).any()):
             raise ShapeError("lengths", f"values in 1..{T} (T)", lengths.tolist())
         return lengths
 

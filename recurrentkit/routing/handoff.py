@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from recurrentkit.routing.base import Layers, RoutingPolicy, check_same_state_shapes
@@ -38,7 +39,8 @@ class Handoff(RoutingPolicy):
     2's output at step 1 depends on inputs at every step — the future leaks into the
     past. Stepping one token at a time (sampling) sees no future, so the two disagree.
     A :class:`LeakWarning` is issued when a handoff stack runs a sequence in training
-    mode. All layers' states must have one shape.
+    mode (except while ``torch.compile`` traces it: a warning cannot be part of a graph).
+    All layers' states must have one shape.
     """
 
     name = "handoff"
@@ -56,7 +58,9 @@ class Handoff(RoutingPolicy):
         states: tuple[Any, ...],
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
-        if layers.training and x.shape[0] > 1 and len(layers.cells) > 1:
+        # (not while torch.compile traces: a Python warning cannot be part of a graph)
+        warning_due = layers.training and x.shape[0] > 1 and len(layers.cells) > 1
+        if warning_due and not torch.compiler.is_compiling():
             warnings.warn(
                 "handoff routing is not causal: under teacher forcing each layer starts "
                 "from the final state of the layer below, so outputs see future inputs",
