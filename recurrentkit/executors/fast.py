@@ -19,10 +19,10 @@ Chosen by what the policy and cells declare, never by what they compute:
   define ``step``): the policy's own ``step`` in a time loop, with layer 1's input
   projection hoisted out of the loop (built-in cells and split user cells); with
   built-in policies and cells, finished sequences leave the batch as they end
-  (otherwise the reference's masking). Each
-  built-in cell steps on plain ops whose large weights get their gradient as one matmul
-  over all steps (:mod:`.deferred`); without autograd (sampling), a torch-exact cell
-  steps on torch's fused cell op under ``"auto"``;
+  (otherwise the reference's masking). Each built-in cell steps on plain ops whose
+  large weights get their gradient as one matmul over all steps (:mod:`.deferred`);
+  without autograd (sampling), a torch-exact cell steps on torch's fused cell op under
+  ``"auto"``;
 - a layer whose input *is* its state's ``h`` (shared routing, dropout off: the layer
   below's write is both) runs as one matmul with summed weights, ``(W_ih + W_hh) h``
   (:meth:`CellKernel.tied_weights`), in both shared plans;
