@@ -12,10 +12,11 @@ character model (embedding, recurrent stack, linear head over a vocabulary of 28
   (``torch.backends.mkldnn.flags(enabled=False)``, torch's native CPU path);
 - **sample**: 20 greedy tokens stepped one at a time with the state carried
   (``stack.step`` / ``module(x[None], h)``), batch 1 and batch 64, no grad;
-- **memory**: peak CPU bytes allocated during one training step above what was held
-  before it, from the torch profiler's memory events (``profile_memory=True``: a running
-  sum of the allocations and frees the CPU allocator reports; tracemalloc cannot see
-  torch's allocator);
+- **memory**: peak bytes allocated during one training step above what was held
+  before it: on the CPU from the torch profiler's memory events
+  (``profile_memory=True``: a running sum of the allocations and frees the CPU allocator
+  reports; tracemalloc cannot see torch's allocator), on CUDA from
+  ``torch.cuda.max_memory_allocated``;
 - **packed**: a batch of 64 names with the names dataset's lengths (at most 16) as a
   ``PackedSequence`` (embedding, stack, head and loss on the real tokens only), against
   the same number of real tokens laid out unpadded (full 16-step rows, fewer of them) —
@@ -23,7 +24,10 @@ character model (embedding, recurrent stack, linear head over a vocabulary of 28
 - **flops**: ``cross_layer``'s arithmetic over ``nn.GRU``'s or ``nn.LSTM``'s (recurrent
   part, forward; backward scales alike), printed beside its ratio.
 
-Run ``python benchmarks/bench.py --help``. Quote ratios, not absolute times: on a shared
+``--device cuda`` runs everything on the GPU (timings synchronise the device; the
+oneDNN-off row then equals ``nn.LSTM``: oneDNN is a CPU library), and
+``--compile-mode reduce-overhead`` compiles with CUDA graphs. Run
+``python benchmarks/bench.py --help``. Quote ratios, not absolute times: on a shared
 machine absolute times drift, ratios measured in one interleaved run much less.
 """
 
@@ -52,6 +56,8 @@ from torch.nn import functional as F
 import recurrentkit as rk
 
 VOCAB, BATCH, STEPS, SAMPLE_TOKENS = 28, 64, 16, 20
+DEVICE = torch.device("cpu")  # set from --device by main()
+COMPILE_MODE: str | None = None  # torch.compile's mode, from --compile-mode
 SIZES = {"alpha": (64, 128, 1), "beta": (96, 256, 2), "gamma": (128, 512, 3)}
 
 
@@ -87,7 +93,7 @@ class CharModel(nn.Module):
     @torch.no_grad()
     def sample(self, first: Tensor, tokens: int) -> Tensor:
         """Greedy decoding from ``first (B,)``, the state carried step to step."""
-        idx, state, out = first, None, []
+        idx, state, out = first, None, []  # first: (B,) on the model's device
         for _ in range(tokens):
             x = self.emb(idx)  # (B, E)
             if self.kind == "stack":
@@ -267,7 +273,7 @@ class Runner:
         was = model.training
         model.eval()
         with self.impl.context():
-            model.sample(torch.zeros(batch, dtype=torch.long), SAMPLE_TOKENS)
+            model.sample(torch.zeros(batch, dtype=torch.long, device=DEVICE), SAMPLE_TOKENS)
         model.train(was)
 
 
@@ -281,21 +287,29 @@ def make_runner(
     E, H, L = size
     torch.manual_seed(seed)
     rnn, kind = impl.build(E, H, L)
-    model: nn.Module = CharModel(rnn, kind, E, H)
+    model: nn.Module = CharModel(rnn, kind, E, H).to(DEVICE)
     if impl.compiled:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=COMPILE_MODE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, VOCAB, (STEPS, batch), generator=g)
     target = torch.randint(0, VOCAB, (STEPS, batch), generator=g)
     if lengths is not None:  # the targets of the real tokens, in packed order
         target = nn.utils.rnn.pack_padded_sequence(target, lengths, enforce_sorted=False).data
-    return Runner(impl, model, opt, idx, target, lengths)
+    return Runner(impl, model, opt, idx.to(DEVICE), target.to(DEVICE), lengths)  # lengths: CPU
+
+
+def sync() -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def timed(fn: Callable[[], None]) -> float:
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -317,7 +331,15 @@ def interleaved(
 
 
 def peak_memory_mib(fn: Callable[[], None]) -> float:
-    """Peak CPU bytes allocated while ``fn`` runs, above the level at its start (MiB)."""
+    """Peak bytes allocated on :data:`DEVICE` while ``fn`` runs, above the level at its
+    start (MiB)."""
+    if DEVICE.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        start = torch.cuda.memory_allocated(DEVICE)
+        fn()
+        sync()
+        return (torch.cuda.max_memory_allocated(DEVICE) - start) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -529,9 +551,7 @@ def print_tables(result: dict[str, Any]) -> None:
             "| flop ratio | sample B=1 ratio | sample B=64 ratio | peak MiB | mem ratio |"
         )
         print(head)
-        print(
-            "|" + "---|" * head.count("|")[:-1] if False else "|---" * (head.count("|") - 1) + "|"
-        )
+        print("|---" * (head.count("|") - 1) + "|")
         for r in rows:
             extra = f" (compile {r['compile_s']:.1f} s)" if "compile_s" in r else ""
             print(
@@ -571,6 +591,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd stacks (slow)")
     parser.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        default="default",
+        help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on a GPU)",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)"
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -586,6 +615,11 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.repeat, args.no_memory = "alpha,beta", 5, True
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device: expected cpu on this machine (torch sees no CUDA device), got cuda")
+    global DEVICE, COMPILE_MODE
+    DEVICE = torch.device(args.device)
+    COMPILE_MODE = None if args.compile_mode == "default" else args.compile_mode
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
@@ -598,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
@@ -613,8 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_tables(result)
         print(
-            f"\n{result['command']} — torch {result['torch']}, {result['threads']} threads, "
-            f"{result['seconds']:.0f} s"
+            f"\n{result['command']} — torch {result['torch']}, {result['device']}, "
+            f"{result['threads']} threads, {result['seconds']:.0f} s"
         )
     return 0
 
