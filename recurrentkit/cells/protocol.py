@@ -17,7 +17,7 @@ Also optional, for speed: a **split step**, two methods such that
 
 With them, the fast executor projects a layer's whole input sequence in one call wherever
 that sequence is known in advance (every layer under layer-major policies, layer 1
-under any policy) and steps on the projected rows (see :func:`splits_step`).
+under step-major ones) and steps on the projected rows (see :func:`splits_step`).
 
 :class:`CellBase` implements the public call once for every built-in cell: it checks
 ``x`` and ``state`` (raising :mod:`recurrentkit.errors`), accepts unbatched input the
