@@ -93,7 +93,7 @@ class CharModel(nn.Module):
     @torch.no_grad()
     def sample(self, first: Tensor, tokens: int) -> Tensor:
         """Greedy decoding from ``first (B,)``, the state carried step to step."""
-        idx, state, out = first, None, []  # first: (B,) on the model's device
+        idx, state, out = first, None, []
         for _ in range(tokens):
             x = self.emb(idx)  # (B, E)
             if self.kind == "stack":

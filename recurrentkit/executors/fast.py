@@ -47,7 +47,7 @@ from torch.nn import functional as F
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
 from recurrentkit.executors.deferred import DeferredLinear
-from recurrentkit.executors.kernels import CellKernel, kernel_for, stepper_for
+from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
 from recurrentkit.executors.kernels.base import Linear
 from recurrentkit.executors.packing import Schedule, cat_states, schedule
 from recurrentkit.executors.reference import ReferenceLayers
@@ -97,7 +97,9 @@ class FastLayers:
         self._plain = plain_mode()
         self._kernels: list[CellKernel | None] = [kernel_for(c) for c in cells]
         # what steps each cell from projected input: the kernel, or a user cell's split step
-        self._steppers: list[CellKernel | None] = [stepper_for(c) for c in cells]
+        self._steppers: list[CellKernel | None] = [
+            k if k is not None else split_kernel_for(c) for k, c in zip(self._kernels, cells)
+        ]
         use_torch = torch_ops and not self._plain
         self._modes = [torch_mode(c) if use_torch else None for c in cells]
         # step loops: weight gradients as one matmul per weight over all steps

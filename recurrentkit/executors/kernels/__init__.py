@@ -2,7 +2,7 @@
 
 Only the built-in classes themselves get a kernel: a subclass may change the
 equations, so it runs on the reference loop — unless it (or any user cell) declares
-the protocol's split step, which :func:`stepper_for` adapts (:class:`.split.SplitKernel`).
+the protocol's split step, which :func:`split_kernel_for` adapts (:class:`.split.SplitKernel`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from recurrentkit.executors.kernels.nested_lstm import NestedLSTMKernel, levels
 from recurrentkit.executors.kernels.rnn import RNNKernel
 from recurrentkit.executors.kernels.split import SplitKernel
 
-__all__ = ["CellKernel", "kernel_for", "stepper_for"]
+__all__ = ["CellKernel", "kernel_for", "split_kernel_for"]
 
 _KERNELS: dict[type, CellKernel] = {
     RNNCell: RNNKernel(),
@@ -48,10 +48,7 @@ def kernel_for(cell: nn.Module) -> CellKernel | None:
 _SPLIT = SplitKernel()
 
 
-def stepper_for(cell: nn.Module) -> CellKernel | None:
-    """What steps ``cell`` from projected input: its built-in kernel, the adapter of a
-    user cell with a split step, or ``None`` (the cell's own call, on the reference loop)."""
-    kern = kernel_for(cell)
-    if kern is None and splits_step(cell):
-        return _SPLIT
-    return kern
+def split_kernel_for(cell: nn.Module) -> CellKernel | None:
+    """For a cell without a built-in kernel: the adapter of its split step, or ``None``
+    (the cell's own call, on the reference loop)."""
+    return _SPLIT if splits_step(cell) else None
