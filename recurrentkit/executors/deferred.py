@@ -8,6 +8,10 @@ step's backward computes only :math:`\partial x_t = \partial y_t W` and records 
 (an identity in the forward) computes :math:`\partial W = [\partial y_1; \dots]^\top
 [x_1; \dots]` as one matmul over all ``T × B`` rows, and the bias gradient as one sum.
 
+Ops with a backward of their own (the fused steps of :mod:`.kernels`, the cross-layer
+mixing of :mod:`.cross_mix`) take part through :meth:`DeferredLinear.tap` and
+:func:`weight_grads`: they take the tapped weight as an input and record their pairs.
+
 Pairs are kept per backward pass (graph task) and only when that pass will reach the
 tap (``torch.autograd.grad`` of the inputs alone never does), so repeated or partial
 backward passes through one graph stay exact. Eager mode only: the executor uses
@@ -24,7 +28,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-__all__ = ["MIN_NUMEL", "DeferredLinear"]
+__all__ = ["MIN_NUMEL", "DeferredLinear", "Slot", "weight_grads"]
 
 MIN_NUMEL = 1 << 19
 """Weights smaller than this keep per-step gradients: measured on the 2-core CPU this
@@ -41,7 +45,7 @@ class DeferredLinear:
     """
 
     def __init__(self) -> None:
-        self._slots: dict[int, _Slot] = {}
+        self._slots: dict[int, Slot] = {}
         self._views: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
 
     def rows(self, t: Tensor, start: int, stop: int) -> Tensor:
@@ -53,19 +57,42 @@ class DeferredLinear:
         return hit[1]
 
     def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        slot = self.tap(weight, bias)
+        if slot is None:
+            return F.linear(x, weight, bias)
+        return _Linear.apply(x, slot.tapped_weight, slot.tapped_bias, slot)
+
+    def tap(self, weight: Tensor, bias: Tensor | None = None) -> Slot | None:
+        """The slot deferring ``weight``'s (and ``bias``'s) gradient, for an op with a
+        backward of its own: the op takes ``slot.tapped_weight`` and ``slot.tapped_bias``
+        as inputs, returns no gradient for them, and calls ``slot.record(dy, x)`` in its
+        backward (:func:`weight_grads`). ``None`` where this weight's gradient is not
+        deferred (the op then computes it itself)."""
         if (
             weight.numel() < MIN_NUMEL
             or not torch.is_grad_enabled()
             or not (weight.requires_grad or (bias is not None and bias.requires_grad))
         ):
-            return F.linear(x, weight, bias)
+            return None
         slot = self._slots.get(id(weight))
         if slot is None or slot.weight is not weight or slot.bias is not bias:
-            slot = self._slots[id(weight)] = _Slot(weight, bias)
-        return _Linear.apply(x, slot.tapped_weight, slot.tapped_bias, slot)
+            slot = self._slots[id(weight)] = Slot(weight, bias)
+        return slot
 
 
-class _Slot:
+def weight_grads(
+    slot: Slot | None, dy: Tensor, x: Tensor, need_weight: bool, need_bias: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """In an op's backward, the gradients of ``y = x W^T + b``'s weight and bias from
+    ``dy (M, O)`` and ``x (M, I)``: recorded in ``slot`` for one matmul over all steps
+    (returns ``(None, None)``), or, without a slot, ``(dy^T x, Σ dy)`` now."""
+    if slot is not None:
+        slot.record(dy, x)
+        return None, None
+    return (dy.t() @ x if need_weight else None), (dy.sum(0) if need_bias else None)
+
+
+class Slot:
     """One weight's tap and the ``(dy, x)`` pairs its uses recorded, per backward pass."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
@@ -86,7 +113,7 @@ class _Tap(Function):
     """Identity on ``(weight, bias)`` forward; their gradients from the recorded pairs."""
 
     @staticmethod
-    def forward(ctx: Any, slot: _Slot, weight: Tensor, bias: Tensor | None) -> Any:  # type: ignore[override]
+    def forward(ctx: Any, slot: Slot, weight: Tensor, bias: Tensor | None) -> Any:  # type: ignore[override]
         ctx.set_materialize_grads(False)
         ctx.slot = slot
         ctx.has_bias = bias is not None
@@ -109,7 +136,7 @@ class _Linear(Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, slot: _Slot
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, slot: Slot
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.slot = slot

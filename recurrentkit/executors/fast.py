@@ -19,10 +19,12 @@ Chosen by what the policy and cells declare, never by what they compute:
   define ``step``): the policy's own ``step`` in a time loop, with layer 1's input
   projection hoisted out of the loop (built-in cells and split user cells); with
   built-in policies and cells, finished sequences leave the batch as they end
-  (otherwise the reference's masking). Each built-in cell steps on plain ops whose
-  large weights get their gradient as one matmul over all steps (:mod:`.deferred`);
-  without autograd (sampling), a torch-exact cell steps on torch's fused cell op under
-  ``"auto"``;
+  (otherwise the reference's masking). A reset-after GRU or an LSTM without
+  projection steps as one op with a hand-written backward, other built-in cells on
+  plain ops; large weights get their gradient as one matmul over all steps
+  (:mod:`.deferred`); ``cross_layer``'s mixing is one op per layer and step
+  (:mod:`.cross_mix`); without autograd (sampling), a torch-exact cell steps on torch's
+  fused cell op under ``"auto"``;
 - a layer whose input *is* its state's ``h`` (shared routing, dropout off: the layer
   below's write is both) runs as one matmul with summed weights, ``(W_ih + W_hh) h``
   (:meth:`CellKernel.tied_weights`), in both shared plans;
@@ -46,6 +48,7 @@ from torch.nn import functional as F
 
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
+from recurrentkit.executors.cross_mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
 from recurrentkit.executors.kernels.base import Linear
@@ -217,7 +220,7 @@ class FastLayers:
         if type(policy).step is RoutingPolicy.step:  # a policy defined by run() only
             out, new = policy.run(self, x.unsqueeze(0), states, None)
             return out[0], new
-        return policy.step(self, x, states)
+        return self._policy_step(policy)(x, states)
 
     # -- plans -----------------------------------------------------------------------
 
@@ -274,24 +277,38 @@ class FastLayers:
             T, B = x.shape[0], x.shape[1]
             gis = iter(self._project0(x.reshape(T * B, -1), (B,) * T))
 
+            policy_step = self._policy_step(policy)
+
             def masked(x_t: Tensor, s: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
                 self._x_t, self._gi_t = x_t, next(gis) if kern0 is not None else None
-                return policy.step(self, x_t, s)
+                return policy_step(x_t, s)
 
             return scan(masked, x, states, lengths)
         xp = sched.pack(x)  # (N, I)
         xs = xp.split(sched.sizes)
         gis_list = self._project0(xp, sched.sizes)
 
+        policy_step = self._policy_step(policy)
+
         def step(t: int, x_t: Tensor, s: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
             self._x_t, self._gi_t = x_t, gis_list[t] if gis_list else None
-            return policy.step(self, x_t, s)
+            return policy_step(x_t, s)
 
         ys, final = step_loop(step, xs, sched.sort_state(states), sched.sizes)
         self._x_t = self._gi_t = None
         if sched.uniform:
             return torch.stack(ys), final  # (T, B, O)
         return sched.unpack(torch.cat(ys)), sched.unsort_state(final)
+
+    def _policy_step(self, policy: RoutingPolicy) -> Callable[[Tensor, Any], Any]:
+        """``(x_t, states) → (y_t, states)``: the policy's own ``step``, or for
+        ``cross_layer`` in eager mode :func:`~.cross_mix.cross_step` (its mixing as one
+        op per layer and step)."""
+        linear = self._linear
+        if type(policy) is CrossLayer and len(self.cells) > 1:
+            if isinstance(linear, DeferredLinear):
+                return lambda x_t, s: cross_step(policy, self, linear, x_t, s)
+        return lambda x_t, s: policy.step(self, x_t, s)
 
     def _tied_step(
         self, layer: int, x: Tensor, state: Any, linear: Linear

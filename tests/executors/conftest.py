@@ -79,6 +79,21 @@ class GRUSubclass(rk.GRUCell):
         return 2 * y, 2 * h
 
 
+class ScaledShared(rk.routing.RoutingPolicy):
+    """A user policy (step only): shared routing with each layer's state halved first."""
+
+    name = "scaled_shared"
+
+    def step(self, layers: Any, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+        s, u, new = states[0], x, []
+        for k in range(len(layers.cells)):
+            s = map_state(lambda t: 0.5 * t, s)
+            y, s = layers.cell(k, u, s)
+            new.append(s)
+            u = layers.drop(k, y)
+        return u, tuple(new)
+
+
 CELLS["user"] = LeakyCell
 CELLS["user_split"] = SplitLeakyCell
 CELLS["gru_subclass"] = GRUSubclass
@@ -146,12 +161,13 @@ def _grads(outs: list[Tensor], cot: list[Tensor], wrt: list[Tensor]) -> list[Ten
 
 @pytest.fixture
 def checks() -> SimpleNamespace:
-    """The helpers above: ``CELLS``, ``LeakyCell``, ``GRUSubclass``, ``flat``, ``build``,
-    ``inputs``, ``same_run``."""
+    """The helpers above: ``CELLS``, ``LeakyCell``, ``GRUSubclass``, ``ScaledShared``,
+    ``flat``, ``build``, ``inputs``, ``same_run``."""
     return SimpleNamespace(
         CELLS=CELLS,
         LeakyCell=LeakyCell,
         GRUSubclass=GRUSubclass,
+        ScaledShared=ScaledShared,
         flat=flat,
         build=build,
         inputs=inputs,

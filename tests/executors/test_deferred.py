@@ -9,7 +9,6 @@ import torch
 from torch.nn import functional as F
 
 import recurrentkit as rk
-from recurrentkit._validation import map_state
 from recurrentkit.executors import deferred
 from recurrentkit.executors.deferred import DeferredLinear
 
@@ -83,24 +82,9 @@ def test_step_loops_with_deferred_gradients_equal_reference(
     policies = {
         "shared_last": lambda: rk.routing.Shared(carry="last"),
         "cross_layer": "cross_layer",
-        "mixed": lambda: ScaledShared(),
+        "mixed": checks.ScaledShared,
     }
     ref = checks.build(cell, policies[routing], "reference")
     fast_stack = checks.build(cell, policies[routing], "handbuilt")
     x, state = checks.inputs(ref)
     checks.same_run(ref, fast_stack, x, state, torch.tensor([3, 6, 1, 5]) if ragged else None)
-
-
-class ScaledShared(rk.routing.RoutingPolicy):
-    """A user policy (step only): shared routing with each layer's state halved first."""
-
-    name = "scaled_shared"
-
-    def step(self, layers, x, states):  # type: ignore[no-untyped-def]
-        s, u, new = states[0], x, []
-        for k in range(len(layers.cells)):
-            s = map_state(lambda t: 0.5 * t, s)
-            y, s = layers.cell(k, u, s)
-            new.append(s)
-            u = layers.drop(k, y)
-        return u, tuple(new)

@@ -5,6 +5,10 @@ the gates in place (5–6 kernels). Backward (hand-written, whole sequence): per
 one broadcast multiply per gate pair and one matmul for :math:`\partial h_{t-1}`;
 every factor that depends on forward values only is computed once for all steps
 before the loop, and each weight gradient is one matmul over all rows after it.
+
+In step-major loops (eager, ``linear`` a :class:`~recurrentkit.executors.deferred.DeferredLinear`)
+a reset-after step is one op of the same kind (:class:`_GRUStepAfter`); reset-before
+steps run on plain ops.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.cells.gru import GRUCell
+from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, rows
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
@@ -33,6 +38,16 @@ class GRUKernel(CellKernel):
         self, cell: GRUCell, gi: Tensor, state: Tensor, linear: Linear = F.linear
     ) -> tuple[Tensor, Tensor]:
         H = cell.hidden_size
+        tap = getattr(linear, "tap", None)
+        if cell.reset == "after" and tap is not None:  # eager step loop: one fused op
+            slot = tap(cell.weight_hh, cell.bias_hh)
+            w, b = (
+                (slot.tapped_weight, slot.tapped_bias)
+                if slot is not None
+                else (cell.weight_hh, cell.bias_hh)
+            )
+            h = _GRUStepAfter.apply(gi, state, w, b, slot)
+            return h, h
         i_rz, i_n = gi[:, : 2 * H], gi[:, 2 * H :]
         if cell.reset == "after":
             h_rz, h_n = linear(state, cell.weight_hh, cell.bias_hh).split([2 * H, H], dim=1)
@@ -94,6 +109,57 @@ def _finish(
     return h, h
 
 
+def _gates_after(G: Tensor, gi: Tensor, h: Tensor, n: Tensor, out: Tensor) -> Tensor:
+    """A reset-after step's gates in place: ``G = W_hh h + b_hh (B, 3H)`` becomes
+    ``[r | z | W_n h + b_n]``; writes ``n`` and ``out = h' = n + z (h - n)`` (both
+    ``(B, H)``) and returns ``out``."""
+    H = h.shape[1]
+    G[:, : 2 * H].add_(gi[:, : 2 * H]).sigmoid_()
+    torch.addcmul(gi[:, 2 * H :], G[:, :H], G[:, 2 * H :], out=n).tanh_()
+    return torch.lerp(n, h, G[:, H : 2 * H], out=out)
+
+
+class _GRUStepAfter(Function):
+    r"""One reset-after GRU step: ``gi (B, 3H)``, ``h (B, H)`` → ``h' (B, H)``.
+
+    The equations of :class:`_GRUAfter` for one step, for step-major loops: one
+    ``addmm`` and four gate kernels forward, a hand-written backward; the weight
+    gradients go to ``slot`` (one matmul over all steps) or, without one, are computed
+    here. Saved: ``h``, ``[r | z | W_n h + b_n]`` and ``n``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, slot: Slot | None
+    ) -> Tensor:
+        G = torch.mm(h, w_hh.t()) if b_hh is None else torch.addmm(b_hh, h, w_hh.t())  # (B, 3H)
+        n, out = h.new_empty(h.shape), h.new_empty(h.shape)
+        _gates_after(G, gi, h, n, out)
+        ctx.save_for_backward(h, w_hh, G, n)
+        ctx.slot = slot
+        ctx.has_bias = b_hh is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        h, w_hh, G, n = ctx.saved_tensors
+        (B, H), need = h.shape, ctx.needs_input_grad
+        r, z, gn = G[:, :H], G[:, H : 2 * H], G[:, 2 * H :]
+        dgi = dout.new_empty(B, 3 * H)  # [dr | dz | dn], pre-activation
+        dG = dout.new_empty(B, 3 * H)  # [dr | dz | r dn], the recurrent matmul's gradient
+        one_z = torch.rsub(z, 1)
+        dn = torch.mul(n, n, out=dgi[:, 2 * H :]).neg_().add_(1).mul_(one_z).mul_(dout)
+        torch.sub(h, n, out=dgi[:, H : 2 * H]).mul_(z).mul_(one_z).mul_(dout)
+        dr = torch.mul(dn, gn, out=dgi[:, :H]).mul_(r)
+        dr.addcmul_(dr, r, value=-1)  # dn gn r (1 - r)
+        torch.mul(dn, r, out=dG[:, 2 * H :])
+        dG[:, : 2 * H].copy_(dgi[:, : 2 * H])
+        dh = torch.addmm(torch.mul(dout, z), dG, w_hh) if need[1] else None
+        dw, db = weight_grads(ctx.slot, dG, h, need[2], ctx.has_bias and need[3])
+        return dgi if need[0] else None, dh, dw, db, None
+
+
 class _GRUAfter(Function):
     r"""Reset-after GRU over packed rows: ``gi (N, 3H)``, ``h0 (B, H)`` → ``h (N, H)``.
 
@@ -112,18 +178,13 @@ class _GRUAfter(Function):
         G = gi.new_empty(N, 3 * H)  # W_hh h + b_hh, then [r | z | W_n h + b_n]
         n = gi.new_empty(N, H)
         w_t = w_hh.t()
-        G_s, RZ_s = _split(G, sizes), _split(G[:, : 2 * H], sizes)
-        R_s, Z_s, GN_s = (_split(G[:, k * H : (k + 1) * H], sizes) for k in range(3))
-        IRZ_s, IN_s = _split(gi[:, : 2 * H], sizes), _split(gi[:, 2 * H :], sizes)
-        n_s, out_s = _split(n, sizes), _split(out, sizes)
+        G_s, gi_s, n_s, out_s = (_split(v, sizes) for v in (G, gi, n, out))
         h = h0
         for t, bs in enumerate(sizes):
             if h.shape[0] != bs:
                 h = h[:bs]
             torch.addmm(bias, h, w_t, out=G_s[t])
-            RZ_s[t].add_(IRZ_s[t]).sigmoid_()
-            torch.addcmul(IN_s[t], R_s[t], GN_s[t], out=n_s[t]).tanh_()
-            h = torch.lerp(n_s[t], h, Z_s[t], out=out_s[t])
+            h = _gates_after(G_s[t], gi_s[t], h, n_s[t], out_s[t])
         ctx.save_for_backward(h0, w_hh, out, G, n)
         ctx.sched = sched
         ctx.has_bias = b_hh is not None

@@ -5,6 +5,10 @@ of those rows and the recurrent matmul. Backward is hand-written
 over the whole sequence: per step, one broadcast multiply for the ``i | f | g`` gate
 gradients, one for ``o``, one matmul for :math:`\partial h_{t-1}` (plus one for the
 projection); weight gradients are one matmul each over all rows.
+
+In step-major loops (eager, ``linear`` a :class:`~recurrentkit.executors.deferred.DeferredLinear`)
+a step without projection is one op of the same kind (:class:`_LSTMStep`); with a
+projection, plain ops.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
+from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
 from recurrentkit.executors.packing import Schedule
 
@@ -26,6 +31,22 @@ __all__ = ["LSTMKernel"]
 
 class LSTMKernel(AdditiveKernel):
     """:class:`~recurrentkit.LSTMCell`."""
+
+    def step(  # type: ignore[override]
+        self, cell: LSTMCell, gi: Tensor, state: Any, linear: Linear = F.linear
+    ) -> tuple[Tensor, LSTMState]:
+        tap = getattr(linear, "tap", None)
+        if tap is None or cell.weight_hr is not None:
+            return super().step(cell, gi, state, linear)
+        # eager step loop without projection: one fused op
+        slot = tap(cell.weight_hh, cell.bias_hh)
+        w, b = (
+            (slot.tapped_weight, slot.tapped_bias)
+            if slot is not None
+            else (cell.weight_hh, cell.bias_hh)
+        )
+        h, c = _LSTMStep.apply(gi, state[0], state[1], w, b, slot)
+        return h, LSTMState(h, c)
 
     def step_tied(  # type: ignore[override]
         self, cell: LSTMCell, gates: Tensor, state: Any, linear: Linear = F.linear
@@ -45,6 +66,61 @@ class LSTMKernel(AdditiveKernel):
         gi = gi if cell.bias_hh is None else gi + cell.bias_hh  # (N, 4H), both biases
         out, C = _LSTM.apply(gi, h0, c0, cell.weight_hh, cell.weight_hr, sched)
         return out, LSTMState(out, C)
+
+
+class _LSTMStep(Function):
+    r"""One LSTM step without projection: ``gi (B, 4H)`` (``W_ih x + b_ih``), ``h``,
+    ``c (B, H)`` → ``(h', c')``.
+
+    The equations of :class:`_LSTM` for one step, for step-major loops: one ``addmm``
+    and six gate kernels forward, a hand-written backward; the weight gradients go to
+    ``slot`` (one matmul over all steps) or, without one, are computed here. Saved:
+    ``h``, ``c``, the activated gates and ``c'`` (``tanh c'`` is recomputed).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        gi: Tensor,
+        h: Tensor,
+        c: Tensor,
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        slot: Slot | None,
+    ) -> tuple[Tensor, Tensor]:
+        H = c.shape[1]
+        G = torch.addmm(gi, h, w_hh.t())  # (B, 4H): [i | f | g | o]
+        if b_hh is not None:
+            G.add_(b_hh)
+        G[:, : 2 * H].sigmoid_()
+        G[:, 2 * H : 3 * H].tanh_()
+        G[:, 3 * H :].sigmoid_()
+        c_new = torch.mul(G[:, H : 2 * H], c).addcmul_(G[:, :H], G[:, 2 * H : 3 * H])
+        h_new = torch.tanh(c_new).mul_(G[:, 3 * H :])
+        ctx.save_for_backward(h, c, w_hh, G, c_new)
+        ctx.slot = slot
+        ctx.has_bias = b_hh is not None
+        return h_new, c_new
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dh_new: Tensor, dc_new: Tensor) -> tuple[Tensor | None, ...]:
+        h, c, w_hh, G, c_new = ctx.saved_tensors
+        H, need = c.shape[1], ctx.needs_input_grad
+        i, f, g, o = G.chunk(4, dim=1)
+        tc = torch.tanh(c_new)
+        dG = torch.empty_like(G)  # pre-activation gradients [di | df | dg | do]
+        do = torch.mul(dh_new, tc, out=dG[:, 3 * H :]).mul_(o)
+        do.addcmul_(do, o, value=-1)  # dh tanh(c') σ'(o)
+        dc = torch.mul(tc, tc).neg_().add_(1).mul_(o).mul_(dh_new).add_(dc_new)
+        di = torch.mul(dc, g, out=dG[:, :H]).mul_(i)
+        di.addcmul_(di, i, value=-1)  # dc g σ'(i)
+        df = torch.mul(dc, c, out=dG[:, H : 2 * H]).mul_(f)
+        df.addcmul_(df, f, value=-1)  # dc c σ'(f)
+        torch.mul(g, g, out=dG[:, 2 * H : 3 * H]).neg_().add_(1).mul_(i).mul_(dc)
+        dh = torch.mm(dG, w_hh) if need[1] else None
+        dw, db = weight_grads(ctx.slot, dG, h, need[3], ctx.has_bias and need[4])
+        return dG if need[0] else None, dh, dc.mul_(f), dw, db, None
 
 
 class _LSTM(Function):

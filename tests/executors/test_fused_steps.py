@@ -1,0 +1,167 @@
+"""The fused step ops of eager step loops: one op per GRU/LSTM step, one per cross_layer
+mixing, each with a hand-written backward, equal to the reference loop in float64."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch.autograd import Function
+
+import recurrentkit as rk
+from recurrentkit.executors import cross_mix, deferred
+from recurrentkit.executors.kernels import gru as gru_kernels
+from recurrentkit.executors.kernels import lstm as lstm_kernels
+
+D = torch.float64
+OPS: dict[str, type[Function]] = {
+    "gru_step": gru_kernels._GRUStepAfter,
+    "lstm_step": lstm_kernels._LSTMStep,
+    "mix": cross_mix._Mix,
+}
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Counts the forward calls of each fused op."""
+    seen: Counter[str] = Counter()
+    for name, op in OPS.items():
+        forward = op.forward
+
+        def counted(*args: Any, _f: Any = forward, _n: str = name) -> Any:
+            seen[_n] += 1
+            return _f(*args)
+
+        monkeypatch.setattr(op, "forward", staticmethod(counted))
+    yield seen
+
+
+@pytest.fixture(params=[False, True], ids=["per_step", "deferred"])
+def defer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways a fused op's weight gradient is made: per step, or one matmul at the end."""
+    if request.param:
+        monkeypatch.setattr(deferred, "MIN_NUMEL", 0)  # the test weights are tiny
+    return bool(request.param)
+
+
+POLICIES = {
+    "shared_last": lambda: rk.routing.Shared(carry="last"),
+    "cross_layer": "cross_layer",
+}
+
+
+@pytest.mark.parametrize("routing", [*POLICIES, "user_policy"])
+@pytest.mark.parametrize("cell", ["gru", "gru_nobias", "lstm", "lstm_nobias"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_step_loops_on_fused_ops_equal_reference(
+    checks: SimpleNamespace,
+    calls: Counter[str],
+    defer: bool,
+    routing: str,
+    cell: str,
+    ragged: bool,
+) -> None:
+    policy = checks.ScaledShared if routing == "user_policy" else POLICIES[routing]
+    ref = checks.build(cell, policy, "reference")
+    fast = checks.build(cell, policy, "handbuilt")
+    x, state = checks.inputs(ref)
+    checks.same_run(ref, fast, x, state, torch.tensor([3, 6, 1, 5]) if ragged else None)
+    step_op = "gru_step" if cell.startswith("gru") else "lstm_step"
+    assert calls[step_op] > 0, "the fused cell step never ran"
+    assert (calls["mix"] > 0) == (routing == "cross_layer")
+
+
+def mixed_widths_stack(executor: str, dropout: float = 0.0) -> rk.Stack:
+    """cross_layer over cells of three widths and two kinds (GRU, LSTM)."""
+    torch.manual_seed(7)
+    cells = [rk.GRUCell(3, 4), rk.LSTMCell(4, 6), rk.GRUCell(6, 5)]
+    return rk.Stack(cells, "cross_layer", executor=executor, dropout=dropout).to(D)
+
+
+def test_cross_layer_mixing_over_mixed_widths(
+    checks: SimpleNamespace, calls: Counter[str], defer: bool
+) -> None:
+    ref, fast = mixed_widths_stack("reference"), mixed_widths_stack("handbuilt")
+    x, state = checks.inputs(ref, T=5, B=3)
+    checks.same_run(ref, fast, x, state)
+    checks.same_run(ref, fast, x, state, torch.tensor([5, 2, 4]))
+    assert calls["mix"] == 2 * 5 * 3  # two runs x 5 steps x 3 layers
+
+
+def test_cross_layer_dropout_draws_the_reference_masks(checks: SimpleNamespace) -> None:
+    ref, fast = mixed_widths_stack("reference", 0.4), mixed_widths_stack("handbuilt", 0.4)
+    fast.load_state_dict(ref.state_dict())
+    x, state = checks.inputs(ref, T=5, B=3)
+    outs = []
+    for stack in (ref, fast):
+        torch.manual_seed(11)
+        y, _ = stack(x, state)
+        (g,) = torch.autograd.grad(y.square().sum(), x)
+        outs.append((y, g))
+    for a, b in zip(outs[0], outs[1]):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+
+
+def test_repeated_backward_through_fused_ops(checks: SimpleNamespace, defer: bool) -> None:
+    """Two backward passes through one graph give twice one pass's gradients."""
+    ref = checks.build("gru", "cross_layer", "reference")
+    fast = checks.build("gru", "cross_layer", "handbuilt")
+    x, state = checks.inputs(ref)
+    once = torch.autograd.grad(ref(x, state)[0].square().sum(), list(ref.parameters()))
+    loss = fast(x, state)[0].square().sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for p, g in zip(fast.parameters(), once):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, 2 * g, rtol=0, atol=1e-10)
+
+
+def test_sampling_steps_run_the_fused_forward(checks: SimpleNamespace, calls: Counter[str]) -> None:
+    """Without autograd (sampling), the hand-built executor steps on the same ops."""
+    stack = checks.build("gru", "cross_layer", "handbuilt")
+    ref = checks.build("gru", "cross_layer", "reference")
+    x = torch.randn(4, 3, dtype=D)
+    with torch.no_grad():
+        y, s = stack.step(x)
+        y_ref, s_ref = ref.step(x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    assert calls["gru_step"] == 3 and calls["mix"] == 3
+
+
+def _gradcheck(op: type[Function], *args: Any) -> None:
+    assert torch.autograd.gradcheck(lambda *a: op.apply(*a), args, eps=1e-6, atol=1e-8)
+
+
+def test_gru_step_op_gradcheck() -> None:
+    torch.manual_seed(0)
+    B, H = 3, 4
+    gi, h = torch.randn(B, 3 * H, dtype=D), torch.randn(B, H, dtype=D)
+    w, b = torch.randn(3 * H, H, dtype=D), torch.randn(3 * H, dtype=D)
+    args = [t.requires_grad_() for t in (gi, h, w, b)]
+    _gradcheck(gru_kernels._GRUStepAfter, *args, None)
+
+
+def test_lstm_step_op_gradcheck() -> None:
+    torch.manual_seed(0)
+    B, H = 3, 4
+    gi = torch.randn(B, 4 * H, dtype=D)
+    h, c = torch.randn(B, H, dtype=D), torch.randn(B, H, dtype=D)
+    w, b = torch.randn(4 * H, H, dtype=D), torch.randn(4 * H, dtype=D)
+    args = [t.requires_grad_() for t in (gi, h, c, w, b)]
+    _gradcheck(lstm_kernels._LSTMStep, *args, None)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_mix_op_gradcheck(k: int) -> None:
+    torch.manual_seed(0)
+    B, widths, I = 3, (2, 4, 3), 5
+    others = sum(widths) - widths[k]
+    u, h_all = torch.randn(B, I, dtype=D), torch.randn(B, sum(widths), dtype=D)
+    w_in, w_state = torch.randn(2, I, dtype=D), torch.randn(2, sum(widths), dtype=D)
+    U = torch.randn(widths[k], others, dtype=D)
+    args = [t.requires_grad_() for t in (u, h_all, w_in, w_state, U)]
+    _gradcheck(cross_mix._Mix, *args, k, widths, None)
