@@ -69,17 +69,13 @@ def cross_step(
     u, new = x, []
     for k in range(len(hs)):
         U: Tensor = getattr(policy, f"feedback_weight_l{k}")
-        slot = linear.tap(U)
-        h_mixed = _Mix.apply(
-            u,
-            h_all,
-            getattr(policy, f"gate_input_weight_l{k}"),
-            getattr(policy, f"gate_state_weight_l{k}"),
-            slot.tapped_weight if slot is not None else U,
-            k,
-            widths,
-            slot,
-        )  # (B, H_k)
+        slot, U_in, _, U_t = linear.operands(U, None, x.shape[0])
+        w_in: Tensor = getattr(policy, f"gate_input_weight_l{k}")
+        w_state: Tensor = getattr(policy, f"gate_state_weight_l{k}")
+        if torch.is_grad_enabled():
+            h_mixed = _Mix.apply(u, h_all, w_in, w_state, U_in, k, widths, slot, U_t)
+        else:  # sampling: the same arithmetic without the autograd op's overhead
+            h_mixed = _mix(u, h_all, w_in, w_state, U_t, k, widths)[0]  # (B, H_k)
         y, s = layers.cell(k, u, with_state_h(states[k], h_mixed))
         new.append(s)
         u = layers.drop(k, y)
@@ -98,8 +94,28 @@ def _blocks(widths: tuple[int, ...], k: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def _mix(
+    u: Tensor,
+    h_all: Tensor,
+    w_gate_in: Tensor,
+    w_gate_state: Tensor,
+    U_t: Tensor,
+    k: int,
+    widths: tuple[int, ...],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Layer ``k``'s mixing, no autograd, ``U_t`` the feedback weight transposed
+    ``(Σ_{j≠k} H_j, H_k)``: ``(h̃ (B, H_k), gates (B, L-1), gated states (B, Σ_{j≠k} H_j))``."""
+    g = torch.addmm(torch.mm(u, w_gate_in.t()), h_all, w_gate_state.t()).sigmoid_()
+    gated = u.new_empty(u.shape[0], U_t.shape[0])
+    for i, (src, dst, w) in enumerate(_blocks(widths, k)):
+        torch.mul(h_all[:, src : src + w], g[:, i : i + 1], out=gated[:, dst : dst + w])
+    own = sum(widths[:k])
+    return torch.addmm(h_all[:, own : own + widths[k]], gated, U_t), g, gated
+
+
 class _Mix(Function):
-    r"""Layer ``k``'s mixed state: ``u (B, I)``, ``h_all (B, ΣH)`` → ``h̃ (B, H_k)``.
+    r"""Layer ``k``'s mixed state: ``u (B, I)``, ``h_all (B, ΣH)`` → ``h̃ (B, H_k)``
+    (``U_t``: ``U`` transposed for the forward product, see :mod:`.layout`).
 
     $$ g = \sigma(u W_g^\top + h_{all} V_g^\top), \quad
        \tilde h = h^k + U\,[g_1 h^{j_1} | \dots | g_{L-1} h^{j_{L-1}}] $$
@@ -116,15 +132,9 @@ class _Mix(Function):
         k: int,
         widths: tuple[int, ...],
         slot: Slot | None,
+        U_t: Tensor,
     ) -> Tensor:
-        B = u.shape[0]
-        g = torch.addmm(torch.mm(u, w_gate_in.t()), h_all, w_gate_state.t()).sigmoid_()
-        blocks = _blocks(widths, k)
-        gated = u.new_empty(B, U.shape[1])  # (B, Σ_{j≠k} H_j)
-        for i, (src, dst, w) in enumerate(blocks):
-            torch.mul(h_all[:, src : src + w], g[:, i : i + 1], out=gated[:, dst : dst + w])
-        own = sum(widths[:k])
-        h_mixed = torch.addmm(h_all[:, own : own + widths[k]], gated, U.t())
+        h_mixed, g, gated = _mix(u, h_all, w_gate_in, w_gate_state, U_t, k, widths)
         ctx.save_for_backward(u, h_all, g, gated, w_gate_in, w_gate_state, U)
         ctx.k, ctx.widths, ctx.slot = k, widths, slot
         return h_mixed
@@ -155,6 +165,7 @@ class _Mix(Function):
             da.t() @ u if need[2] else None,
             da.t() @ h_all if need[3] else None,
             dU,
+            None,
             None,
             None,
             None,

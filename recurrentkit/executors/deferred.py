@@ -28,6 +28,8 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from recurrentkit.executors.layout import MIN_ROWS, transposed
+
 __all__ = ["MIN_NUMEL", "DeferredLinear", "Slot", "weight_grads"]
 
 MIN_NUMEL = 1 << 19
@@ -47,6 +49,11 @@ class DeferredLinear:
     def __init__(self) -> None:
         self._slots: dict[int, Slot] = {}
         self._views: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
+        self._transposed: dict[int, tuple[Tensor, Tensor]] = {}
+        self.whole_run = False
+        """Set by a step loop: each weight serves every step, so a contiguous copy of its
+        transpose (:func:`~recurrentkit.executors.layout.transposed`) is made once and
+        kept for the run."""
 
     def rows(self, t: Tensor, start: int, stop: int) -> Tensor:
         """``t[start:stop]`` as one view object for the whole run (one weight, one tap)."""
@@ -60,7 +67,32 @@ class DeferredLinear:
         slot = self.tap(weight, bias)
         if slot is None:
             return F.linear(x, weight, bias)
-        return _Linear.apply(x, slot.tapped_weight, slot.tapped_bias, slot)
+        w_t = self.transposed(weight, x.shape[0])
+        return _Linear.apply(x, slot.tapped_weight, slot.tapped_bias, slot, w_t)
+
+    def operands(
+        self, weight: Tensor, bias: Tensor | None, rows: int
+    ) -> tuple[Slot | None, Tensor, Tensor | None, Tensor]:
+        """For an op with a backward of its own that multiplies ``rows`` rows by
+        ``weight.t()``: ``(slot, weight, bias, weight_t)`` — :meth:`tap`'s slot (or
+        ``None``), the weight and bias to take as inputs (tapped where deferred), and
+        the right operand for its forward product (:meth:`transposed`)."""
+        slot = self.tap(weight, bias)
+        w_t = self.transposed(weight, rows)
+        if slot is None:
+            return None, weight, bias, w_t
+        return slot, slot.tapped_weight, slot.tapped_bias, w_t
+
+    def transposed(self, weight: Tensor, rows: int) -> Tensor:
+        """``weight.t()`` for a product over ``rows`` rows: in a whole run, the
+        contiguous copy of :func:`~recurrentkit.executors.layout.transposed`, made once
+        per weight; otherwise the view. Not differentiable."""
+        if not self.whole_run or rows < MIN_ROWS:
+            return weight.t()
+        hit = self._transposed.get(id(weight))
+        if hit is None or hit[0] is not weight:
+            hit = self._transposed[id(weight)] = (weight, transposed(weight, rows))
+        return hit[1]
 
     def tap(self, weight: Tensor, bias: Tensor | None = None) -> Slot | None:
         """The slot deferring ``weight``'s (and ``bias``'s) gradient, for an op with a
@@ -136,11 +168,11 @@ class _Linear(Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, slot: Slot
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, slot: Slot, w_t: Tensor
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.slot = slot
-        return F.linear(x, weight, bias)
+        return torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
 
     @staticmethod
     @once_differentiable
@@ -148,4 +180,4 @@ class _Linear(Function):
         x, weight = ctx.saved_tensors
         ctx.slot.record(dy, x)
         dx = dy @ weight if ctx.needs_input_grad[0] else None
-        return dx, None, None, None
+        return dx, None, None, None, None

@@ -270,6 +270,8 @@ class FastLayers:
         """A step-major policy's own ``step`` in a time loop, layer 1's projection hoisted."""
         sched = schedule(x, lengths)
         kern0 = self._steppers[0]
+        if isinstance(self._linear, DeferredLinear):
+            self._linear.whole_run = True  # every weight serves every step
         shrink = type(policy) in _BUILTIN_STEP_POLICIES and all(
             k is not None for k in self._kernels
         )

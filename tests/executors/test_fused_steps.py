@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 from torch.autograd import Function
 
 import recurrentkit as rk
@@ -120,8 +121,20 @@ def test_repeated_backward_through_fused_ops(checks: SimpleNamespace, defer: boo
         torch.testing.assert_close(p.grad, 2 * g, rtol=0, atol=1e-10)
 
 
-def test_sampling_steps_run_the_fused_forward(checks: SimpleNamespace, calls: Counter[str]) -> None:
-    """Without autograd (sampling), the hand-built executor steps on the same ops."""
+def test_sampling_steps_run_the_fused_arithmetic(
+    checks: SimpleNamespace, calls: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without autograd (sampling), the hand-built executor steps on the same arithmetic,
+    called directly (no autograd op)."""
+    plain: Counter[str] = Counter()
+    for module, name in ((gru_kernels, "_step_after"), (cross_mix, "_mix")):
+        fn = getattr(module, name)
+
+        def counted(*args: Any, _f: Any = fn, _n: str = name) -> Any:
+            plain[_n] += 1
+            return _f(*args)
+
+        monkeypatch.setattr(module, name, counted)
     stack = checks.build("gru", "cross_layer", "handbuilt")
     ref = checks.build("gru", "cross_layer", "reference")
     x = torch.randn(4, 3, dtype=D)
@@ -129,11 +142,12 @@ def test_sampling_steps_run_the_fused_forward(checks: SimpleNamespace, calls: Co
         y, s = stack.step(x)
         y_ref, s_ref = ref.step(x)
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
-    assert calls["gru_step"] == 3 and calls["mix"] == 3
+    assert plain == {"_step_after": 3, "_mix": 3} and not calls
 
 
-def _gradcheck(op: type[Function], *args: Any) -> None:
-    assert torch.autograd.gradcheck(lambda *a: op.apply(*a), args, eps=1e-6, atol=1e-8)
+def _gradcheck(fn: Any, *args: Tensor) -> None:
+    inputs = tuple(a.requires_grad_() for a in args)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8)
 
 
 def test_gru_step_op_gradcheck() -> None:
@@ -141,8 +155,8 @@ def test_gru_step_op_gradcheck() -> None:
     B, H = 3, 4
     gi, h = torch.randn(B, 3 * H, dtype=D), torch.randn(B, H, dtype=D)
     w, b = torch.randn(3 * H, H, dtype=D), torch.randn(3 * H, dtype=D)
-    args = [t.requires_grad_() for t in (gi, h, w, b)]
-    _gradcheck(gru_kernels._GRUStepAfter, *args, None)
+    op = gru_kernels._GRUStepAfter.apply
+    _gradcheck(lambda gi, h, w, b: op(gi, h, w, b, None, w.detach().t()), gi, h, w, b)
 
 
 def test_lstm_step_op_gradcheck() -> None:
@@ -151,8 +165,8 @@ def test_lstm_step_op_gradcheck() -> None:
     gi = torch.randn(B, 4 * H, dtype=D)
     h, c = torch.randn(B, H, dtype=D), torch.randn(B, H, dtype=D)
     w, b = torch.randn(4 * H, H, dtype=D), torch.randn(4 * H, dtype=D)
-    args = [t.requires_grad_() for t in (gi, h, c, w, b)]
-    _gradcheck(lstm_kernels._LSTMStep, *args, None)
+    op = lstm_kernels._LSTMStep.apply
+    _gradcheck(lambda gi, h, c, w, b: op(gi, h, c, w, b, None, w.detach().t()), gi, h, c, w, b)
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])
@@ -163,5 +177,54 @@ def test_mix_op_gradcheck(k: int) -> None:
     u, h_all = torch.randn(B, I, dtype=D), torch.randn(B, sum(widths), dtype=D)
     w_in, w_state = torch.randn(2, I, dtype=D), torch.randn(2, sum(widths), dtype=D)
     U = torch.randn(widths[k], others, dtype=D)
-    args = [t.requires_grad_() for t in (u, h_all, w_in, w_state, U)]
-    _gradcheck(cross_mix._Mix, *args, k, widths, None)
+    op = cross_mix._Mix.apply
+    _gradcheck(
+        lambda u, h, w_in, w_state, U: op(u, h, w_in, w_state, U, k, widths, None, U.detach().t()),
+        u,
+        h_all,
+        w_in,
+        w_state,
+        U,
+    )
+
+
+WIDE = 20  # a batch from which products use a contiguous copy of each weight's transpose
+
+
+@pytest.mark.parametrize(
+    "routing", ["independent", "residual", "shared_last", "cross_layer", "user_policy"]
+)
+@pytest.mark.parametrize("cell", ["gru", "gru_before", "lstm", "lstm_proj", "rnn", "nested"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_wide_batches_on_transposed_copies_equal_reference(
+    checks: SimpleNamespace, defer: bool, routing: str, cell: str, ragged: bool
+) -> None:
+    policy = checks.ScaledShared if routing == "user_policy" else POLICIES.get(routing, routing)
+    ref = checks.build(cell, policy, "reference")
+    fast = checks.build(cell, policy, "handbuilt")
+    x, state = checks.inputs(ref, B=WIDE)
+    lengths = torch.randint(1, x.shape[0] + 1, (WIDE,)) if ragged else None
+    checks.same_run(ref, fast, x, state, lengths)
+
+
+def test_a_step_loop_copies_each_weight_once(
+    checks: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deferred, "MIN_NUMEL", 0)
+    copied: list[tuple[int, ...]] = []
+    real = deferred.transposed
+
+    def spy(weight: Tensor, rows: int) -> Tensor:
+        copied.append(tuple(weight.shape))
+        return real(weight, rows)
+
+    monkeypatch.setattr(deferred, "transposed", spy)
+    stack = checks.build("gru", "cross_layer", "handbuilt")
+    x, state = checks.inputs(stack, B=WIDE)
+    stack(x, state)[0].sum().backward()
+    # W_hh of 3 layers, W_ih of layers 2 and 3 (layer 1's is hoisted), U of 3 layers
+    assert sorted(copied) == sorted([(15, 5)] * 5 + [(5, 10)] * 3)
+    copied.clear()
+    with torch.no_grad():
+        stack.step(x[0], state)  # single steps keep the transposed views
+    assert copied == []

@@ -26,6 +26,7 @@ from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, rows
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
+from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["GRUKernel"]
@@ -38,15 +39,13 @@ class GRUKernel(CellKernel):
         self, cell: GRUCell, gi: Tensor, state: Tensor, linear: Linear = F.linear
     ) -> tuple[Tensor, Tensor]:
         H = cell.hidden_size
-        tap = getattr(linear, "tap", None)
-        if cell.reset == "after" and tap is not None:  # eager step loop: one fused op
-            slot = tap(cell.weight_hh, cell.bias_hh)
-            w, b = (
-                (slot.tapped_weight, slot.tapped_bias)
-                if slot is not None
-                else (cell.weight_hh, cell.bias_hh)
-            )
-            h = _GRUStepAfter.apply(gi, state, w, b, slot)
+        operands = getattr(linear, "operands", None)
+        if cell.reset == "after" and operands is not None:  # eager step loop: one fused op
+            slot, w, b, w_t = operands(cell.weight_hh, cell.bias_hh, state.shape[0])
+            if torch.is_grad_enabled():
+                h = _GRUStepAfter.apply(gi, state, w, b, slot, w_t)
+            else:  # sampling: the same arithmetic without the autograd op's overhead
+                h = _step_after(gi, state, w_t, b)[0]
             return h, h
         i_rz, i_n = gi[:, : 2 * H], gi[:, 2 * H :]
         if cell.reset == "after":
@@ -119,6 +118,17 @@ def _gates_after(G: Tensor, gi: Tensor, h: Tensor, n: Tensor, out: Tensor) -> Te
     return torch.lerp(n, h, G[:, H : 2 * H], out=out)
 
 
+def _step_after(
+    gi: Tensor, h: Tensor, w_t: Tensor, b_hh: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One reset-after step, no autograd, ``w_t`` the recurrent weight transposed
+    ``(H, 3H)``: ``(h' (B, H), [r | z | W_n h + b_n] (B, 3H), n (B, H))``."""
+    G = torch.mm(h, w_t) if b_hh is None else torch.addmm(b_hh, h, w_t)  # (B, 3H)
+    n, out = h.new_empty(h.shape), h.new_empty(h.shape)
+    _gates_after(G, gi, h, n, out)
+    return out, G, n
+
+
 class _GRUStepAfter(Function):
     r"""One reset-after GRU step: ``gi (B, 3H)``, ``h (B, H)`` → ``h' (B, H)``.
 
@@ -130,11 +140,15 @@ class _GRUStepAfter(Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, slot: Slot | None
+        ctx: Any,
+        gi: Tensor,
+        h: Tensor,
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        slot: Slot | None,
+        w_t: Tensor,
     ) -> Tensor:
-        G = torch.mm(h, w_hh.t()) if b_hh is None else torch.addmm(b_hh, h, w_hh.t())  # (B, 3H)
-        n, out = h.new_empty(h.shape), h.new_empty(h.shape)
-        _gates_after(G, gi, h, n, out)
+        out, G, n = _step_after(gi, h, w_t, b_hh)
         ctx.save_for_backward(h, w_hh, G, n)
         ctx.slot = slot
         ctx.has_bias = b_hh is not None
@@ -157,7 +171,7 @@ class _GRUStepAfter(Function):
         dG[:, : 2 * H].copy_(dgi[:, : 2 * H])
         dh = torch.addmm(torch.mul(dout, z), dG, w_hh) if need[1] else None
         dw, db = weight_grads(ctx.slot, dG, h, need[2], ctx.has_bias and need[3])
-        return dgi if need[0] else None, dh, dw, db, None
+        return dgi if need[0] else None, dh, dw, db, None, None
 
 
 class _GRUAfter(Function):
@@ -177,7 +191,7 @@ class _GRUAfter(Function):
         out = gi.new_empty(N, H)
         G = gi.new_empty(N, 3 * H)  # W_hh h + b_hh, then [r | z | W_n h + b_n]
         n = gi.new_empty(N, H)
-        w_t = w_hh.t()
+        w_t = transposed(w_hh, sizes[0])
         G_s, gi_s, n_s, out_s = (_split(v, sizes) for v in (G, gi, n, out))
         h = h0
         for t, bs in enumerate(sizes):
@@ -258,7 +272,7 @@ class _GRUBefore(Function):
         RZ = gi.new_empty(N, 2 * H)  # [r | z]
         Q = gi.new_empty(N, H)  # r ⊙ h
         n = gi.new_empty(N, H)
-        w_rz_t, w_n_t = w_hh[: 2 * H].t(), w_hh[2 * H :].t()
+        w_rz_t, w_n_t = (transposed(w, sizes[0]) for w in (w_hh[: 2 * H], w_hh[2 * H :]))
         gin = gi[:, 2 * H :] + bias[2 * H :]  # (N, H)
         RZ_s, R_s, Z_s = _split(RZ, sizes), _split(RZ[:, :H], sizes), _split(RZ[:, H:], sizes)
         IRZ_s, IN_s = _split(gi[:, : 2 * H], sizes), _split(gin, sizes)

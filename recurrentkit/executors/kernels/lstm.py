@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
+from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["LSTMKernel"]
@@ -35,17 +36,15 @@ class LSTMKernel(AdditiveKernel):
     def step(  # type: ignore[override]
         self, cell: LSTMCell, gi: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, LSTMState]:
-        tap = getattr(linear, "tap", None)
-        if tap is None or cell.weight_hr is not None:
+        operands = getattr(linear, "operands", None)
+        if operands is None or cell.weight_hr is not None:
             return super().step(cell, gi, state, linear)
         # eager step loop without projection: one fused op
-        slot = tap(cell.weight_hh, cell.bias_hh)
-        w, b = (
-            (slot.tapped_weight, slot.tapped_bias)
-            if slot is not None
-            else (cell.weight_hh, cell.bias_hh)
-        )
-        h, c = _LSTMStep.apply(gi, state[0], state[1], w, b, slot)
+        slot, w, b, w_t = operands(cell.weight_hh, cell.bias_hh, gi.shape[0])
+        if torch.is_grad_enabled():
+            h, c = _LSTMStep.apply(gi, state[0], state[1], w, b, slot, w_t)
+        else:  # sampling: the same arithmetic without the autograd op's overhead
+            h, c = _step(gi, state[0], state[1], w_t, b)[:2]
         return h, LSTMState(h, c)
 
     def step_tied(  # type: ignore[override]
@@ -68,6 +67,23 @@ class LSTMKernel(AdditiveKernel):
         return out, LSTMState(out, C)
 
 
+def _step(
+    gi: Tensor, h: Tensor, c: Tensor, w_t: Tensor, b_hh: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM step without projection, no autograd, ``w_t`` the recurrent weight
+    transposed ``(H, 4H)``: ``(h', c', activated gates [σi | σf | tanh g | σo] (B, 4H))``."""
+    H = c.shape[1]
+    G = torch.addmm(gi, h, w_t)  # (B, 4H): [i | f | g | o]
+    if b_hh is not None:
+        G.add_(b_hh)
+    G[:, : 2 * H].sigmoid_()
+    G[:, 2 * H : 3 * H].tanh_()
+    G[:, 3 * H :].sigmoid_()
+    c_new = torch.mul(G[:, H : 2 * H], c).addcmul_(G[:, :H], G[:, 2 * H : 3 * H])
+    h_new = torch.tanh(c_new).mul_(G[:, 3 * H :])
+    return h_new, c_new, G
+
+
 class _LSTMStep(Function):
     r"""One LSTM step without projection: ``gi (B, 4H)`` (``W_ih x + b_ih``), ``h``,
     ``c (B, H)`` → ``(h', c')``.
@@ -87,16 +103,9 @@ class _LSTMStep(Function):
         w_hh: Tensor,
         b_hh: Tensor | None,
         slot: Slot | None,
+        w_t: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        H = c.shape[1]
-        G = torch.addmm(gi, h, w_hh.t())  # (B, 4H): [i | f | g | o]
-        if b_hh is not None:
-            G.add_(b_hh)
-        G[:, : 2 * H].sigmoid_()
-        G[:, 2 * H : 3 * H].tanh_()
-        G[:, 3 * H :].sigmoid_()
-        c_new = torch.mul(G[:, H : 2 * H], c).addcmul_(G[:, :H], G[:, 2 * H : 3 * H])
-        h_new = torch.tanh(c_new).mul_(G[:, 3 * H :])
+        h_new, c_new, G = _step(gi, h, c, w_t, b_hh)
         ctx.save_for_backward(h, c, w_hh, G, c_new)
         ctx.slot = slot
         ctx.has_bias = b_hh is not None
@@ -120,7 +129,7 @@ class _LSTMStep(Function):
         torch.mul(g, g, out=dG[:, 2 * H : 3 * H]).neg_().add_(1).mul_(i).mul_(dc)
         dh = torch.mm(dG, w_hh) if need[1] else None
         dw, db = weight_grads(ctx.slot, dG, h, need[3], ctx.has_bias and need[4])
-        return dG if need[0] else None, dh, dc.mul_(f), dw, db, None
+        return dG if need[0] else None, dh, dc.mul_(f), dw, db, None, None
 
 
 class _LSTM(Function):
@@ -149,8 +158,8 @@ class _LSTM(Function):
         TC = gi.new_empty(N, H)  # tanh(c)
         M = gi.new_empty(N, H) if w_hr is not None else None  # σo ⊙ tanh(c) before projection
         out = gi.new_empty(N, P)
-        w_t = w_hh.t()
-        w_hr_t = w_hr.t() if w_hr is not None else None
+        w_t = transposed(w_hh, sizes[0])
+        w_hr_t = transposed(w_hr, sizes[0]) if w_hr is not None else None
         G_s, IF_s = split_steps(G, sizes), split_steps(G[:, : 2 * H], sizes)
         I_s, F_s, Gg_s, O_s = (split_steps(G[:, k * H : (k + 1) * H], sizes) for k in range(4))
         gi_s, C_s, TC_s, out_s = (split_steps(v, sizes) for v in (gi, C, TC, out))

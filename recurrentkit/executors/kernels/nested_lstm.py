@@ -28,6 +28,7 @@ from recurrentkit.executors.kernels.base import (
     split_steps,
 )
 from recurrentkit.executors.kernels.lstm import LSTMKernel
+from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["NestedLSTMKernel", "levels"]
@@ -104,8 +105,8 @@ class _Nested(Function):
         Hh_s = [split_steps(X[:, H:], sizes) for X in XHs]
         C_s = [split_steps(C, sizes) for C in Cs]
         gi_s, out_s = split_steps(gi, sizes), split_steps(out, sizes)
-        w_t = w_hh.t()
-        wcat_t = [w.t() for w in wcats]
+        w_t = transposed(w_hh, sizes[0])
+        wcat_t = [transposed(w, sizes[0]) for w in wcats]
         h, cs = h0, list(c0s)
         for t, bs in enumerate(sizes):
             if h.shape[0] != bs:

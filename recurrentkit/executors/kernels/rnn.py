@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.rnn import RNNCell
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
+from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["RNNKernel"]
@@ -46,7 +47,7 @@ class _RNN(Function):
     ) -> Tensor:
         sizes = sched.sizes
         out = torch.empty_like(gi)  # (N, H)
-        w_t = w_hh.t()
+        w_t = transposed(w_hh, sizes[0])
         gi_s, out_s = split_steps(gi, sizes), split_steps(out, sizes)
         h = h0
         for t, bs in enumerate(sizes):
