@@ -20,6 +20,15 @@ def always_defer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(deferred, "MIN_NUMEL", 0)  # the test weights are tiny
 
 
+@pytest.fixture(params=["pairs", "sums"])
+def either_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a slot makes a weight's gradient: pairs gathered into one matmul at the
+    end, or running sums step by step (the test weights are tiny: sums by default)."""
+    if request.param == "pairs":
+        monkeypatch.setattr(deferred, "MIN_NUMEL", 0)
+    return str(request.param)
+
+
 def chain(linear, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, u: torch.Tensor) -> list:
     """A recurrence through two weights: h_t = tanh(x_t W^T + b + h_{t-1} U^T)."""
     h, hs = torch.zeros(x.shape[1], w.shape[0], dtype=D), []
@@ -29,7 +38,7 @@ def chain(linear, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, u: torch.Te
     return hs
 
 
-def test_deferred_linear_equals_f_linear(always_defer: None) -> None:
+def test_deferred_linear_equals_f_linear(either_way: str) -> None:
     torch.manual_seed(0)
     x = torch.randn(5, 3, 4, dtype=D, requires_grad=True)
     w, b, u = (torch.randn(*s, dtype=D, requires_grad=True) for s in ((6, 4), (6,), (6, 6)))
@@ -43,7 +52,7 @@ def test_deferred_linear_equals_f_linear(always_defer: None) -> None:
         torch.testing.assert_close(c, a, rtol=0, atol=1e-12)
 
 
-def test_partial_and_repeated_backward_passes(always_defer: None) -> None:
+def test_partial_and_repeated_backward_passes(either_way: str) -> None:
     torch.manual_seed(0)
     x = torch.randn(5, 3, 4, dtype=D, requires_grad=True)
     w, b, u = (torch.randn(*s, dtype=D, requires_grad=True) for s in ((6, 4), (6,), (6, 6)))
