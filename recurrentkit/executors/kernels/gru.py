@@ -108,14 +108,16 @@ def _finish(
     return h, h
 
 
-def _gates_after(G: Tensor, gi: Tensor, h: Tensor, n: Tensor, out: Tensor) -> Tensor:
+def _gates_after(
+    G: Tensor, gi: Tensor, h: Tensor, n: Tensor | None = None, out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """A reset-after step's gates in place: ``G = W_hh h + b_hh (B, 3H)`` becomes
-    ``[r | z | W_n h + b_n]``; writes ``n`` and ``out = h' = n + z (h - n)`` (both
-    ``(B, H)``) and returns ``out``."""
+    ``[r | z | W_n h + b_n]``. Returns ``(h' = n + z (h - n), n)``, both ``(B, H)``,
+    written into ``out`` and ``n`` where given."""
     H = h.shape[1]
-    G[:, : 2 * H].add_(gi[:, : 2 * H]).sigmoid_()
-    torch.addcmul(gi[:, 2 * H :], G[:, :H], G[:, 2 * H :], out=n).tanh_()
-    return torch.lerp(n, h, G[:, H : 2 * H], out=out)
+    r, z = G[:, : 2 * H].add_(gi[:, : 2 * H]).sigmoid_().chunk(2, dim=1)
+    n = torch.addcmul(gi[:, 2 * H :], r, G[:, 2 * H :], out=n).tanh_()
+    return torch.lerp(n, h, z, out=out), n
 
 
 def _step_after(
@@ -124,8 +126,7 @@ def _step_after(
     """One reset-after step, no autograd, ``w_t`` the recurrent weight transposed
     ``(H, 3H)``: ``(h' (B, H), [r | z | W_n h + b_n] (B, 3H), n (B, H))``."""
     G = torch.mm(h, w_t) if b_hh is None else torch.addmm(b_hh, h, w_t)  # (B, 3H)
-    n, out = h.new_empty(h.shape), h.new_empty(h.shape)
-    _gates_after(G, gi, h, n, out)
+    out, n = _gates_after(G, gi, h)
     return out, G, n
 
 
@@ -198,7 +199,7 @@ class _GRUAfter(Function):
             if h.shape[0] != bs:
                 h = h[:bs]
             torch.addmm(bias, h, w_t, out=G_s[t])
-            h = _gates_after(G_s[t], gi_s[t], h, n_s[t], out_s[t])
+            h = _gates_after(G_s[t], gi_s[t], h, n_s[t], out_s[t])[0]
         ctx.save_for_backward(h0, w_hh, out, G, n)
         ctx.sched = sched
         ctx.has_bias = b_hh is not None
