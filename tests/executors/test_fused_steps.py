@@ -228,3 +228,20 @@ def test_a_step_loop_copies_each_weight_once(
     with torch.no_grad():
         stack.step(x[0], state)  # single steps keep the transposed views
     assert copied == []
+
+
+@pytest.mark.parametrize("routing", ["shared_last", "cross_layer"])
+def test_second_order_gradients_through_torch_func(checks: SimpleNamespace, routing: str) -> None:
+    """torch.func runs the plain plan, so second-order gradients match the reference's."""
+    policy = POLICIES[routing]
+    ref = checks.build("gru", policy, "reference")
+    fast = checks.build("gru", policy, "handbuilt")
+    x = torch.randn(4, 3, 3, dtype=D)
+
+    def second(stack: rk.Stack) -> Tensor:
+        def loss(x: Tensor) -> Tensor:
+            return stack(x)[0].square().sum()
+
+        return torch.func.grad(lambda x: torch.func.grad(loss)(x).square().sum())(x)
+
+    torch.testing.assert_close(second(fast), second(ref), rtol=0, atol=1e-10)
