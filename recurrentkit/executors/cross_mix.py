@@ -12,8 +12,9 @@ same arithmetic is one op per layer and step:
 - **backward**, written by hand: one matmul for the gated states' gradient, one
   multiply and one dot product per source layer, the gates' pre-activation gradient,
   and the gradient of all layers' previous ``h`` built in one ``(B, ΣH)`` buffer; the
-  feedback weight :math:`U^l` gets its gradient as one matmul over all steps
-  (:mod:`.deferred`), the small gate weights step by step.
+  feedback weight :math:`U^l` gets its gradient through the run's tap
+  (:mod:`.deferred`: one matmul over all steps, or a running sum for small weights), the
+  small gate weights step by step.
 
 :func:`cross_step` is the policy's ``step`` on these ops and the executor's cells,
 equal to it to rounding, with inter-layer dropout drawn in the same order. The

@@ -1,4 +1,4 @@
-r"""Linear layers whose weight gradient is one matmul over every step of a run.
+r"""Linear layers whose weight gradient is made once per run, not by autograd per step.
 
 In a step loop, autograd computes a weight's gradient at every step,
 :math:`\partial W \mathrel{+}= \partial y_t^\top x_t` — ``T`` small matmuls reducing over
@@ -16,7 +16,7 @@ Ops with a backward of their own (the fused steps of :mod:`.kernels`, the cross-
 mixing of :mod:`.cross_mix`) take part through :meth:`DeferredLinear.tap` and
 :func:`weight_grads`: they take the tapped weight as an input and record their pairs.
 
-Pairs are kept per backward pass (graph task) and only when that pass will reach the
+Pairs and sums are kept per backward pass (graph task) and only when that pass will reach the
 tap (``torch.autograd.grad`` of the inputs alone never does), so repeated or partial
 backward passes through one graph stay exact. Eager mode only: the executor uses
 plain ``F.linear`` under ``torch.compile`` tracing and torch.func transforms.
@@ -123,8 +123,8 @@ def weight_grads(
     slot: Slot | None, dy: Tensor, x: Tensor, need_weight: bool, need_bias: bool
 ) -> tuple[Tensor | None, Tensor | None]:
     """In an op's backward, the gradients of ``y = x W^T + b``'s weight and bias from
-    ``dy (M, O)`` and ``x (M, I)``: recorded in ``slot`` for one matmul over all steps
-    (returns ``(None, None)``), or, without a slot, ``(dy^T x, Σ dy)`` now."""
+    ``dy (M, O)`` and ``x (M, I)``: recorded in ``slot`` for the tap at the end of the
+    pass (returns ``(None, None)``), or, without a slot, ``(dy^T x, Σ dy)`` now."""
     if slot is not None:
         slot.record(dy, x)
         return None, None
@@ -139,7 +139,7 @@ class Slot:
         self.weight, self.bias = weight, bias
         self.accumulate = accumulate
         self.pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        self.sums: dict[int, tuple[Tensor, Tensor]] = {}
+        self.sums: dict[int, tuple[Tensor, Tensor | None]] = {}
         self.tapped_weight, self.tapped_bias = _Tap.apply(self, weight, bias)
         self.node = self.tapped_weight.grad_fn
 
@@ -152,11 +152,12 @@ class Slot:
         elif task in self.sums:
             dw, db = self.sums[task]
             dw.addmm_(dy.t(), x)
-            db.add_(dy.sum(0))
+            if db is not None:
+                db.add_(dy.sum(0))
         else:
-            self.sums[task] = (dy.t() @ x, dy.sum(0))
+            self.sums[task] = (dy.t() @ x, dy.sum(0) if self.bias is not None else None)
 
-    def gradients(self) -> tuple[Tensor, Tensor] | None:
+    def gradients(self) -> tuple[Tensor, Tensor | None] | None:
         """This backward pass's ``(dW, db)``, or ``None`` where nothing was recorded."""
         task = torch._C._current_graph_task_id()
         if self.accumulate:
@@ -169,7 +170,8 @@ class Slot:
 
 
 class _Tap(Function):
-    """Identity on ``(weight, bias)`` forward; their gradients from the recorded pairs."""
+    """Identity on ``(weight, bias)`` forward; their gradients from what the slot
+    recorded."""
 
     @staticmethod
     def forward(ctx: Any, slot: Slot, weight: Tensor, bias: Tensor | None) -> Any:  # type: ignore[override]

@@ -131,12 +131,13 @@ def _step_after(
 
 
 class _GRUStepAfter(Function):
-    r"""One reset-after GRU step: ``gi (B, 3H)``, ``h (B, H)`` → ``h' (B, H)``.
+    r"""One reset-after GRU step: ``gi (B, 3H)``, ``h (B, H)`` → ``h' (B, H)``; ``w_t``:
+    the recurrent weight transposed for the forward product (see :mod:`..layout`).
 
     The equations of :class:`_GRUAfter` for one step, for step-major loops: one
     ``addmm`` and four gate kernels forward, a hand-written backward; the weight
-    gradients go to ``slot`` (one matmul over all steps) or, without one, are computed
-    here. Saved: ``h``, ``[r | z | W_n h + b_n]`` and ``n``.
+    gradients go to ``slot`` (the run's tap, :mod:`..deferred`) or, without one, are
+    computed here. Saved: ``h``, ``[r | z | W_n h + b_n]`` and ``n``.
     """
 
     @staticmethod

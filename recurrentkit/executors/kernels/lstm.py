@@ -86,11 +86,12 @@ def _step(
 
 class _LSTMStep(Function):
     r"""One LSTM step without projection: ``gi (B, 4H)`` (``W_ih x + b_ih``), ``h``,
-    ``c (B, H)`` → ``(h', c')``.
+    ``c (B, H)`` → ``(h', c')``; ``w_t``: the recurrent weight transposed for the
+    forward product (see :mod:`..layout`).
 
     The equations of :class:`_LSTM` for one step, for step-major loops: one ``addmm``
     and six gate kernels forward, a hand-written backward; the weight gradients go to
-    ``slot`` (one matmul over all steps) or, without one, are computed here. Saved:
+    ``slot`` (the run's tap, :mod:`..deferred`) or, without one, are computed here. Saved:
     ``h``, ``c``, the activated gates and ``c'`` (``tanh c'`` is recomputed).
     """
 
