@@ -34,7 +34,8 @@ Chosen by what the policy and cells declare, never by what they compute:
 
 Under ``torch.compile`` tracing and torch.func transforms the same plans run on plain
 autograd ops (no custom autograd functions, no ``torch._VF`` calls); with ``lengths``
-there, the reference's masking (no shapes that depend on values).
+there, the reference's masking (no shapes that depend on values). Under autocast they run
+on plain ops too (torch's fused ops stay: they follow autocast themselves).
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ def plain_mode() -> bool:
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
+def autocast_on() -> bool:
+    """Whether autocast is on (CPU or CUDA): the hand-written ops are written for one
+    dtype, so under autocast the plans run on plain ops, which autocast converts."""
+    try:
+        return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 class FastLayers:
     """:class:`~recurrentkit.routing.Layers` on fused ops and hand-built kernels.
 
@@ -106,7 +116,9 @@ class FastLayers:
         use_torch = torch_ops and not self._plain
         self._modes = [torch_mode(c) if use_torch else None for c in cells]
         # step loops: weight gradients as one matmul per weight over all steps
-        self._linear: Linear = F.linear if self._plain else DeferredLinear()
+        # hand-written autograd ops (fused steps, sequence kernels, deferred weights)
+        self._custom = not self._plain and not autocast_on()
+        self._linear: Linear = DeferredLinear() if self._custom else F.linear
         self._x_t: Tensor | None = None  # layer 1's input at the current step ...
         self._gi_t: Tensor | None = None  # ... and its hoisted projection
         # whole runs (not single steps) tie a layer's weights when its input is its h
@@ -229,7 +241,7 @@ class FastLayers:
         kern, cell = self._kernels[layer], self.cells[layer]
         assert kern is not None
         gi = kern.project(cell, x)  # (N, G)
-        if not self._plain:
+        if self._custom:
             return kern.sequence(cell, gi, state, sched)
         steps = gi.split(sched.sizes)
         seq: list[Any] = []
