@@ -188,6 +188,11 @@ class FastLayers:
             return run_torch_layers(
                 self.cells, mode, x, states, lengths, self.dropout, self.training
             )
+        if type(policy) is Independent and lengths is not None and self._rows_chain():
+            # mixed lengths: pack once, every layer on the packed rows, unpack once
+            sched = schedule(x, lengths)
+            out, finals = self._layers_on_rows(sched.pack(x), sched, states)
+            return sched.unpack(out), finals
         if type(policy) is Shared and self._exact_shared:
             # "auto": shared routing reproduces the literal step loop over the cells to the
             # bit (issue 3's proof); the batched plan below differs in the last bits.
@@ -206,8 +211,10 @@ class FastLayers:
         ``None`` where no plan runs on packed rows directly.
 
         Plans that do: one layer under a built-in policy (torch's op or the cell's
-        kernel), and an ``independent`` stack torch could hold in one module. They skip
-        padding the input and packing the output again. ``states`` and the returned
+        kernel), an ``independent`` stack torch could hold in one module (one call), and
+        any ``independent`` stack whose layers all run on torch's op or a kernel, without
+        active inter-layer dropout (layer by layer on the rows). They skip padding the
+        input and packing the output again. ``states`` and the returned
         final states are in the original batch order; outputs are packed rows ``(N, O)``.
         """
         if self._plain:
@@ -216,14 +223,10 @@ class FastLayers:
             return run_torch_rows(
                 self.cells, mode, data, sched, states, self.dropout, self.training
             )
-        if len(self.cells) != 1 or type(policy) not in _BUILTIN_POLICIES:
-            return None
-        if (mode := self._modes[0]) is not None:
-            return run_torch_rows(self.cells, mode, data, sched, states, 0.0, self.training)
-        if self._kernels[0] is None:
-            return None
-        out, seq = self._sequence(0, data, sched.sort_state(states[0]), sched)
-        return out, (sched.unsort_state(map_state(sched.last, seq)),)
+        one_cell = len(self.cells) == 1 and type(policy) in _BUILTIN_POLICIES
+        if (one_cell or type(policy) is Independent) and self._rows_chain():
+            return self._layers_on_rows(data, sched, states)
+        return None
 
     def step(
         self, policy: RoutingPolicy, x: Tensor, states: tuple[Any, ...]
@@ -235,6 +238,32 @@ class FastLayers:
         return self._policy_step(policy)(x, states)
 
     # -- plans -----------------------------------------------------------------------
+
+    def _rows_chain(self) -> bool:
+        """Whether every layer runs on packed rows (torch's op or a kernel), with no
+        active inter-layer dropout (its masks would be drawn over rows, not the
+        reference's padded steps)."""
+        return (
+            not self._plain
+            and all(k is not None or m is not None for k, m in zip(self._kernels, self._modes))
+            and (len(self.cells) == 1 or self.dropout == 0 or not self.training)
+        )
+
+    def _layers_on_rows(
+        self, data: Tensor, sched: Schedule, states: tuple[Any, ...]
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """Each layer in turn over packed rows ``data (N, I)``, its own state carried
+        (independent routing): ``(outputs (N, O), final states)``, states in the
+        original batch order."""
+        u, finals = data, []
+        for k, cell in enumerate(self.cells):
+            if (mode := self._modes[k]) is not None:
+                u, (s,) = run_torch_rows([cell], mode, u, sched, (states[k],), 0.0, self.training)
+            else:
+                u, seq = self._sequence(k, u, sched.sort_state(states[k]), sched)
+                s = sched.unsort_state(map_state(sched.last, seq))
+            finals.append(s)
+        return u, tuple(finals)
 
     def _sequence(self, layer: int, x: Tensor, state: Any, sched: Schedule) -> tuple[Tensor, Any]:
         """Layer ``layer`` over packed rows ``x (N, I)``: ``(out (N, O), state sequence)``."""

@@ -47,7 +47,7 @@ def test_dispatched_equals_reference(
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    calls = {"torch": 0, "torch_stack": 0, "kernel": 0, "reference": 0}
+    calls = {"torch": 0, "torch_stack": 0, "torch_rows": 0, "kernel": 0, "reference": 0}
 
     def count(name: str, fn: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -58,6 +58,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     monkeypatch.setattr(fast, "run_torch_layer", count("torch", fast.run_torch_layer))
     monkeypatch.setattr(fast, "run_torch_layers", count("torch_stack", fast.run_torch_layers))
+    monkeypatch.setattr(fast, "run_torch_rows", count("torch_rows", fast.run_torch_rows))
     monkeypatch.setattr(GRUKernel, "sequence", count("kernel", GRUKernel.sequence))
     monkeypatch.setattr(ReferenceLayers, "run_layer", count("reference", ReferenceLayers.run_layer))
     return calls
@@ -66,9 +67,9 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("executor", "expected"),
     [
-        ("auto", {"torch": 0, "torch_stack": 1, "kernel": 0, "reference": 0}),
-        ("handbuilt", {"torch": 0, "torch_stack": 0, "kernel": 3, "reference": 0}),
-        ("reference", {"torch": 0, "torch_stack": 0, "kernel": 0, "reference": 3}),
+        ("auto", {"torch": 0, "torch_stack": 1, "torch_rows": 0, "kernel": 0, "reference": 0}),
+        ("handbuilt", {"torch": 0, "torch_stack": 0, "torch_rows": 0, "kernel": 3, "reference": 0}),
+        ("reference", {"torch": 0, "torch_stack": 0, "torch_rows": 0, "kernel": 0, "reference": 3}),
     ],
 )
 def test_the_switch_selects_the_path(
@@ -82,7 +83,7 @@ def test_the_switch_selects_the_path(
     stack.executor = "reference"  # settable afterwards
     calls.update(torch=0, torch_stack=0, kernel=0, reference=0)
     stack(torch.randn(4, 2, 3, dtype=torch.float64))
-    assert calls == {"torch": 0, "torch_stack": 0, "kernel": 0, "reference": 3}
+    assert calls == {"torch": 0, "torch_stack": 0, "torch_rows": 0, "kernel": 0, "reference": 3}
 
 
 def test_an_unknown_executor_is_a_config_error(checks: SimpleNamespace) -> None:
@@ -108,7 +109,7 @@ def test_reset_before_and_user_layers_mix_with_dispatched_ones(
     checks.same_run(ref, fused, x, state, torch.tensor([2, 6, 6, 1]))
     # `fused`: layer 0 on torch's op, layer 1 on the GRU kernel, the user layer on the
     # reference loop; `ref`: its three layers on the reference loop.
-    assert calls == {"torch": 1, "torch_stack": 0, "kernel": 1, "reference": 1 + 3}
+    assert calls == {"torch": 1, "torch_stack": 0, "torch_rows": 0, "kernel": 1, "reference": 1 + 3}
 
 
 def test_fusable_needs_what_torchs_layers_share() -> None:
@@ -131,7 +132,8 @@ def test_fusable_needs_what_torchs_layers_share() -> None:
 def test_unfusable_independent_layers_dispatch_one_by_one(
     checks: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, ragged: bool
 ) -> None:
-    """Widths torch cannot fuse (H 5 then 4): each layer on torch's op, still exact."""
+    """Widths torch cannot fuse (H 5 then 4): each layer on torch's op, still exact
+    (with lengths, on the packed rows: packed once for all layers)."""
 
     def build(executor: str) -> rk.Stack:
         torch.manual_seed(3)
@@ -143,7 +145,7 @@ def test_unfusable_independent_layers_dispatch_one_by_one(
     state = map_state(lambda t: torch.randn_like(t).requires_grad_(), ref.initial_state(4))
     calls = _spy(monkeypatch)
     checks.same_run(ref, fused, x, state, torch.tensor([3, 6, 1, 5]) if ragged else None)
-    assert calls["torch"] == 3 and calls["torch_stack"] == 0
+    assert calls["torch_rows" if ragged else "torch"] == 3 and calls["torch_stack"] == 0
 
 
 @pytest.mark.parametrize("kind", ["GRU", "LSTM"])

@@ -230,10 +230,9 @@ def test_packed_rows_run_as_they_are(
         stack_module, "pad_packed_sequence", lambda *a, **k: pads.append(1) or pad(*a, **k)
     )
     out, s = fast_stack(packed, state)
-    torch_form = cell in ("gru", "lstm_proj", "rnn")
-    direct = (L == 1 and cell != "user") or (
-        routing == "independent" and executor == "auto" and torch_form
-    )
+    # one layer under any built-in policy, or independent layers that each run on torch's
+    # op or a kernel (every built-in cell; the user cell has neither)
+    direct = cell != "user" and (L == 1 or routing == "independent")
     assert not pads if direct else pads == [1]
     assert torch.equal(out.batch_sizes, packed.batch_sizes)
     for a, b in (
@@ -385,3 +384,46 @@ def test_a_submodule_named_like_the_split_is_not_a_split(checks: SimpleNamespace
     assert rk.cells.splits_step(checks.CELLS["user_split"](3, 5))
     stack = rk.Stack([Cell(3, 5), Cell(5, 5)], "independent", executor="handbuilt")
     stack(torch.randn(4, 2, 3))
+
+
+@pytest.mark.parametrize("executor", ["auto", "handbuilt"])
+@pytest.mark.parametrize("packed", [False, True], ids=["lengths", "packed"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_independent_layers_on_packed_rows(
+    checks: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    executor: str,
+    packed: bool,
+    training: bool,
+) -> None:
+    """Mixed lengths: an independent stack of built-in cells runs layer after layer on the
+    packed rows (packed once); with active dropout it keeps the padded plan, whose masks
+    are the reference's. Either way it equals the reference, dropout masks included."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    def build(ex: str) -> rk.Stack:
+        torch.manual_seed(5)  # mixed cells: torch-form GRU, reset-before GRU (kernel only)
+        cells = [rk.GRUCell(3, 5), rk.GRUCell(5, 5, reset="before"), rk.GRUCell(5, 5)]
+        return rk.Stack(cells, "independent", executor=ex, dropout=0.5).double().train(training)
+
+    chains: list[int] = []
+    real = fast.FastLayers._layers_on_rows
+    monkeypatch.setattr(
+        fast.FastLayers,
+        "_layers_on_rows",
+        lambda self, *a: chains.append(1) or real(self, *a),
+    )
+    ref, fast_stack = build("reference"), build(executor)
+    x, state = checks.inputs(ref)
+    lengths = torch.tensor([3, 6, 1, 5])
+    kw = {} if packed else {"lengths": lengths}
+    outs = []
+    for stack in (ref, fast_stack):
+        arg = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        torch.manual_seed(9)
+        y, s = stack(arg, state, **kw)
+        y = y.data if packed else y
+        outs.append((y, *torch.autograd.grad(y.square().sum(), [x, *stack.parameters()])))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+    assert chains == ([] if training else [1])
