@@ -295,3 +295,17 @@ def test_autocast_runs_the_plans_on_plain_ops(
     y.float().square().sum().backward()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in fast.parameters())
     assert not calls, "a hand-written op ran under autocast"
+
+
+@pytest.mark.parametrize("routing", ["independent", "shared_last", "cross_layer"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_inference_runs_equal_reference(checks: SimpleNamespace, routing: str, cell: str) -> None:
+    """Whole sequences without autograd (inference) take the fused arithmetic directly,
+    on the transposed copies at a wide batch."""
+    policy = POLICIES.get(routing, routing)
+    ref = checks.build(cell, policy, "reference")
+    fast = checks.build(cell, policy, "handbuilt")
+    x, state = checks.inputs(ref, B=WIDE)
+    with torch.no_grad():
+        checks.same_run(ref, fast, x, state)
+        checks.same_run(ref, fast, x, state, torch.randint(1, x.shape[0] + 1, (WIDE,)))
