@@ -3,8 +3,10 @@
 - :class:`ReferenceLayers` (:mod:`.reference`) — the plain loop, the definition;
 - :class:`FastLayers` (:mod:`.fast`) — per policy and per layer, the fastest exact path:
   torch's fused recurrent ops (:mod:`.torch_ops`), hand-built whole-sequence kernels
-  (:mod:`.kernels`), step loops with deferred weight gradients (:mod:`.deferred`), all on
-  the packed layout of :mod:`.packing`.
+  and fused step ops (:mod:`.kernels`), ``cross_layer``'s mixing as one op
+  (:mod:`.cross_mix`), step loops with deferred weight gradients (:mod:`.deferred`) and
+  weights laid out for them (:mod:`.layout`), all on the packed layout of
+  :mod:`.packing`.
 
 :class:`~recurrentkit.Stack` picks one with its ``executor`` argument (``"auto"``,
 ``"handbuilt"``, ``"reference"``). Every fast path is tested against the reference in

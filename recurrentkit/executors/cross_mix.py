@@ -18,8 +18,8 @@ same arithmetic is one op per layer and step:
 
 :func:`cross_step` is the policy's ``step`` on these ops and the executor's cells,
 equal to it to rounding, with inter-layer dropout drawn in the same order. The
-executor uses it in eager step loops only; under ``torch.compile`` tracing and
-torch.func transforms it runs the policy's own ``step`` (plain autograd ops).
+executor uses it in eager step loops only; under ``torch.compile`` tracing, torch.func
+transforms and autocast it runs the policy's own ``step`` (plain autograd ops).
 """
 
 from __future__ import annotations
