@@ -750,6 +750,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"({time.perf_counter() - start:.0f} s)"
         )
     if dist.is_initialized():
+        # every rank waits for rank 0's report, then all leave together: a rank that
+        # tears its gloo connections down while a peer still holds them can abort
+        # (SIGABRT from an uncaught gloo IoException; seen twice in about ten test runs)
+        dist.barrier()
         dist.destroy_process_group()
     return status
 
