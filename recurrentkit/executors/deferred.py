@@ -107,14 +107,13 @@ class DeferredLinear:
         as inputs, returns no gradient for them, and calls ``slot.record(dy, x)`` in its
         backward (:func:`weight_grads`). ``None`` without grad mode or where neither
         needs a gradient (the op then computes any itself)."""
-        small = weight.numel() < MIN_NUMEL
-        if (
-            not torch.is_grad_enabled()
-            or not (weight.requires_grad or (bias is not None and bias.requires_grad))
+        if not torch.is_grad_enabled() or not (
+            weight.requires_grad or (bias is not None and bias.requires_grad)
         ):
             return None
         slot = self._slots.get(id(weight))
         if slot is None or slot.weight is not weight or slot.bias is not bias:
+            small = weight.numel() < MIN_NUMEL
             slot = self._slots[id(weight)] = Slot(weight, bias, accumulate=small)
         return slot
 
@@ -166,7 +165,8 @@ class Slot:
         if not pairs:
             return None
         dy = torch.cat([p[0] for p in pairs])  # (Σ rows, O)
-        return dy.t() @ torch.cat([p[1] for p in pairs]), dy.sum(0)
+        db = dy.sum(0) if self.bias is not None else None
+        return dy.t() @ torch.cat([p[1] for p in pairs]), db
 
 
 class _Tap(Function):

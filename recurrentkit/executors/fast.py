@@ -115,8 +115,8 @@ class FastLayers:
         ]
         use_torch = torch_ops and not self._plain
         self._modes = [torch_mode(c) if use_torch else None for c in cells]
-        # step loops: weight gradients as one matmul per weight over all steps
-        # hand-written autograd ops (fused steps, sequence kernels, deferred weights)
+        # hand-written autograd ops (fused steps, sequence kernels, deferred weight
+        # gradients in step loops): not while tracing, under torch.func or autocast
         self._custom = not self._plain and not autocast_on()
         self._linear: Linear = DeferredLinear() if self._custom else F.linear
         self._x_t: Tensor | None = None  # layer 1's input at the current step ...
@@ -348,9 +348,12 @@ class FastLayers:
         ``cross_layer`` in eager mode :func:`~.cross_mix.cross_step` (its mixing as one
         op per layer and step)."""
         linear = self._linear
-        if type(policy) is CrossLayer and len(self.cells) > 1:
-            if isinstance(linear, DeferredLinear):
-                return lambda x_t, s: cross_step(policy, self, linear, x_t, s)
+        if (
+            type(policy) is CrossLayer
+            and len(self.cells) > 1
+            and isinstance(linear, DeferredLinear)
+        ):
+            return lambda x_t, s: cross_step(policy, self, linear, x_t, s)
         return lambda x_t, s: policy.step(self, x_t, s)
 
     def _tied_step(
