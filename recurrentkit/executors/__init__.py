@@ -4,7 +4,8 @@
 - :class:`FastLayers` (:mod:`.fast`) — per policy and per layer, the fastest exact path:
   torch's fused recurrent ops (:mod:`.torch_ops`), hand-built whole-sequence kernels
   and fused step ops (:mod:`.kernels`), ``cross_layer``'s mixing as one op
-  (:mod:`.cross_mix`), step loops with deferred weight gradients (:mod:`.deferred`) and
+  (:mod:`.cross_mix`) and, over reset-after GRU layers, its whole run as one op
+  (:mod:`.cross_gru`), step loops with deferred weight gradients (:mod:`.deferred`) and
   weights laid out for them (:mod:`.layout`), all on the packed layout of
   :mod:`.packing`.
 

@@ -23,8 +23,9 @@ Chosen by what the policy and cells declare, never by what they compute:
   projection steps as one op with a hand-written backward, other built-in cells on
   plain ops; large weights get their gradient as one matmul over all steps
   (:mod:`.deferred`); ``cross_layer``'s mixing is one op per layer and step
-  (:mod:`.cross_mix`); without autograd (sampling), a torch-exact cell steps on torch's
-  fused cell op under ``"auto"``;
+  (:mod:`.cross_mix`); ``cross_layer`` over reset-after GRU layers without active
+  dropout is one op for the whole run (:mod:`.cross_gru`); without autograd
+  (sampling), a torch-exact cell steps on torch's fused cell op under ``"auto"``;
 - a layer whose input *is* its state's ``h`` (shared routing, dropout off: the layer
   below's write is both) runs as one matmul with summed weights, ``(W_ih + W_hh) h``
   (:meth:`CellKernel.tied_weights`), in both shared plans;
@@ -49,6 +50,7 @@ from torch.nn import functional as F
 
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
+from recurrentkit.executors import cross_gru
 from recurrentkit.executors.cross_mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
@@ -202,6 +204,8 @@ class FastLayers:
             return self._run_shared_first(x, states, lengths)
         if type(policy).run is not RoutingPolicy.run:
             return policy.run(self, x, states, lengths)
+        if self._custom and cross_gru.applies(policy, self.cells) and not self._dropping():
+            return self._run_cross_gru(policy, x, states, lengths)  # type: ignore[arg-type]
         return self._run_steps(policy, x, states, lengths)
 
     def run_packed(
@@ -246,8 +250,12 @@ class FastLayers:
         return (
             not self._plain
             and all(k is not None or m is not None for k, m in zip(self._kernels, self._modes))
-            and (len(self.cells) == 1 or self.dropout == 0 or not self.training)
+            and not self._dropping()
         )
+
+    def _dropping(self) -> bool:
+        """Whether inter-layer dropout is active."""
+        return self.training and self.dropout > 0 and len(self.cells) > 1
 
     def _layers_on_rows(
         self, data: Tensor, sched: Schedule, states: tuple[Any, ...]
@@ -300,6 +308,26 @@ class FastLayers:
             u, seq = done  # (N, O)
             finals.append(map_state(sched.last, seq))
         return sched.unpack(u), tuple(sched.unsort_state(f) for f in finals)
+
+    def _run_cross_gru(
+        self,
+        policy: CrossLayer,
+        x: Tensor,
+        states: tuple[Any, ...],
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """``cross_layer`` over reset-after GRU layers as one op (:mod:`.cross_gru`),
+        the first layer's input projection hoisted."""
+        sched = schedule(x, lengths)
+        xp = sched.pack(x)  # (N, I)
+        kern0 = self._kernels[0]
+        assert kern0 is not None
+        gi = kern0.project(self.cells[0], xp)  # (N, 3H_1)
+        outs = cross_gru.cross_gru(
+            policy, self.cells, xp, gi, sched.sort_state(states), sched  # type: ignore[arg-type]
+        )
+        finals = tuple(sched.unsort_state(sched.last(o)) for o in outs)
+        return sched.unpack(outs[-1]), finals
 
     def _run_steps(
         self,

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 import recurrentkit as rk
-from recurrentkit.executors import cross_mix, deferred
+from recurrentkit.executors import cross_gru, cross_mix, deferred
 from recurrentkit.executors.kernels import gru as gru_kernels
 from recurrentkit.executors.kernels import lstm as lstm_kernels
 
@@ -23,7 +23,13 @@ OPS: dict[str, type[Function]] = {
     "gru_step": gru_kernels._GRUStepAfter,
     "lstm_step": lstm_kernels._LSTMStep,
     "mix": cross_mix._Mix,
+    "cross_gru": cross_gru._CrossGRU,
 }
+
+
+def force_step_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cross_layer`` over GRU layers on the step loop instead of its whole-run op."""
+    monkeypatch.setattr(cross_gru, "applies", lambda policy, cells: False)
 
 
 @pytest.fixture
@@ -60,6 +66,7 @@ POLICIES = {
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
 def test_step_loops_on_fused_ops_equal_reference(
     checks: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
     calls: Counter[str],
     defer: bool,
     routing: str,
@@ -70,7 +77,12 @@ def test_step_loops_on_fused_ops_equal_reference(
     ref = checks.build(cell, policy, "reference")
     fast = checks.build(cell, policy, "handbuilt")
     x, state = checks.inputs(ref)
-    checks.same_run(ref, fast, x, state, torch.tensor([3, 6, 1, 5]) if ragged else None)
+    lengths = torch.tensor([3, 6, 1, 5]) if ragged else None
+    if routing == "cross_layer" and cell.startswith("gru"):
+        checks.same_run(ref, fast, x, state, lengths)  # the whole-run op (test_cross_gru.py)
+        assert calls["cross_gru"] == 1 and calls["gru_step"] == calls["mix"] == 0
+        force_step_loop(monkeypatch)
+    checks.same_run(ref, fast, x, state, lengths)
     step_op = "gru_step" if cell.startswith("gru") else "lstm_step"
     assert calls[step_op] > 0, "the fused cell step never ran"
     assert (calls["mix"] > 0) == (routing == "cross_layer")
@@ -219,6 +231,7 @@ def test_a_step_loop_copies_each_weight_once(
         return real(weight, rows)
 
     monkeypatch.setattr(deferred, "transposed", spy)
+    force_step_loop(monkeypatch)
     stack = checks.build("gru", "cross_layer", "handbuilt")
     x, state = checks.inputs(stack, B=WIDE)
     stack(x, state)[0].sum().backward()
