@@ -5,20 +5,24 @@ ops (the mixing, the layer's input projection, the GRU step) and for the autogra
 engine between them. Here the whole run is one op, as the sequence kernels of
 :mod:`.kernels` are for one layer:
 
-- **forward**, per step: ``[h^1 | … | h^L]`` of the previous step written side by side
-  into one saved buffer, then per layer the scalar gates (the first layer's input part
-  is one product for all steps), the gated states, :math:`\tilde h = h^l +
-  U^l\,\text{gated}` (one ``addmm``), the layer's input projection (layers above the
-  first; the first layer's is hoisted out of the loop by the caller), the recurrent
-  product and the GRU gates in place; when a gradient will be needed, also the
-  backward's factors (``(1-z)(1-n²)``, ``(h̃-n) z(1-z)``, ``W_n h̃ r(1-r)``) while the
-  step's values are in cache;
-- **backward**, written by hand: per step and layer, three multiplies for the GRU's
+- **forward**, per step: the previous step's ``[h^1 | … | h^L]`` is a block of the one
+  ``(B + N, ΣH)`` buffer that holds every layer's initial state and outputs side by
+  side (no copy); per layer the scalar gates (the first layer's input part is one
+  product for all steps), the gated states, :math:`\tilde h = h^l + U^l\,\text{gated}`
+  (one ``addmm``), the layer's input projection (layers above the first; the first
+  layer's is hoisted out of the loop by the caller), the recurrent product and the GRU
+  gates in place; when a gradient will be needed, also the backward's factors
+  (``(1-z)(1-n²)``, ``(h̃-n) z(1-z)``, ``W_n h̃ r(1-r)``) while the step's values are in
+  cache;
+- **backward**, written by hand: per step and layer, four multiplies for the GRU's
   pre-activation gradients, one ``addmm`` for :math:`\partial\tilde h`, one product
   for the gated states' gradient, the gradient of all layers' previous states gathered
-  in one ``(B, ΣH)`` buffer, and one ``addmm`` into the layer below's output gradient;
-  each weight gradient is one matmul over all rows after the loop, as is the gradient
-  of the input through the first layer's gates.
+  in one ``(B, ΣH)`` buffer, and two ``addmm`` into the layer below's output gradient.
+  The weight gradients are added up over runs of steps of at least
+  :data:`CHUNK_ROWS` rows (one matmul per weight and run), so the backward's buffers
+  hold one run's rows (peak training memory measured at 1.27 / 1.38 × ``nn.GRU``'s at
+  the benchmark's β / γ sizes; 1.96 / 2.34 with whole-sequence buffers). The gradients
+  are laid out in the weights' own row order (no reordered copies of the weights).
 
 Every view a step uses is made before the time loop: at these sizes the cost left per
 step is mostly the Python call of each small op, so the loops call nothing else.
@@ -40,16 +44,18 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from recurrentkit.cells.gru import GRUCell
-from recurrentkit.executors.cross_mix import _blocks
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.packing import Schedule
 from recurrentkit.routing.cross_layer import CrossLayer
 
-__all__ = ["applies", "cross_gru"]
+__all__ = ["CHUNK_ROWS", "applies", "cross_gru"]
 
 _POLICY_WEIGHTS = ("feedback_weight", "gate_input_weight", "gate_state_weight")
 _PER_LAYER = 7  # w_ih, b_ih, w_hh, b_hh, and the policy's U, w_gate_in, w_gate_state
+CHUNK_ROWS = 256
+"""The backward adds up the weight gradients over runs of steps of at least this many
+rows, so its buffers hold one run's rows, not the whole sequence's."""
 
 
 def applies(policy: object, cells: Sequence[nn.Module]) -> bool:
@@ -102,21 +108,36 @@ def _affine(bias: Tensor | None, a: Tensor, w_t: Tensor, out: Tensor) -> Tensor:
     return torch.addmm(bias, a, w_t, out=out)
 
 
-def _gate_order(t: Tensor, H: int, order: tuple[int, int, int]) -> Tensor:
-    """``t``'s three ``H``-row blocks in ``order`` (a copy)."""
-    return torch.cat([t[i * H : (i + 1) * H] for i in order])
-
-
 def _per(bufs: Sequence[Tensor], sizes: tuple[int, ...]) -> list[tuple[Tensor, ...]]:
     """Each buffer's per-step views of packed rows."""
     return [_split(b, sizes) for b in bufs]
 
 
-def _rows(buf: Tensor, sizes: tuple[int, ...]) -> list[Tensor]:
+def _rows(buf: Tensor, sizes: Sequence[int]) -> list[Tensor]:
     """A scratch buffer ``(B, ·)``'s first ``sizes[t]`` rows for each step ``t`` (one view
     per distinct size)."""
     views = {bs: buf[:bs] for bs in set(sizes)}
     return [views[bs] for bs in sizes]
+
+
+def _previous(cols: Tensor, B: int, sizes: tuple[int, ...]) -> list[Tensor]:
+    """For each step ``t``, the rows of ``cols`` (columns of the ``(B + N, ·)`` buffer of
+    initial states and outputs) that hold step ``t``'s previous states: the first
+    ``sizes[t]`` rows of the block before step ``t``'s."""
+    blocks = _split(cols, (B, *sizes))[:-1]
+    return [blk if blk.shape[0] == bs else blk[:bs] for blk, bs in zip(blocks, sizes)]
+
+
+def _chunks(sizes: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """The steps grouped into consecutive runs of at least :data:`CHUNK_ROWS` rows (the
+    last may be shorter): ``(first step, end step, first row, end row)`` each."""
+    out, t0, r0, r = [], 0, 0, 0
+    for t, bs in enumerate(sizes):
+        r += bs
+        if r - r0 >= CHUNK_ROWS or t == len(sizes) - 1:
+            out.append((t0, t + 1, r0, r))
+            t0, r0 = t + 1, r
+    return out
 
 
 class _CrossGRU(Function):
@@ -127,6 +148,10 @@ class _CrossGRU(Function):
     $$ g^l = \sigma(u^l W_g^{l\top} + h_{all} V^{l\top}), \quad
        \tilde h^l = h^l + U^l [g^l_1 h^{j_1} | \dots], \quad
        h'^l = \mathrm{GRU}^l(u^l, \tilde h^l) $$
+
+    Every layer's outputs live side by side in one ``(B + N, ΣH)`` buffer after the
+    initial states, so a step's ``[h^1 | … | h^L]`` of the previous step is a block of it
+    (no copy); the returned outputs are column views of it.
     """
 
     @staticmethod
@@ -138,9 +163,11 @@ class _CrossGRU(Function):
         w_ih, b_ih, w_hh, b_hh, _, g_in, g_st = (p[j::_PER_LAYER] for j in range(_PER_LAYER))
         sizes, B, N, a = sched.sizes, sched.sizes[0], x.shape[0], L - 1
         widths = [h.shape[1] for h in h0]
+        offs = [sum(widths[:k]) for k in range(L)]
         grad = any(ctx.needs_input_grad)
-        HA = x.new_empty(N, sum(widths))  # each row's previous [h^1 | … | h^L]
-        outs = [x.new_empty(N, w) for w in widths]
+        ALL = x.new_empty(B + N, sum(widths))  # [h0 | step 1's h | step 2's h | …]
+        torch.cat(h0, 1, out=ALL[:B])
+        cols = [ALL[:, o : o + w] for o, w in zip(offs, widths)]
         HT = [x.new_empty(N, w) for w in widths]  # h̃, the mixed previous state
         # W_hh h̃ + b_hh → [r | z | W_n h̃ + b_n] → (for the backward) [r | z | c], c = gn r(1-r)
         GG = [x.new_empty(N, 3 * w) for w in widths]
@@ -154,7 +181,10 @@ class _CrossGRU(Function):
         g_in_t, g_st_t = [w.t() for w in g_in], [w.t() for w in g_st]
         # every view a step uses, made before the loop (one split per buffer, not slices
         # per step)
-        HA_s, out_s, HT_s, GT_s = _split(HA, sizes), *(_per(bufs, sizes) for bufs in (outs, HT, GT))
+        HA_v = _previous(ALL, B, sizes)  # (bs, ΣH): the previous step's [h^1 | … | h^L]
+        own_v = [_previous(c, B, sizes) for c in cols]  # layer k's previous h
+        out_s = [_split(c[B:], sizes) for c in cols]
+        HT_s, GT_s = _per(HT, sizes), _per(GT, sizes)
         GG_s, R_s, Z_s, RZ_s, GN_s = (
             _per([g[:, lo * w : hi * w] for g, w in zip(GG, widths)], sizes)
             for lo, hi in ((0, 3), (0, 1), (1, 2), (0, 2), (2, 3))
@@ -179,20 +209,18 @@ class _CrossGRU(Function):
         mixing = [
             [
                 (
-                    _split(HA[:, src : src + w], sizes),
+                    own_v[j],
                     _split(GT[k][:, i : i + 1], sizes),
-                    _rows(gated[k][:, dst : dst + w], sizes),
+                    _rows(gated[k][:, dst : dst + widths[j]], sizes),
                 )
-                for i, (src, dst, w) in enumerate(_blocks(widths, k))
+                for i, (j, dst) in enumerate(_sources(widths, k))
             ]
             for k in range(L)
         ]
         a0_s = _split(torch.mm(x, g_in_t[0]), sizes)  # the first layer's gates' input part
-        prev = list(h0)
-        for t, bs in enumerate(sizes):
-            prev = [h if h.shape[0] == bs else h[:bs] for h in prev]
-            ha = torch.cat(prev, 1, out=HA_s[t])  # (bs, ΣH)
-            u = prev[0]  # (unused by the first layer, whose projections are given)
+        for t in range(len(sizes)):
+            ha = HA_v[t]
+            u = ha  # (unused by the first layer, whose projections are given)
             for k in range(L):
                 if k == 0:  # the input's products are given (gi) or made for all steps (a0)
                     a_u = a0_s[t]
@@ -202,7 +230,7 @@ class _CrossGRU(Function):
                 torch.addmm(a_u, ha, g_st_t[k], out=GT_s[k][t]).sigmoid_()  # the gates
                 for h_j, g_j, dst in mixing[k]:
                     torch.mul(h_j[t], g_j[t], out=dst[t])
-                ht = torch.addmm(prev[k], mix_s[k][t], U_t[k], out=HT_s[k][t])  # (bs, H_k)
+                ht = torch.addmm(own_v[k][t], mix_s[k][t], U_t[k], out=HT_s[k][t])
                 _affine(b_hh[k], ht, w_hh_t[k], GG_s[k][t])
                 # the GRU's gates (as kernels.gru._gates_after, on views made before the loop)
                 r = R_s[k][t]
@@ -217,58 +245,74 @@ class _CrossGRU(Function):
                     c = GN_s[k][t]
                     c.mul_(r)
                     c.addcmul_(c, r, value=-1)
-            prev = [out_s[k][t] for k in range(L)]
-        ctx.save_for_backward(x, HA, *p, *outs, *HT, *GG, *P1, *GT)
+        ctx.save_for_backward(x, ALL, *p, *HT, *GG, *P1, *GT)
         ctx.sched, ctx.L, ctx.widths = sched, L, widths
         ctx.set_materialize_grads(False)
-        return tuple(outs)
+        return tuple(c[B:] for c in cols)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *douts: Tensor | None) -> tuple[Tensor | None, ...]:
         L, widths, sched = ctx.L, ctx.widths, ctx.sched
-        sizes, B, a = sched.sizes, sched.sizes[0], L - 1
+        sizes, B, a, S = sched.sizes, sched.sizes[0], L - 1, sum(ctx.widths)
         offs = [sum(widths[:k]) for k in range(L)]
         saved = ctx.saved_tensors
-        x, HA = saved[0], saved[1]
+        x, ALL = saved[0], saved[1]
         p = saved[2 : 2 + _PER_LAYER * L]
         w_ih, b_ih, w_hh, b_hh, U, g_in, g_st = (p[j::_PER_LAYER] for j in range(_PER_LAYER))
-        outs, HT, GG, P1, GT = (
-            saved[2 + _PER_LAYER * L + i * L : 2 + _PER_LAYER * L + (i + 1) * L] for i in range(5)
+        HT, GG, P1, GT = (
+            saved[2 + _PER_LAYER * L + i * L : 2 + _PER_LAYER * L + (i + 1) * L] for i in range(4)
         )
         need = ctx.needs_input_grad
-        N = x.shape[0]
-        blocks = [_blocks(widths, k) for k in range(L)]
-        # per layer and row: [da | dn | dz | dr | dgn] (da: the scalar gates' pre-activation)
-        D = [x.new_empty(N, a + 4 * H) for H in widths]
-        DHT = [x.new_empty(N, H) for H in widths]  # the gradient of h̃
-        # the recurrent weight with rows z | r | n (D's order from dz on); for layers above
-        # the first, [W_g; W_ih] with W_ih's rows n | z | r (D's order up to dr)
-        w_zrn = [_gate_order(w, H, (1, 0, 2)) for w, H in zip(w_hh, widths)]
-        w_down = [None] + [
-            torch.cat([g_in[k], _gate_order(w_ih[k], widths[k], (2, 1, 0))]) for k in range(1, L)
-        ]
-        # the gradient of every layer's output at the step being processed (from the next
-        # step's use, then from the layer above and the caller), and of the previous
-        # step's outputs: two buffers, swapped each step
-        carry = [x.new_zeros(B, sum(widths)), x.new_zeros(B, sum(widths))]
-        # every view a step uses, made before the loop
+        cols = [ALL[:, o : o + w] for o, w in zip(offs, widths)]
+        outs = [c[B:] for c in cols]
+        HA_v = _previous(ALL, B, sizes)
+        own_prev = [_previous(c, B, sizes) for c in cols]
+        chunks = _chunks(sizes)
+        M = max(r1 - r0 for _, _, r0, r1 in chunks)
+        # per layer, for the rows of one chunk of steps: [da | dn | dr | dz | dgn] (da: the
+        # scalar gates' pre-activation; [dr | dz | dgn] is the recurrent product's
+        # gradient, in W_hh's row order) and the gradient of h̃; each chunk's weight
+        # gradients are added up as soon as it is done, so these stay chunk-sized
+        D = [x.new_empty(M, a + 4 * H) for H in widths]
+        DHT = [x.new_empty(M, H) for H in widths]
+        step_rows = [(t0, sizes[t0:t1]) for t0, t1, _, _ in chunks]
+
+        def per_step(bufs: Sequence[Tensor]) -> list[list[Tensor]]:
+            """Each chunk-sized buffer's views for every step."""
+            out: list[list[Tensor]] = []
+            for buf in bufs:
+                views: list[Tensor] = []
+                for _, sz in step_rows:
+                    views += _split(buf[: sum(sz)], sz)
+                out.append(views)
+            return out
+
+        DH = list(zip(D, widths))
+        DN_s = per_step([d[:, a : a + H] for d, H in DH])
+        DR_s = per_step([d[:, a + H : a + 2 * H] for d, H in DH])
+        DZ_s = per_step([d[:, a + 2 * H : a + 3 * H] for d, H in DH])
+        DGN_s = per_step([d[:, a + 3 * H :] for d, H in DH])
+        DG_s = per_step([d[:, a + H :] for d, H in DH])  # [dr | dz | dgn]
+        DA_s = per_step([d[:, :a] for d, H in DH])
+        DAN_s = per_step([d[:, : a + H] for d, H in DH])  # [da | dn]
+        DRZ_s = per_step([d[:, a + H : a + 3 * H] for d, H in DH])  # [dr | dz]
+        DHT_s = per_step(DHT)
         SG_s = _per([g - g * g for g in GT], sizes)  # the scalar gates' σ' = g(1 - g)
-        P1_s = [_split(q.view(N, 2, H), sizes) for q, H in zip(P1, widths)]
+        P1a_s, P1b_s = (
+            _per([q[:, i * H : (i + 1) * H] for q, H in zip(P1, widths)], sizes) for i in range(2)
+        )
         R_s, Z_s, C_s = (
             _per([g[:, i * H : (i + 1) * H] for g, H in zip(GG, widths)], sizes) for i in range(3)
         )
-        D1_s = [_split(d[:, a : a + 2 * H].view(N, 2, H), sizes) for d, H in zip(D, widths)]
-        DH = list(zip(D, widths))
-        DN_s = _per([d[:, a : a + H] for d, H in DH], sizes)  # dn
-        DR_s = _per([d[:, a + 2 * H : a + 3 * H] for d, H in DH], sizes)  # dr
-        DGN_s = _per([d[:, a + 3 * H :] for d, H in DH], sizes)  # dgn
-        DG_s = _per([d[:, a + H :] for d, H in DH], sizes)  # [dz | dr | dgn]
-        DA_s = _per([d[:, :a] for d, H in DH], sizes)  # da
-        DOWN_s = _per([d[:, : a + 3 * H] for d, H in DH], sizes)  # [da | dn | dz | dr]
-        DHT_s = _per(DHT, sizes)
         dout_s = [None if d is None else _split(d, sizes) for d in douts]
-        dgated = [x.new_empty(B, sum(widths) - H) for H in widths]
+        # for the gradient into the layer below: [W_g; W_n] (rows for [da | dn]), W_rz
+        w_an = [None] + [torch.cat([g_in[k], w_ih[k][2 * widths[k] :]]) for k in range(1, L)]
+        # the gradient of every layer's output at the step being processed (from the next
+        # step's use, then from the layer above and the caller), and of the previous
+        # step's outputs: two buffers, swapped each step
+        carry = [x.new_zeros(B, S), x.new_zeros(B, S)]
+        dgated = [x.new_empty(B, S - H) for H in widths]
         dgated_s = [_rows(d, sizes) for d in dgated]
         own = [[_rows(c[:, o : o + H], sizes) for o, H in zip(offs, widths)] for c in carry]
         whole = [_rows(c, sizes) for c in carry]
@@ -277,72 +321,121 @@ class _CrossGRU(Function):
         mixing = [
             [
                 (
-                    _split(D[k][:, i], sizes),
+                    per_step([D[k][:, i]])[0],
                     _split(GT[k][:, i : i + 1], sizes),
-                    _rows(dgated[k][:, dst : dst + w], sizes),
-                    _split(HA[:, src : src + w], sizes),
-                    [_rows(c[:, src : src + w], sizes) for c in carry],
+                    _rows(dgated[k][:, dst : dst + widths[j]], sizes),
+                    own_prev[j],
+                    [_rows(c[:, offs[j] : offs[j] + widths[j]], sizes) for c in carry],
                 )
-                for i, (src, dst, w) in enumerate(blocks[k])
+                for i, (j, dst) in enumerate(_sources(widths, k))
             ]
             for k in range(L)
         ]
+        grads = _Grads(x, p, widths, need, 4 + L)
         cur = 0
-        for t in range(len(sizes) - 1, -1, -1):
-            for k in range(L - 1, -1, -1):
-                dh = own[cur][k][t]
-                d_own = dout_s[k]
-                if d_own is not None:
-                    dh.add_(d_own[t])
-                dn = DN_s[k][t]
-                torch.mul(dh.unsqueeze(1), P1_s[k][t], out=D1_s[k][t])  # [dn | dz]
-                torch.mul(dn, C_s[k][t], out=DR_s[k][t])
-                torch.mul(dn, R_s[k][t], out=DGN_s[k][t])
-                dht = torch.addmm(dh * Z_s[k][t], DG_s[k][t], w_zrn[k], out=DHT_s[k][t])
-                torch.mm(dht, U[k], out=dgated_s[k][t])
-                for dg_j, _, dgated_j, h_j, _ in mixing[k]:
-                    torch.linalg.vecdot(dgated_j[t], h_j[t], out=dg_j[t])
-                da = DA_s[k][t].mul_(SG_s[k][t])  # dg σ'(a)
-                c_out = whole[1 - cur][t]
-                if k == L - 1:
-                    torch.mm(da, g_st[k], out=c_out)
-                else:
-                    c_out.addmm_(da, g_st[k])
-                for _, g_j, dgated_j, _, dh_j in mixing[k]:
-                    dh_j[1 - cur][t].addcmul_(dgated_j[t], g_j[t])
-                own[1 - cur][k][t].add_(dht)
-                if k > 0:  # into the layer below's output at this step
-                    own[cur][k - 1][t].addmm_(DOWN_s[k][t], w_down[k])  # type: ignore[arg-type]
-            cur = 1 - cur
+        for t0, t1, r0, r1 in reversed(chunks):
+            for t in range(t1 - 1, t0 - 1, -1):
+                for k in range(L - 1, -1, -1):
+                    dh = own[cur][k][t]
+                    d_own = dout_s[k]
+                    if d_own is not None:
+                        dh.add_(d_own[t])
+                    dn = torch.mul(dh, P1a_s[k][t], out=DN_s[k][t])
+                    torch.mul(dh, P1b_s[k][t], out=DZ_s[k][t])
+                    torch.mul(dn, C_s[k][t], out=DR_s[k][t])
+                    torch.mul(dn, R_s[k][t], out=DGN_s[k][t])
+                    dht = torch.addmm(dh * Z_s[k][t], DG_s[k][t], w_hh[k], out=DHT_s[k][t])
+                    torch.mm(dht, U[k], out=dgated_s[k][t])
+                    for dg_j, _, dgated_j, h_j, _ in mixing[k]:
+                        torch.linalg.vecdot(dgated_j[t], h_j[t], out=dg_j[t])
+                    da = DA_s[k][t].mul_(SG_s[k][t])  # dg σ'(a)
+                    c_out = whole[1 - cur][t]
+                    if k == L - 1:
+                        torch.mm(da, g_st[k], out=c_out)
+                    else:
+                        c_out.addmm_(da, g_st[k])
+                    for _, g_j, dgated_j, _, dh_j in mixing[k]:
+                        dh_j[1 - cur][t].addcmul_(dgated_j[t], g_j[t])
+                    own[1 - cur][k][t].add_(dht)
+                    if k > 0:  # into the layer below's output at this step
+                        below = own[cur][k - 1][t]
+                        below.addmm_(DAN_s[k][t], w_an[k])  # type: ignore[arg-type]
+                        below.addmm_(DRZ_s[k][t], w_ih[k][: 2 * widths[k]])
+                cur = 1 - cur
+            rows, m = slice(r0, r1), r1 - r0
+            # the chunk's previous states: a block of ALL when every step has all rows
+            HA = ALL[r0:r1] if sched.uniform else torch.cat(HA_v[t0:t1])
+            for k in range(L):
+                u_k = x[rows] if k == 0 else outs[k - 1][rows]
+                grads.add(k, D[k][:m], DHT[k][:m], HT[k][rows], u_k, HA, GT[k][rows])
+            grads.add_input(D[0][:m], rows)
         dh0 = [carry[cur][:, o : o + H].clone() for o, H in zip(offs, widths)]
-        grads: list[Tensor | None] = [None, None, None, None, *dh0]
-        if need[2]:  # the input reaches the first layer's gates
-            grads[2] = D[0][:, :a] @ g_in[0]
-        if need[3]:
-            H = widths[0]
-            grads[3] = torch.cat([D[0][:, a + i * H : a + (i + 1) * H] for i in (2, 1, 0)], 1)
-        base = 4 + L
-        for k, H in enumerate(widths):
-            i0, Dk = base + _PER_LAYER * k, D[k]
-            u_k = x if k == 0 else outs[k - 1]
-            w: list[Tensor | None] = [None] * _PER_LAYER
-            if k > 0 and need[i0]:
-                w[0] = _gate_order(Dk[:, a : a + 3 * H].t() @ u_k, H, (2, 1, 0))
-            if k > 0 and b_ih[k] is not None and need[i0 + 1]:
-                w[1] = _gate_order(Dk[:, a : a + 3 * H].sum(0), H, (2, 1, 0))
-            if need[i0 + 2]:
-                w[2] = _gate_order(Dk[:, a + H :].t() @ HT[k], H, (1, 0, 2))
-            if b_hh[k] is not None and need[i0 + 3]:
-                w[3] = _gate_order(Dk[:, a + H :].sum(0), H, (1, 0, 2))
-            if need[i0 + 4]:
-                mix = x.new_empty(N, sum(widths) - H)
-                for i, (src, dst, ww) in enumerate(blocks[k]):
-                    g_i = GT[k][:, i : i + 1]
-                    torch.mul(HA[:, src : src + ww], g_i, out=mix[:, dst : dst + ww])
-                w[4] = DHT[k].t() @ mix
-            if need[i0 + 5]:
-                w[5] = Dk[:, :a].t() @ u_k
-            if need[i0 + 6]:
-                w[6] = Dk[:, :a].t() @ HA
-            grads += w
-        return tuple(grads)
+        return (None, None, grads.dx, grads.dgi, *dh0, *grads.params)
+
+
+class _Grads:
+    """The gradients of :class:`_CrossGRU`'s inputs, added up chunk by chunk."""
+
+    def __init__(
+        self, x: Tensor, p: Sequence[Tensor | None], widths: list[int], need: Any, base: int
+    ) -> None:
+        self.widths = widths
+        self.a = len(widths) - 1
+        N, H0 = x.shape[0], widths[0]
+        self.dx = x.new_empty(N, x.shape[1]) if need[2] else None
+        self.dgi = x.new_empty(N, 3 * H0) if need[3] else None
+        self.g_in0 = p[5]
+        self.params: list[Tensor | None] = [
+            None if t is None or not need[base + i] else torch.zeros_like(t)
+            for i, t in enumerate(p)
+        ]
+
+    def add(
+        self, k: int, D: Tensor, DHT: Tensor, HT: Tensor, u: Tensor, HA: Tensor, GT: Tensor
+    ) -> None:
+        """Layer ``k``'s weight gradients from one chunk's rows."""
+        a, H = self.a, self.widths[k]
+        d_w_ih, d_b_ih, d_w_hh, d_b_hh, dU, d_g_in, d_g_st = self.params[
+            _PER_LAYER * k : _PER_LAYER * (k + 1)
+        ]
+        dG = D[:, a + H :]  # [dr | dz | dgn]: W_hh's row order
+        if d_w_hh is not None:
+            d_w_hh.addmm_(dG.t(), HT)
+        if d_b_hh is not None:
+            d_b_hh.add_(dG.sum(0))
+        if d_w_ih is not None:  # rows r | z from [dr | dz], rows n from dn
+            d_w_ih[: 2 * H].addmm_(D[:, a + H : a + 3 * H].t(), u)
+            d_w_ih[2 * H :].addmm_(D[:, a : a + H].t(), u)
+        if d_b_ih is not None:
+            d_b_ih[: 2 * H].add_(D[:, a + H : a + 3 * H].sum(0))
+            d_b_ih[2 * H :].add_(D[:, a : a + H].sum(0))
+        if dU is not None:  # the gated states, made again for these rows
+            gated = HA.new_empty(HA.shape[0], HA.shape[1] - H)
+            for i, (j, dst) in enumerate(_sources(self.widths, k)):
+                src, w = sum(self.widths[:j]), self.widths[j]
+                torch.mul(HA[:, src : src + w], GT[:, i : i + 1], out=gated[:, dst : dst + w])
+            dU.addmm_(DHT.t(), gated)
+        if d_g_in is not None:
+            d_g_in.addmm_(D[:, :a].t(), u)
+        if d_g_st is not None:
+            d_g_st.addmm_(D[:, :a].t(), HA)
+
+    def add_input(self, D0: Tensor, rows: slice) -> None:
+        """The gradients of ``x`` (through the first layer's gates) and of ``gi`` (the
+        first layer's input projection) for one chunk's rows."""
+        a, H = self.a, self.widths[0]
+        if self.dx is not None:
+            torch.mm(D0[:, :a], self.g_in0, out=self.dx[rows])  # type: ignore[arg-type]
+        if self.dgi is not None:  # [dr | dz | dn]
+            self.dgi[rows, : 2 * H].copy_(D0[:, a + H : a + 3 * H])
+            self.dgi[rows, 2 * H :].copy_(D0[:, a : a + H])
+
+
+def _sources(widths: Sequence[int], k: int) -> list[tuple[int, int]]:
+    """For each layer ``j ≠ k`` in order: ``(j, its offset in layer k's gated states)``."""
+    out, dst = [], 0
+    for j, w in enumerate(widths):
+        if j != k:
+            out.append((j, dst))
+            dst += w
+    return out

@@ -39,6 +39,14 @@ def gru_stack(
     return rk.Stack(cells, "cross_layer", executor=executor, **kw).to(D)
 
 
+@pytest.fixture(params=[256, 1, 7], ids=["one_chunk", "chunk_per_step", "chunks_of_7_rows"])
+def chunk_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many rows the backward adds up its weight gradients over at a time (the
+    test runs have at most 24 rows: the default is one chunk)."""
+    monkeypatch.setattr(cross_gru, "CHUNK_ROWS", request.param)
+    return int(request.param)
+
+
 @pytest.mark.parametrize("widths", [(4, 6, 5), (5, 5)], ids=["three_widths", "two_equal"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
@@ -46,6 +54,7 @@ def gru_stack(
 def test_whole_run_op_equals_reference(
     checks: SimpleNamespace,
     runs: list[int],
+    chunk_rows: int,
     widths: tuple[int, ...],
     bias: bool,
     ragged: bool,
@@ -59,7 +68,7 @@ def test_whole_run_op_equals_reference(
 
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
 def test_wide_batch_on_transposed_weights(
-    checks: SimpleNamespace, runs: list[int], ragged: bool
+    checks: SimpleNamespace, runs: list[int], chunk_rows: int, ragged: bool
 ) -> None:
     """20 rows: the op multiplies by contiguous transposed copies of the weights."""
     ref, fast = gru_stack("reference"), gru_stack("handbuilt")
@@ -70,7 +79,9 @@ def test_wide_batch_on_transposed_weights(
 
 
 @pytest.mark.parametrize("use", ["outputs", "final_states", "one_final_state"])
-def test_gradients_from_some_results_only(checks: SimpleNamespace, use: str) -> None:
+def test_gradients_from_some_results_only(
+    checks: SimpleNamespace, chunk_rows: int, use: str
+) -> None:
     """Outputs nobody uses get no gradient (None in the backward), and the rest is exact."""
     ref, fast = gru_stack("reference"), gru_stack("handbuilt")
     fast.load_state_dict(ref.state_dict())
@@ -126,7 +137,7 @@ def test_repeated_backward(checks: SimpleNamespace) -> None:
 
 
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
-def test_gradcheck(ragged: bool) -> None:
+def test_gradcheck(chunk_rows: int, ragged: bool) -> None:
     """The op's hand-written backward against finite differences, every input."""
     stack = gru_stack("handbuilt", (3, 2))
     T, B = 3, 3
