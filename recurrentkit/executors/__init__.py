@@ -4,10 +4,10 @@
 - :class:`FastLayers` (:mod:`.fast`) — per policy and per layer, the fastest exact path:
   torch's fused recurrent ops (:mod:`.torch_ops`), hand-built whole-sequence kernels
   and fused step ops (:mod:`.kernels`), ``cross_layer``'s mixing as one op
-  (:mod:`.cross_mix`) and, over reset-after GRU layers, its whole run as one op
-  (:mod:`.cross_gru`), step loops with deferred weight gradients (:mod:`.deferred`) and
-  weights laid out for them (:mod:`.layout`), all on the packed layout of
-  :mod:`.packing`.
+  (:mod:`.cross_mix`) and, over GRU and LSTM layers, its whole run as one op
+  (:mod:`.cross_run`, cells in :mod:`.cross_cells`), step loops with deferred weight
+  gradients (:mod:`.deferred`) and weights laid out for them (:mod:`.layout`), all on
+  the packed layout of :mod:`.packing`.
 
 :class:`~recurrentkit.Stack` picks one with its ``executor`` argument (``"auto"``,
 ``"handbuilt"``, ``"reference"``). Every fast path is tested against the reference in

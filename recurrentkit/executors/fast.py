@@ -23,8 +23,9 @@ Chosen by what the policy and cells declare, never by what they compute:
   projection steps as one op with a hand-written backward, other built-in cells on
   plain ops; large weights get their gradient as one matmul over all steps
   (:mod:`.deferred`); ``cross_layer``'s mixing is one op per layer and step
-  (:mod:`.cross_mix`); ``cross_layer`` over reset-after GRU layers without active
-  dropout is one op for the whole run (:mod:`.cross_gru`); without autograd
+  (:mod:`.cross_mix`); ``cross_layer`` over reset-after GRU and LSTM (no projection)
+  layers without active dropout is one op for the whole run (:mod:`.cross_run`);
+  without autograd
   (sampling), a torch-exact cell steps on torch's fused cell op under ``"auto"``;
 - a layer whose input *is* its state's ``h`` (shared routing, dropout off: the layer
   below's write is both) runs as one matmul with summed weights, ``(W_ih + W_hh) h``
@@ -50,7 +51,7 @@ from torch.nn import functional as F
 
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
-from recurrentkit.executors import cross_gru
+from recurrentkit.executors import cross_run
 from recurrentkit.executors.cross_mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
@@ -204,8 +205,8 @@ class FastLayers:
             return self._run_shared_first(x, states, lengths)
         if type(policy).run is not RoutingPolicy.run:
             return policy.run(self, x, states, lengths)
-        if self._custom and cross_gru.applies(policy, self.cells) and not self._dropping():
-            return self._run_cross_gru(policy, x, states, lengths)  # type: ignore[arg-type]
+        if self._custom and cross_run.applies(policy, self.cells) and not self._dropping():
+            return self._run_cross(policy, x, states, lengths)  # type: ignore[arg-type]
         return self._run_steps(policy, x, states, lengths)
 
     def run_packed(
@@ -309,25 +310,20 @@ class FastLayers:
             finals.append(map_state(sched.last, seq))
         return sched.unpack(u), tuple(sched.unsort_state(f) for f in finals)
 
-    def _run_cross_gru(
+    def _run_cross(
         self,
         policy: CrossLayer,
         x: Tensor,
         states: tuple[Any, ...],
         lengths: Tensor | None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
-        """``cross_layer`` over reset-after GRU layers as one op (:mod:`.cross_gru`),
-        the first layer's input projection hoisted."""
+        """``cross_layer`` over GRU/LSTM layers as one op (:mod:`.cross_run`)."""
         sched = schedule(x, lengths)
-        xp = sched.pack(x)  # (N, I)
-        kern0 = self._kernels[0]
-        assert kern0 is not None
-        gi = kern0.project(self.cells[0], xp)  # (N, 3H_1)
-        outs = cross_gru.cross_gru(
-            policy, self.cells, xp, gi, sched.sort_state(states), sched  # type: ignore[arg-type]
+        y, seqs = cross_run.cross_run(
+            policy, self.cells, sched.pack(x), sched.sort_state(states), sched
         )
-        finals = tuple(sched.unsort_state(sched.last(o)) for o in outs)
-        return sched.unpack(outs[-1]), finals
+        finals = tuple(sched.unsort_state(map_state(sched.last, s)) for s in seqs)
+        return sched.unpack(y), finals
 
     def _run_steps(
         self,

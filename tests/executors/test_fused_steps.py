@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 import recurrentkit as rk
-from recurrentkit.executors import cross_gru, cross_mix, deferred
+from recurrentkit.executors import cross_mix, cross_run, deferred
 from recurrentkit.executors.kernels import gru as gru_kernels
 from recurrentkit.executors.kernels import lstm as lstm_kernels
 
@@ -23,13 +23,13 @@ OPS: dict[str, type[Function]] = {
     "gru_step": gru_kernels._GRUStepAfter,
     "lstm_step": lstm_kernels._LSTMStep,
     "mix": cross_mix._Mix,
-    "cross_gru": cross_gru._CrossGRU,
+    "cross_run": cross_run._CrossRun,
 }
 
 
 def force_step_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``cross_layer`` over GRU layers on the step loop instead of its whole-run op."""
-    monkeypatch.setattr(cross_gru, "applies", lambda policy, cells: False)
+    """``cross_layer`` on the step loop instead of its whole-run op."""
+    monkeypatch.setattr(cross_run, "applies", lambda policy, cells: False)
 
 
 @pytest.fixture
@@ -78,9 +78,10 @@ def test_step_loops_on_fused_ops_equal_reference(
     fast = checks.build(cell, policy, "handbuilt")
     x, state = checks.inputs(ref)
     lengths = torch.tensor([3, 6, 1, 5]) if ragged else None
-    if routing == "cross_layer" and cell.startswith("gru"):
-        checks.same_run(ref, fast, x, state, lengths)  # the whole-run op (test_cross_gru.py)
-        assert calls["cross_gru"] == 1 and calls["gru_step"] == calls["mix"] == 0
+    if routing == "cross_layer":
+        checks.same_run(ref, fast, x, state, lengths)  # the whole-run op (test_cross_run.py)
+        assert calls["cross_run"] == 1 and calls["gru_step"] == calls["lstm_step"] == 0
+        assert calls["mix"] == 0
         force_step_loop(monkeypatch)
     checks.same_run(ref, fast, x, state, lengths)
     step_op = "gru_step" if cell.startswith("gru") else "lstm_step"
@@ -96,8 +97,9 @@ def mixed_widths_stack(executor: str, dropout: float = 0.0) -> rk.Stack:
 
 
 def test_cross_layer_mixing_over_mixed_widths(
-    checks: SimpleNamespace, calls: Counter[str], defer: bool
+    checks: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, calls: Counter[str], defer: bool
 ) -> None:
+    force_step_loop(monkeypatch)
     ref, fast = mixed_widths_stack("reference"), mixed_widths_stack("handbuilt")
     x, state = checks.inputs(ref, T=5, B=3)
     checks.same_run(ref, fast, x, state)
