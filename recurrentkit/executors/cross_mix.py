@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
 from recurrentkit.executors.deferred import Slot, weight_grads
+from recurrentkit.executors.once import once_differentiable
 from recurrentkit.routing.base import state_h, with_state_h
 from recurrentkit.routing.cross_layer import CrossLayer
 

@@ -42,7 +42,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.cells.gru import GRUCell
@@ -50,6 +49,7 @@ from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.executors.cross_cells import PARTS, CellPart, rows_per_step
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.layout import transposed
+from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule
 from recurrentkit.routing.cross_layer import CrossLayer
 

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.executors.layout import MIN_ROWS, transposed
+from recurrentkit.executors.once import once_differentiable
 
 __all__ = ["MIN_NUMEL", "DeferredLinear", "Slot", "weight_grads"]
 

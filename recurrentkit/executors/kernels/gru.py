@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.cells.gru import GRUCell
@@ -27,6 +26,7 @@ from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, row
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
 from recurrentkit.executors.layout import transposed
+from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["GRUKernel"]

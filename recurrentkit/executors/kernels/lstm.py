@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
 from recurrentkit.executors.layout import transposed
+from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["LSTMKernel"]

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from recurrentkit.cells.lstm import LSTMState
@@ -29,6 +28,7 @@ from recurrentkit.executors.kernels.base import (
 )
 from recurrentkit.executors.kernels.lstm import LSTMKernel
 from recurrentkit.executors.layout import transposed
+from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule
 
 __all__ = ["NestedLSTMKernel", "levels"]
