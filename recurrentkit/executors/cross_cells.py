@@ -25,7 +25,7 @@ from torch import Tensor
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.layout import transposed
 
-__all__ = ["CellPart", "GRUPart", "LSTMPart", "rows_per_step"]
+__all__ = ["CellPart", "GRUPart", "LSTMPart", "rows_per_step", "step_views"]
 
 PerStep = Callable[[Tensor], list[Tensor]]
 """A chunk-sized buffer's views for every step (see :func:`.cross_run`'s backward)."""
@@ -36,6 +36,13 @@ def rows_per_step(buf: Tensor, sizes: Sequence[int]) -> list[Tensor]:
     per distinct size)."""
     views = {bs: buf[:bs] for bs in set(sizes)}
     return [views[bs] for bs in sizes]
+
+
+def step_views(buf: Tensor, sizes: tuple[int, ...], every_step: bool) -> list[Tensor]:
+    """Per-step views of a buffer that holds every step's rows (``every_step``: packed
+    ``(N, ·)``, kept for the backward) or only the running step's (a ``(B, ·)`` scratch
+    reused by every step, when no backward will run)."""
+    return list(_split(buf, sizes)) if every_step else rows_per_step(buf, sizes)
 
 
 def _affine(bias: Tensor | None, a: Tensor, w_t: Tensor, out: Tensor) -> Tensor:
@@ -141,15 +148,15 @@ class GRUPart(CellPart):
         H, B, N, sizes, like = self.H, self.B, self.N, self.sizes, self.like
         w_ih, self.b_ih, w_hh, self.b_hh = weights
         # W_hh h̃ + b_hh → [r | z | W_n h̃ + b_n] → (for the backward) [r | z | c], c = gn r(1-r)
-        self.GG = like.new_empty(N, 3 * H)
+        self.GG = like.new_empty(N if self.grad else B, 3 * H)  # (a scratch without grad)
         # for the backward: [(1-z)(1-n²) | (h̃-n) z(1-z)]
         self.P1 = like.new_empty(N if self.grad else 0, 2 * H)
         self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
         self.GG_s, self.R_s, self.Z_s, self.RZ_s, self.GN_s = (
-            _split(self.GG[:, lo * H : hi * H], sizes)
+            step_views(self.GG[:, lo * H : hi * H], sizes, self.grad)
             for lo, hi in ((0, 3), (0, 1), (1, 2), (0, 2), (2, 3))
         )
-        self.Zu_s = _split(self.GG[:, H : 2 * H].unsqueeze(1), sizes)
+        self.Zu_s = step_views(self.GG[:, H : 2 * H].unsqueeze(1), sizes, self.grad)
         if self.first:
             assert gi is not None
             self.GI_s = None
@@ -256,7 +263,8 @@ class LSTMPart(CellPart):
         H, B, N, sizes, like = self.H, self.B, self.N, self.sizes, self.like
         w_ih, b_ih, w_hh, b_hh = weights
         assert c0 is not None
-        self.G = like.new_empty(N, 4 * H)  # the gates, activated in place
+        # the gates, activated in place (a scratch without grad)
+        self.G = like.new_empty(N if self.grad else B, 4 * H)
         self.CC = like.new_empty(B + N, H)  # [c0 | c after step 1 | …]
         self.CC[:B].copy_(c0)
         self.c_prev = _previous_rows(self.CC, B, sizes)
@@ -264,7 +272,7 @@ class LSTMPart(CellPart):
         self.tc_s = rows_per_step(like.new_empty(B, H), sizes)  # tanh(c')
         self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
         self.G_s, self.IF_s, self.Gg_s, self.O_s, self.I_s, self.F_s = (
-            _split(self.G[:, lo * H : hi * H], sizes)
+            step_views(self.G[:, lo * H : hi * H], sizes, self.grad)
             for lo, hi in ((0, 4), (0, 2), (2, 3), (3, 4), (0, 1), (1, 2))
         )
         if self.first:  # gi carries both biases

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
-from recurrentkit.executors.cross_cells import PARTS, CellPart, rows_per_step
+from recurrentkit.executors.cross_cells import PARTS, CellPart, rows_per_step, step_views
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.once import once_differentiable
@@ -122,10 +122,25 @@ def cross_run(
         ]
     h0 = [s if isinstance(s, Tensor) else s.h for s in states]
     c0 = [s.c for s, kind in zip(states, kinds) if kind == "lstm"]
-    outs = _CrossRun.apply(sched, kinds, x, gi, *h0, *c0, *params)
+    if torch.is_grad_enabled():
+        outs = _CrossRun.apply(sched, kinds, x, gi, *h0, *c0, *params)
+    else:  # inference: the same arithmetic without the autograd op or the backward's factors
+        outs = _CrossRun.forward(_NoGrad(), sched, kinds, x, gi, *h0, *c0, *params)
     hs, cs = list(outs[: len(cells)]), iter(outs[len(cells) :])
     seqs = [LSTMState(h, next(cs)) if kind == "lstm" else h for h, kind in zip(hs, kinds)]
     return hs[-1], seqs
+
+
+class _NoGrad:
+    """Stands in for the autograd context when nothing will be differentiated."""
+
+    needs_input_grad: tuple[bool, ...] = ()
+
+    def save_for_backward(self, *tensors: Any) -> None:
+        pass
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass
 
 
 def _per(bufs: Sequence[Tensor], sizes: tuple[int, ...]) -> list[tuple[Tensor, ...]]:
@@ -201,7 +216,7 @@ class _CrossRun(Function):
                 next(c0) if kind == "lstm" else None,
             )
             parts.append(part)
-        HT = [x.new_empty(N, w) for w in widths]  # h̃, the mixed previous h
+        HT = [x.new_empty(N if grad else B, w) for w in widths]  # h̃, the mixed previous h
         GT = [x.new_empty(N, a) for _ in widths]  # the scalar gates
         U_t = [transposed(U, B) for U in p[4::_PER_LAYER]]
         g_in_t, g_st_t = [w.t() for w in g_in], [w.t() for w in g_st]
@@ -209,7 +224,7 @@ class _CrossRun(Function):
         HA_v = _previous(ALL, B, sizes)  # (bs, ΣH): the previous step's [h^1 | … | h^L]
         own_v = [_previous(c, B, sizes) for c in cols]  # layer k's previous h
         out_s = [_split(c[B:], sizes) for c in cols]
-        HT_s, GT_s = _per(HT, sizes), _per(GT, sizes)
+        HT_s, GT_s = [step_views(h, sizes, grad) for h in HT], _per(GT, sizes)
         # layer k's gated states: (previous h of layer j, gate column, destination) per j ≠ k
         gated = [x.new_empty(B, sum(widths) - w) for w in widths]
         mix_s = [rows_per_step(m, sizes) for m in gated]

@@ -133,12 +133,24 @@ def test_frozen_parameters_get_no_gradient(checks: SimpleNamespace) -> None:
 
 
 @pytest.mark.parametrize("stack", ["gru3", "mixed"])
-def test_inference_without_autograd(checks: SimpleNamespace, runs: list[int], stack: str) -> None:
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_inference_without_autograd(
+    checks: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    runs: list[int],
+    stack: str,
+    mode: str,
+) -> None:
+    """Without grad mode the op's arithmetic runs directly: no autograd op, and none of
+    the backward's factors made."""
+    applied: list[int] = []
+    apply = cross_run._CrossRun.apply
+    monkeypatch.setattr(cross_run._CrossRun, "apply", lambda *a: applied.append(1) or apply(*a))
     ref, fast = cross_stack("reference", stack), cross_stack("handbuilt", stack)
     x, state = checks.inputs(ref, T=5, B=20)
-    with torch.no_grad():
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
         checks.same_run(ref, fast, x, state, torch.randint(1, 6, (20,)))
-    assert runs == [1]
+    assert runs == [1] and applied == []
 
 
 def test_repeated_backward(checks: SimpleNamespace) -> None:
