@@ -23,10 +23,10 @@ Chosen by what the policy and cells declare, never by what they compute:
   projection steps as one op with a hand-written backward, other built-in cells on
   plain ops; large weights get their gradient as one matmul over all steps
   (:mod:`.deferred`); ``cross_layer``'s mixing is one op per layer and step
-  (:mod:`.cross_mix`); ``cross_layer`` over reset-after GRU and LSTM (no projection)
-  layers without active dropout is one op for the whole run (:mod:`.cross_run`);
-  without autograd
-  (sampling), a torch-exact cell steps on torch's fused cell op under ``"auto"``;
+  (:mod:`.cross_mix`), except that ``cross_layer`` over reset-after GRU and LSTM (no
+  projection) layers without active dropout is one op for the whole run
+  (:mod:`.cross_run`); without autograd (sampling), a torch-exact cell steps on torch's
+  fused cell op under ``"auto"``;
 - a layer whose input *is* its state's ``h`` (shared routing, dropout off: the layer
   below's write is both) runs as one matmul with summed weights, ``(W_ih + W_hh) h``
   (:meth:`CellKernel.tied_weights`), in both shared plans;
