@@ -369,4 +369,3 @@ def test_matplotlib_is_imported_only_to_draw() -> None:
     code = "import sys, recurrentkit.study_report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-

@@ -217,9 +217,7 @@ _SIZES = "input_size, hidden_size"  # what a parameter too large to allocate is 
 
 def make_weight(rows: int, cols: int, factory: dict[str, Any]) -> nn.Parameter:
     """An uninitialised ``(rows, cols)`` parameter (filled by ``reset_parameters``)."""
-    return nn.Parameter(
-        allocate(_SIZES, (rows, cols), lambda: torch.empty(rows, cols, **factory))
-    )
+    return nn.Parameter(allocate(_SIZES, (rows, cols), lambda: torch.empty(rows, cols, **factory)))
 
 
 def make_bias(rows: int, factory: dict[str, Any]) -> nn.Parameter:
