@@ -105,6 +105,7 @@ class FastLayers:
     def __init__(
         self, cells: Sequence[nn.Module], dropout: float, training: bool, *, torch_ops: bool
     ) -> None:
+        cells = tuple(cells)  # (iterated several times below: a ModuleList is slow to walk)
         self.cells = cells
         self.dropout = dropout
         self.training = training
@@ -447,6 +448,9 @@ def _torch_cell(cell: Any, mode: str, x: Tensor, state: Any) -> tuple[Tensor, An
     if mode == "LSTM":
         h, c = _VF.lstm_cell(x, (state[0], state[1]), *w)
         return h, type(state)(h, c) if hasattr(state, "_fields") else (h, c)
-    op = {"GRU": _VF.gru_cell, "RNN_TANH": _VF.rnn_tanh_cell, "RNN_RELU": _VF.rnn_relu_cell}
-    h = op[mode](x, state, *w)
+    h = _CELL_OPS[mode](x, state, *w)
     return h, h
+
+
+_CELL_OPS = {"GRU": _VF.gru_cell, "RNN_TANH": _VF.rnn_tanh_cell, "RNN_RELU": _VF.rnn_relu_cell}
+"""torch's one-step cell op per mode (looked up once, not per step)."""
