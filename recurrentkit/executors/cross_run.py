@@ -20,7 +20,7 @@ LSTM without projection; a stack may mix both):
   :math:`\partial\tilde h`, one product for the gated states' gradient, the gradient
   of all layers' previous ``h`` gathered in one ``(B, ΣH)`` buffer, and the gradient
   into the layer below. The weight gradients are added up over runs of steps of at
-  least :data:`CHUNK_ROWS` rows (one matmul per weight and run), so the backward's
+  least :data:`~.packing.CHUNK_ROWS` rows (one matmul per weight and run), so the backward's
   buffers hold one run's rows (peak training memory for a GRU stack measured at
   1.27 / 1.38 × ``nn.GRU``'s at the benchmark's β / γ sizes; 1.96 / 2.34 with
   whole-sequence buffers). Gradients are laid out in the weights' own row order (no
@@ -50,14 +50,10 @@ from recurrentkit.executors.cross_cells import PARTS, CellPart, rows_per_step, s
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.once import once_differentiable
-from recurrentkit.executors.packing import Schedule
+from recurrentkit.executors.packing import Schedule, chunk_steps
 from recurrentkit.routing.cross_layer import CrossLayer
 
-__all__ = ["CHUNK_ROWS", "applies", "cross_run"]
-
-CHUNK_ROWS = 256
-"""The backward adds up the weight gradients over runs of steps of at least this many
-rows, so its buffers hold one run's rows, not the whole sequence's."""
+__all__ = ["applies", "cross_run"]
 
 _POLICY_WEIGHTS = ("feedback_weight", "gate_input_weight", "gate_state_weight")
 _PER_LAYER = 7  # w_ih, b_ih, w_hh, b_hh, and the policy's U, w_gate_in, w_gate_state
@@ -154,18 +150,6 @@ def _previous(cols: Tensor, B: int, sizes: tuple[int, ...]) -> list[Tensor]:
     ``sizes[t]`` rows of the block before step ``t``'s."""
     blocks = _split(cols, (B, *sizes))[:-1]
     return [blk if blk.shape[0] == bs else blk[:bs] for blk, bs in zip(blocks, sizes)]
-
-
-def _chunks(sizes: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
-    """The steps grouped into consecutive runs of at least :data:`CHUNK_ROWS` rows (the
-    last may be shorter): ``(first step, end step, first row, end row)`` each."""
-    out, t0, r0, r = [], 0, 0, 0
-    for t, bs in enumerate(sizes):
-        r += bs
-        if r - r0 >= CHUNK_ROWS or t == len(sizes) - 1:
-            out.append((t0, t + 1, r0, r))
-            t0, r0 = t + 1, r
-    return out
 
 
 def _sources(widths: Sequence[int], k: int) -> list[tuple[int, int]]:
@@ -280,7 +264,7 @@ class _CrossRun(Function):
         outs = [c[B:] for c in cols]
         HA_v = _previous(ALL, B, sizes)
         own_prev = [_previous(c, B, sizes) for c in cols]
-        chunks = _chunks(sizes)
+        chunks = chunk_steps(sizes)
         M = max(r1 - r0 for _, _, r0, r1 in chunks)
         step_rows = [sizes[t0:t1] for t0, t1, _, _ in chunks]
 

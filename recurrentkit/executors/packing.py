@@ -21,7 +21,24 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from recurrentkit._validation import map_state
 
-__all__ = ["Schedule", "cat_states", "schedule", "schedule_packed"]
+__all__ = ["CHUNK_ROWS", "Schedule", "cat_states", "chunk_steps", "schedule", "schedule_packed"]
+
+CHUNK_ROWS = 256
+"""Hand-written backward passes that add up their weight gradients run by run go over runs
+of steps of at least this many rows (:func:`chunk_steps`), so their buffers hold one
+run's rows, not the whole sequence's."""
+
+
+def chunk_steps(sizes: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """The steps grouped into consecutive runs of at least :data:`CHUNK_ROWS` rows (the
+    last may be shorter): ``(first step, end step, first row, end row)`` each."""
+    out, t0, r0, r = [], 0, 0, 0
+    for t, bs in enumerate(sizes):
+        r += bs
+        if r - r0 >= CHUNK_ROWS or t == len(sizes) - 1:
+            out.append((t0, t + 1, r0, r))
+            t0, r0 = t + 1, r
+    return out
 
 
 class Schedule:

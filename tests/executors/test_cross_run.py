@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import recurrentkit as rk
-from recurrentkit.executors import cross_run
+from recurrentkit.executors import cross_run, packing
 from recurrentkit.executors.packing import schedule
 
 D = torch.float64
@@ -42,7 +42,7 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 def chunk_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """How many rows the backward adds up its weight gradients over at a time (the
     test runs have at most 24 rows: the default is one chunk)."""
-    monkeypatch.setattr(cross_run, "CHUNK_ROWS", request.param)
+    monkeypatch.setattr(packing, "CHUNK_ROWS", request.param)
     return int(request.param)
 
 

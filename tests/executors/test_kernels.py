@@ -15,6 +15,7 @@ from torch import Tensor, nn
 import recurrentkit as rk
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
+from recurrentkit.executors import packing
 from recurrentkit.executors.kernels import kernel_for
 from recurrentkit.executors.packing import schedule
 
@@ -98,6 +99,21 @@ def test_kernel_equals_step_loop_for_any_lengths(
     torch.manual_seed(seed)
     lens = torch.tensor([min(n, T) for n in lengths])
     check(KERNEL_CELLS[name](2, 3), T=T, B=len(lengths), lengths=lens)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 7])
+@pytest.mark.parametrize("name", ["gru", "gru_nobias"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_backward_in_runs_of_steps(
+    monkeypatch: pytest.MonkeyPatch, chunk_rows: int, name: str, ragged: bool
+) -> None:
+    """The reset-after GRU's backward adds up its weight gradients over runs of steps of
+    at least ``CHUNK_ROWS`` rows (the other tests' sequences are one run): any run size
+    gives the step loop's results."""
+    monkeypatch.setattr(packing, "CHUNK_ROWS", chunk_rows)
+    torch.manual_seed(1)
+    lengths = torch.tensor([3, 6, 1, 6, 2]) if ragged else None
+    check(KERNEL_CELLS[name](3, 4), T=6, B=5, lengths=lengths)
 
 
 @pytest.mark.parametrize("name", ["gru", "gru_before", "lstm_proj", "rnn", "nested3"])

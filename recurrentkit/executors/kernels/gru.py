@@ -13,6 +13,7 @@ steps run on plain ops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
 from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.once import once_differentiable
-from recurrentkit.executors.packing import Schedule
+from recurrentkit.executors.packing import Schedule, chunk_steps
 
 __all__ = ["GRUKernel"]
 
@@ -211,49 +212,72 @@ class _GRUAfter(Function):
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         h0, w_hh, out, G, n = ctx.saved_tensors
         sched: Schedule = ctx.sched
-        sizes = sched.sizes
+        sizes, need = sched.sizes, ctx.needs_input_grad
         (N, H), B = out.shape, h0.shape[0]
         r, z, gn = G[:, :H], G[:, H : 2 * H], G[:, 2 * H :]
-        hprev = sched.previous_blocks(h0, out)  # the previous h of each row, in blocks
+        previous = _previous_rows(sched, h0, out)
+        w_zrn = torch.cat([w_hh[H : 2 * H], w_hh[:H], w_hh[2 * H :]])  # rows z | r | n
+        # the steps in runs of >= CHUNK_ROWS rows, last first; the factors and gradient
+        # rows below hold one run's rows, its weight gradients added up when it is done
+        chunks = chunk_steps(sizes)
+        M = max(r1 - r0 for _, _, r0, r1 in chunks)
         # [dn | dz] = dh ⊗ P1, P1 = [(1-z)(1-n²) | (h-n) z(1-z)];  [dr | dgn] = dn ⊗ P2,
         # P2 = [gn r(1-r) | r]  (dn: the gradient of n's pre-activation). Built in place.
-        P1, P2 = out.new_empty(N, 2 * H), out.new_empty(N, 2 * H)
-        one_z = torch.rsub(z, 1)
-        torch.mul(n, n, out=P1[:, :H]).neg_().add_(1).mul_(one_z)
-        for rows_, prev in hprev:
-            torch.sub(prev, n[rows_], out=P1[rows_, H:])
-        P1[:, H:].mul_(z).mul_(one_z)
-        del one_z
-        C = torch.mul(gn, r, out=P2[:, :H])
-        C.addcmul_(C, r, value=-1)
-        P2[:, H:].copy_(r)
-        D = out.new_empty(N, 4 * H)  # [dn | dz | dr | dgn]
-        w_zrn = torch.cat([w_hh[H : 2 * H], w_hh[:H], w_hh[2 * H :]])  # rows z | r | n
-        P1_s = [p.view(-1, 2, H) for p in _split(P1, sizes)]
-        P2_s = [p.view(-1, 2, H) for p in _split(P2, sizes)]
-        D1_s = [d.view(-1, 2, H) for d in _split(D[:, : 2 * H], sizes)]
-        D2_s = [d.view(-1, 2, H) for d in _split(D[:, 2 * H :], sizes)]
-        DN_s, DG_s = _split(D[:, :H], sizes), _split(D[:, H:], sizes)
+        P1b, P2b = out.new_empty(M, 2 * H), out.new_empty(M, 2 * H)
+        Db = out.new_empty(M, 4 * H)  # [dn | dz | dr | dgn]
+        dgi = out.new_empty(N, 3 * H) if need[0] else None
+        dw_zrn = out.new_zeros(3 * H, H) if need[2] else None  # rows z | r | n
+        db_zrn = out.new_zeros(3 * H) if ctx.has_bias and need[3] else None
         Z_s, dout_s = _split(z, sizes), _split(dout, sizes)
         dh_buf = out.new_zeros(B, H)
         dh_tmp = out.new_empty(B, H)
-        for t in range(len(sizes) - 1, -1, -1):
-            bs = sizes[t]
-            dh = torch.add(dout_s[t], dh_buf[:bs], out=dh_tmp[:bs])
-            torch.mul(dh.unsqueeze(1), P1_s[t], out=D1_s[t])
-            torch.mul(DN_s[t].unsqueeze(1), P2_s[t], out=D2_s[t])
-            torch.addmm(dh * Z_s[t], DG_s[t], w_zrn, out=dh_buf[:bs])
-        del P1, P2, P1_s, P2_s, D1_s, D2_s  # free before the gradients are built
-        dn, dz, dr = D[:, :H], D[:, H : 2 * H], D[:, 2 * H : 3 * H]
-        dgi = torch.cat([dr, dz, dn], 1) if ctx.needs_input_grad[0] else None
-        dw = db = None
-        if ctx.needs_input_grad[2]:
-            dw_zrn = prev_mm(D[:, H:], hprev)  # (3H, H), rows z | r | n
-            dw = torch.cat([dw_zrn[H : 2 * H], dw_zrn[:H], dw_zrn[2 * H :]])
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            db_zrn = D[:, H:].sum(0)
-            db = torch.cat([db_zrn[H : 2 * H], db_zrn[:H], db_zrn[2 * H :]])
+        for t0, t1, r0, r1 in reversed(chunks):
+            rows, m, sz = slice(r0, r1), r1 - r0, sizes[t0:t1]
+            P1, P2, D, prev = P1b[:m], P2b[:m], Db[:m], previous(r0, r1)
+            z_c, n_c, r_c = z[rows], n[rows], r[rows]
+            one_z = torch.rsub(z_c, 1)
+            torch.mul(n_c, n_c, out=P1[:, :H]).neg_().add_(1).mul_(one_z)
+            torch.sub(prev, n_c, out=P1[:, H:]).mul_(z_c).mul_(one_z)
+            C = torch.mul(gn[rows], r_c, out=P2[:, :H])
+            C.addcmul_(C, r_c, value=-1)
+            P2[:, H:].copy_(r_c)
+            P1_s = [p.view(-1, 2, H) for p in _split(P1, sz)]
+            P2_s = [p.view(-1, 2, H) for p in _split(P2, sz)]
+            D1_s = [d.view(-1, 2, H) for d in _split(D[:, : 2 * H], sz)]
+            D2_s = [d.view(-1, 2, H) for d in _split(D[:, 2 * H :], sz)]
+            DN_s, DG_s = _split(D[:, :H], sz), _split(D[:, H:], sz)
+            for t in range(t1 - 1, t0 - 1, -1):
+                i, bs = t - t0, sizes[t]
+                dh = torch.add(dout_s[t], dh_buf[:bs], out=dh_tmp[:bs])
+                torch.mul(dh.unsqueeze(1), P1_s[i], out=D1_s[i])
+                torch.mul(DN_s[i].unsqueeze(1), P2_s[i], out=D2_s[i])
+                torch.addmm(dh * Z_s[t], DG_s[i], w_zrn, out=dh_buf[:bs])
+            if dgi is not None:  # [dr | dz | dn]
+                torch.cat([D[:, 2 * H : 3 * H], D[:, H : 2 * H], D[:, :H]], 1, out=dgi[rows])
+            if dw_zrn is not None:
+                dw_zrn.addmm_(D[:, H:].t(), prev)
+            if db_zrn is not None:
+                db_zrn.add_(D[:, H:].sum(0))
+        dw = None if dw_zrn is None else torch.cat([dw_zrn[H : 2 * H], dw_zrn[:H], dw_zrn[2 * H :]])
+        db = None if db_zrn is None else torch.cat([db_zrn[H : 2 * H], db_zrn[:H], db_zrn[2 * H :]])
         return dgi, dh_buf, dw, db, None
+
+
+def _previous_rows(sched: Schedule, h0: Tensor, out: Tensor) -> Callable[[int, int], Tensor]:
+    """``rows(r0, r1)``: the previous ``h`` of packed rows ``r0 … r1`` (``h0``'s rows at
+    step 0), as a view where the layout allows (every step has all ``B`` rows and the
+    run starts after step 0), else a copy."""
+    if not sched.uniform:
+        prev = sched.previous(h0, out)  # (N, H)
+        return lambda r0, r1: prev[r0:r1]
+    B = h0.shape[0]
+
+    def rows(r0: int, r1: int) -> Tensor:
+        if r0 >= B:
+            return out[r0 - B : r1 - B]
+        return torch.cat([h0[r0:], out[: r1 - B]]) if r1 > B else h0[r0:r1]
+
+    return rows
 
 
 class _GRUBefore(Function):
