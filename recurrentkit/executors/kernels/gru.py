@@ -3,8 +3,13 @@ r"""Fast GRU layers: reset-after (torch's form) and reset-before (Cho et al.'s f
 Forward, per step: one recurrent matmul written straight into a saved buffer, then
 the gates in place (5–6 kernels). Backward (hand-written, whole sequence): per step
 one broadcast multiply per gate pair and one matmul for :math:`\partial h_{t-1}`;
-every factor that depends on forward values only is computed once for all steps
-before the loop, and each weight gradient is one matmul over all rows after it.
+every factor that depends on forward values only is computed for many steps at once
+before they are walked, and each weight gradient is one matmul over many rows. The
+reset-after backward does this per run of at least
+:data:`~recurrentkit.executors.packing.CHUNK_ROWS` rows, so its buffers hold one run's
+rows (peak training memory of a hand-built GRU stack 1.16 / 0.98 / 0.89 × ``nn.GRU``'s
+at the benchmark's α / β / γ, against 1.48 / 1.18 / 1.06 with whole-sequence buffers);
+the reset-before backward, over the whole sequence at once.
 
 In step-major loops (eager, ``linear`` a :class:`~recurrentkit.executors.deferred.DeferredLinear`)
 a reset-after step is one op of the same kind (:class:`_GRUStepAfter`); reset-before
