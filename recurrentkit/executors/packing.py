@@ -13,6 +13,7 @@ of the previous step's block.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -141,6 +142,22 @@ class Schedule:
             B = self.batch
             return [(slice(0, B), first), (slice(B, None), data[:-B])]
         return [(slice(0, None), self.previous(first, data))]
+
+    def previous_rows(self, first: Tensor, data: Tensor) -> Callable[[int, int], Tensor]:
+        """``rows(r0, r1)``: :meth:`previous` for packed rows ``r0 … r1`` only, a view
+        of ``data`` where the layout allows (unsorted, the run past step 0), else a copy.
+        For backward passes that go run by run (:func:`chunk_steps`)."""
+        if not self.uniform:
+            prev = self.previous(first, data)  # (N, F)
+            return lambda r0, r1: prev[r0:r1]
+        B = self.batch
+
+        def rows(r0: int, r1: int) -> Tensor:
+            if r0 >= B:
+                return data[r0 - B : r1 - B]
+            return torch.cat([first[r0:], data[: r1 - B]]) if r1 > B else first[r0:r1]
+
+        return rows
 
     # -- internals -----------------------------------------------------------------------
 

@@ -102,14 +102,14 @@ def test_kernel_equals_step_loop_for_any_lengths(
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 4, 7])
-@pytest.mark.parametrize("name", ["gru", "gru_nobias"])
+@pytest.mark.parametrize("name", ["gru", "gru_nobias", "nested", "nested3", "nested4_nobias"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
 def test_backward_in_runs_of_steps(
     monkeypatch: pytest.MonkeyPatch, chunk_rows: int, name: str, ragged: bool
 ) -> None:
-    """The reset-after GRU's backward adds up its weight gradients over runs of steps of
-    at least ``CHUNK_ROWS`` rows (the other tests' sequences are one run): any run size
-    gives the step loop's results."""
+    """The reset-after GRU's and the Nested LSTM's backward add up their weight gradients
+    over runs of steps of at least ``CHUNK_ROWS`` rows (the other tests' sequences are one
+    run): any run size gives the step loop's results."""
     monkeypatch.setattr(packing, "CHUNK_ROWS", chunk_rows)
     torch.manual_seed(1)
     lengths = torch.tensor([3, 6, 1, 6, 2]) if ragged else None

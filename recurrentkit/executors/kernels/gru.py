@@ -18,7 +18,6 @@ steps run on plain ops.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -220,7 +219,7 @@ class _GRUAfter(Function):
         sizes, need = sched.sizes, ctx.needs_input_grad
         (N, H), B = out.shape, h0.shape[0]
         r, z, gn = G[:, :H], G[:, H : 2 * H], G[:, 2 * H :]
-        previous = _previous_rows(sched, h0, out)
+        previous = sched.previous_rows(h0, out)
         w_zrn = torch.cat([w_hh[H : 2 * H], w_hh[:H], w_hh[2 * H :]])  # rows z | r | n
         # the steps in runs of >= CHUNK_ROWS rows, last first; the factors and gradient
         # rows below hold one run's rows, its weight gradients added up when it is done
@@ -266,23 +265,6 @@ class _GRUAfter(Function):
         dw = None if dw_zrn is None else torch.cat([dw_zrn[H : 2 * H], dw_zrn[:H], dw_zrn[2 * H :]])
         db = None if db_zrn is None else torch.cat([db_zrn[H : 2 * H], db_zrn[:H], db_zrn[2 * H :]])
         return dgi, dh_buf, dw, db, None
-
-
-def _previous_rows(sched: Schedule, h0: Tensor, out: Tensor) -> Callable[[int, int], Tensor]:
-    """``rows(r0, r1)``: the previous ``h`` of packed rows ``r0 … r1`` (``h0``'s rows at
-    step 0), as a view where the layout allows (every step has all ``B`` rows and the
-    run starts after step 0), else a copy."""
-    if not sched.uniform:
-        prev = sched.previous(h0, out)  # (N, H)
-        return lambda r0, r1: prev[r0:r1]
-    B = h0.shape[0]
-
-    def rows(r0: int, r1: int) -> Tensor:
-        if r0 >= B:
-            return out[r0 - B : r1 - B]
-        return torch.cat([h0[r0:], out[: r1 - B]]) if r1 > B else h0[r0:r1]
-
-    return rows
 
 
 class _GRUBefore(Function):
