@@ -28,6 +28,8 @@ LSTM without projection; a stack may mix both):
 
 Every view a step uses is made before the time loop: at these sizes the cost left per
 step is mostly the Python call of each small op, so the loops call nothing else.
+Without grad mode the same arithmetic runs directly (no autograd op, none of the
+backward's factors), on one-step scratch buffers where nothing needs saving.
 
 Equal to :meth:`CrossLayer.step <recurrentkit.routing.CrossLayer.step>` looped over
 time to rounding. The executor runs it in eager mode, without active inter-layer
