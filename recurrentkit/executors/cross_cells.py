@@ -25,7 +25,7 @@ from torch import Tensor
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.layout import transposed
 
-__all__ = ["CellPart", "GRUPart", "LSTMPart", "rows_per_step", "step_views"]
+__all__ = ["CellPart", "GRUPart", "LSTMPart", "previous_per_step", "rows_per_step", "step_views"]
 
 PerStep = Callable[[Tensor], list[Tensor]]
 """A chunk-sized buffer's views for every step (see :func:`.cross_run`'s backward)."""
@@ -267,7 +267,7 @@ class LSTMPart(CellPart):
         self.G = like.new_empty(N if self.grad else B, 4 * H)
         self.CC = like.new_empty(B + N, H)  # [c0 | c after step 1 | …]
         self.CC[:B].copy_(c0)
-        self.c_prev = _previous_rows(self.CC, B, sizes)
+        self.c_prev = previous_per_step(self.CC, B, sizes)
         self.c_s = _split(self.CC[B:], sizes)
         self.tc_s = rows_per_step(like.new_empty(B, H), sizes)  # tanh(c')
         self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
@@ -380,7 +380,7 @@ class LSTMPart(CellPart):
         return self.dc[self.cur].clone()
 
 
-def _previous_rows(buf: Tensor, B: int, sizes: tuple[int, ...]) -> list[Tensor]:
+def previous_per_step(buf: Tensor, B: int, sizes: tuple[int, ...]) -> list[Tensor]:
     """For each step ``t``, the rows of ``buf`` (a ``(B + N, ·)`` buffer of initial
     states and outputs) that hold step ``t``'s previous states: the first ``sizes[t]``
     rows of the block before step ``t``'s."""

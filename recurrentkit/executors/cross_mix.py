@@ -24,6 +24,7 @@ transforms and autocast it runs the policy's own ``step`` (plain autograd ops).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -83,13 +84,13 @@ def cross_step(
     return u, tuple(new)
 
 
-def _blocks(widths: tuple[int, ...], k: int) -> list[tuple[int, int, int]]:
-    """For each layer ``j ≠ k`` in order: ``(j's offset in [h^1 | … | h^L], its offset
-    in the gated states, its width)``."""
+def _blocks(widths: Sequence[int], k: int) -> list[tuple[int, int, int, int]]:
+    """For each layer ``j ≠ k`` in order: ``(j, its offset in [h^1 | … | h^L], its offset
+    in layer ``k``'s gated states, its width)``."""
     out, src, dst = [], 0, 0
     for j, w in enumerate(widths):
         if j != k:
-            out.append((src, dst, w))
+            out.append((j, src, dst, w))
             dst += w
         src += w
     return out
@@ -108,7 +109,7 @@ def _mix(
     ``(Σ_{j≠k} H_j, H_k)``: ``(h̃ (B, H_k), gates (B, L-1), gated states (B, Σ_{j≠k} H_j))``."""
     g = torch.addmm(torch.mm(u, w_gate_in.t()), h_all, w_gate_state.t()).sigmoid_()
     gated = u.new_empty(u.shape[0], U_t.shape[0])
-    for i, (src, dst, w) in enumerate(_blocks(widths, k)):
+    for i, (_, src, dst, w) in enumerate(_blocks(widths, k)):
         torch.mul(h_all[:, src : src + w], g[:, i : i + 1], out=gated[:, dst : dst + w])
     own = sum(widths[:k])
     return torch.addmm(h_all[:, own : own + widths[k]], gated, U_t), g, gated
@@ -148,7 +149,7 @@ class _Mix(Function):
         dgated = torch.mm(dh_mixed, U)  # (B, Σ_{j≠k} H_j)
         dg = g.new_empty(g.shape)  # (B, L-1)
         parts = []
-        for i, (src, dst, w) in enumerate(_blocks(widths, k)):
+        for i, (_, src, dst, w) in enumerate(_blocks(widths, k)):
             d = dgated[:, dst : dst + w]
             dg[:, i] = torch.linalg.vecdot(d, h_all[:, src : src + w])
             parts.append((src, w, d, g[:, i : i + 1]))

@@ -48,7 +48,14 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
-from recurrentkit.executors.cross_cells import PARTS, CellPart, rows_per_step, step_views
+from recurrentkit.executors.cross_cells import (
+    PARTS,
+    CellPart,
+    previous_per_step,
+    rows_per_step,
+    step_views,
+)
+from recurrentkit.executors.cross_mix import _blocks
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.once import once_differentiable
@@ -146,24 +153,6 @@ def _per(bufs: Sequence[Tensor], sizes: tuple[int, ...]) -> list[tuple[Tensor, .
     return [_split(b, sizes) for b in bufs]
 
 
-def _previous(cols: Tensor, B: int, sizes: tuple[int, ...]) -> list[Tensor]:
-    """For each step ``t``, the rows of ``cols`` (columns of a ``(B + N, ·)`` buffer of
-    initial states and outputs) that hold step ``t``'s previous states: the first
-    ``sizes[t]`` rows of the block before step ``t``'s."""
-    blocks = _split(cols, (B, *sizes))[:-1]
-    return [blk if blk.shape[0] == bs else blk[:bs] for blk, bs in zip(blocks, sizes)]
-
-
-def _sources(widths: Sequence[int], k: int) -> list[tuple[int, int]]:
-    """For each layer ``j ≠ k`` in order: ``(j, its offset in layer k's gated states)``."""
-    out, dst = [], 0
-    for j, w in enumerate(widths):
-        if j != k:
-            out.append((j, dst))
-            dst += w
-    return out
-
-
 class _CrossRun(Function):
     r"""``cross_layer`` over GRU/LSTM layers: ``x (N, I)``, ``gi (N, G H_1)``, each
     layer's initial ``h (B, H_l)``, each LSTM layer's initial ``c``, and each layer's
@@ -207,8 +196,8 @@ class _CrossRun(Function):
         U_t = [transposed(U, B) for U in p[4::_PER_LAYER]]
         g_in_t, g_st_t = [w.t() for w in g_in], [w.t() for w in g_st]
         # every view a step uses, made before the loop
-        HA_v = _previous(ALL, B, sizes)  # (bs, ΣH): the previous step's [h^1 | … | h^L]
-        own_v = [_previous(c, B, sizes) for c in cols]  # layer k's previous h
+        HA_v = previous_per_step(ALL, B, sizes)  # (bs, ΣH): the previous step's [h^1 | … | h^L]
+        own_v = [previous_per_step(c, B, sizes) for c in cols]  # layer k's previous h
         out_s = [_split(c[B:], sizes) for c in cols]
         HT_s, GT_s = [step_views(h, sizes, grad) for h in HT], _per(GT, sizes)
         # layer k's gated states: (previous h of layer j, gate column, destination) per j ≠ k
@@ -221,7 +210,7 @@ class _CrossRun(Function):
                     _split(GT[k][:, i : i + 1], sizes),
                     rows_per_step(gated[k][:, dst : dst + widths[j]], sizes),
                 )
-                for i, (j, dst) in enumerate(_sources(widths, k))
+                for i, (j, _, dst, _) in enumerate(_blocks(widths, k))
             ]
             for k in range(L)
         ]
@@ -264,8 +253,8 @@ class _CrossRun(Function):
         need = ctx.needs_input_grad
         cols = [ALL[:, o : o + w] for o, w in zip(offs, widths)]
         outs = [c[B:] for c in cols]
-        HA_v = _previous(ALL, B, sizes)
-        own_prev = [_previous(c, B, sizes) for c in cols]
+        HA_v = previous_per_step(ALL, B, sizes)
+        own_prev = [previous_per_step(c, B, sizes) for c in cols]
         chunks = chunk_steps(sizes)
         M = max(r1 - r0 for _, _, r0, r1 in chunks)
         step_rows = [sizes[t0:t1] for t0, t1, _, _ in chunks]
@@ -313,7 +302,7 @@ class _CrossRun(Function):
                     own_prev[j],
                     [rows_per_step(c[:, offs[j] : offs[j] + widths[j]], sizes) for c in carry],
                 )
-                for i, (j, dst) in enumerate(_sources(widths, k))
+                for i, (j, _, dst, _) in enumerate(_blocks(widths, k))
             ]
             for k in range(L)
         ]
@@ -399,10 +388,8 @@ class _Grads:
         part.add_grads(D[:, a:], HT, u if k else None, slots[:4])
         dU, d_g_in, d_g_st = slots[4:]
         if dU is not None:  # the gated states, made again for these rows
-            widths = self.widths
             gated = HA.new_empty(HA.shape[0], dU.shape[1])
-            for i, (j, dst) in enumerate(_sources(widths, k)):
-                src, w = sum(widths[:j]), widths[j]
+            for i, (_, src, dst, w) in enumerate(_blocks(self.widths, k)):
                 torch.mul(HA[:, src : src + w], GT[:, i : i + 1], out=gated[:, dst : dst + w])
             dU.addmm_(DHT.t(), gated)
         if d_g_in is not None:
