@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from recurrentkit.executors.kernels.base import split_steps as _split
-from recurrentkit.executors.layout import transposed
+from recurrentkit.executors.layout import affine, transposed
 
 __all__ = ["CellPart", "GRUPart", "LSTMPart", "previous_per_step", "rows_per_step", "step_views"]
 
@@ -43,13 +43,6 @@ def step_views(buf: Tensor, sizes: tuple[int, ...], every_step: bool) -> list[Te
     ``(N, ·)``, kept for the backward) or only the running step's (a ``(B, ·)`` scratch
     reused by every step, when no backward will run)."""
     return list(_split(buf, sizes)) if every_step else rows_per_step(buf, sizes)
-
-
-def _affine(bias: Tensor | None, a: Tensor, w_t: Tensor, out: Tensor) -> Tensor:
-    """``a @ w_t + bias`` into ``out``."""
-    if bias is None:
-        return torch.mm(a, w_t, out=out)
-    return torch.addmm(bias, a, w_t, out=out)
 
 
 class CellPart:
@@ -177,8 +170,8 @@ class GRUPart(CellPart):
 
     def step(self, t: int, u: Tensor, ht: Tensor, out: Tensor) -> Tensor:
         if self.GI_s is not None:
-            _affine(self.b_ih, u, self.w_ih_t, self.GI_s[t])
-        _affine(self.b_hh, ht, self.w_hh_t, self.GG_s[t])
+            affine(self.b_ih, u, self.w_ih_t, self.GI_s[t])
+        affine(self.b_hh, ht, self.w_hh_t, self.GG_s[t])
         # the gates as kernels.gru._gates_after computes them, on views made before the loop
         r = self.R_s[t]
         self.RZ_s[t].add_(self.GI_RZ_s[t]).sigmoid_()
@@ -297,7 +290,7 @@ class LSTMPart(CellPart):
         if self.first:
             torch.addmm(self.gi_s[t], ht, self.w_hh_t, out=G)
         else:
-            _affine(self.bias, u, self.w_ih_t, G).addmm_(ht, self.w_hh_t)
+            affine(self.bias, u, self.w_ih_t, G).addmm_(ht, self.w_hh_t)
         i, f, g, o = self.I_s[t], self.F_s[t], self.Gg_s[t], self.O_s[t]
         self.IF_s[t].sigmoid_()
         g.tanh_()

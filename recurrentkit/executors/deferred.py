@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.nn import functional as F
 
-from recurrentkit.executors.layout import MIN_ROWS, transposed
+from recurrentkit.executors.layout import MIN_ROWS, affine, transposed
 from recurrentkit.executors.once import once_differentiable
 
 __all__ = ["MIN_NUMEL", "DeferredLinear", "Slot", "weight_grads"]
@@ -200,7 +200,7 @@ class _Linear(Function):
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.slot = slot
-        return torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
+        return affine(bias, x, w_t)
 
     @staticmethod
     @once_differentiable

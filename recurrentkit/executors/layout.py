@@ -9,9 +9,10 @@ single row (sampling) the view is about twice as fast.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["MIN_ROWS", "transposed"]
+__all__ = ["MIN_ROWS", "affine", "transposed"]
 
 MIN_ROWS = 16
 """Products over fewer rows than this keep the transposed view."""
@@ -27,3 +28,12 @@ def transposed(weight: Tensor, rows: int) -> Tensor:
     if rows >= MIN_ROWS and weight.device.type == "cpu":
         return weight.detach().t().contiguous()
     return weight.t()
+
+
+def affine(bias: Tensor | None, x: Tensor, w_t: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x @ w_t + bias`` (``bias`` may be ``None``), into ``out`` where given: the
+    forward product of a layer whose weight is laid out as ``w_t`` (see
+    :func:`transposed`)."""
+    if bias is None:
+        return torch.mm(x, w_t, out=out)
+    return torch.addmm(bias, x, w_t, out=out)

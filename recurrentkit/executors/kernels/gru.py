@@ -30,7 +30,7 @@ from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, rows
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
-from recurrentkit.executors.layout import transposed
+from recurrentkit.executors.layout import affine, transposed
 from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule, chunk_steps
 
@@ -130,7 +130,7 @@ def _step_after(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One reset-after step, no autograd, ``w_t`` the recurrent weight transposed
     ``(H, 3H)``: ``(h' (B, H), [r | z | W_n h + b_n] (B, 3H), n (B, H))``."""
-    G = torch.mm(h, w_t) if b_hh is None else torch.addmm(b_hh, h, w_t)  # (B, 3H)
+    G = affine(b_hh, h, w_t)  # (B, 3H)
     out, n = _gates_after(G, gi, h)
     return out, G, n
 

@@ -24,7 +24,7 @@ from recurrentkit.cells.lstm import LSTMState
 from recurrentkit.cells.nested_lstm import NestedLSTMCell, NestedLSTMState
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, folded_bias, split_steps
 from recurrentkit.executors.kernels.lstm import LSTMKernel
-from recurrentkit.executors.layout import transposed
+from recurrentkit.executors.layout import affine, transposed
 from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule, chunk_steps
 
@@ -111,11 +111,7 @@ class _Nested(Function):
             torch.addmm(gi_s[t], h, w_t, out=G_s[0][t])
             for j in range(d):
                 if j > 0:
-                    b = bcats[j - 1]
-                    if b is None:
-                        torch.mm(XH_s[j - 1][t], wcat_t[j - 1], out=G_s[j][t])
-                    else:
-                        torch.addmm(b, XH_s[j - 1][t], wcat_t[j - 1], out=G_s[j][t])
+                    affine(bcats[j - 1], XH_s[j - 1][t], wcat_t[j - 1], out=G_s[j][t])
                 IF_s[j][t].sigmoid_()
                 O_s[j][t].sigmoid_()
                 if j < d - 1:  # x̃ = σ(i) ⊙ g, h̃ = σ(f) ⊙ c
