@@ -220,7 +220,7 @@ class _GRUAfter(Function):
         (N, H), B = out.shape, h0.shape[0]
         r, z, gn = G[:, :H], G[:, H : 2 * H], G[:, 2 * H :]
         previous = sched.previous_rows(h0, out)
-        w_zrn = torch.cat([w_hh[H : 2 * H], w_hh[:H], w_hh[2 * H :]])  # rows z | r | n
+        w_zrn = _swap_rz(w_hh, H)  # rows z | r | n
         # the steps in runs of >= CHUNK_ROWS rows, last first; the factors and gradient
         # rows below hold one run's rows, its weight gradients added up when it is done
         chunks = chunk_steps(sizes)
@@ -262,9 +262,15 @@ class _GRUAfter(Function):
                 dw_zrn.addmm_(D[:, H:].t(), prev)
             if db_zrn is not None:
                 db_zrn.add_(D[:, H:].sum(0))
-        dw = None if dw_zrn is None else torch.cat([dw_zrn[H : 2 * H], dw_zrn[:H], dw_zrn[2 * H :]])
-        db = None if db_zrn is None else torch.cat([db_zrn[H : 2 * H], db_zrn[:H], db_zrn[2 * H :]])
+        dw = None if dw_zrn is None else _swap_rz(dw_zrn, H)
+        db = None if db_zrn is None else _swap_rz(db_zrn, H)
         return dgi, dh_buf, dw, db, None
+
+
+def _swap_rz(t: Tensor, H: int) -> Tensor:
+    """``t``'s gate rows ``r | z | n`` as ``z | r | n`` (a copy), or back: the order in
+    which the reset-after backward lays out its gradient rows."""
+    return torch.cat([t[H : 2 * H], t[:H], t[2 * H :]])
 
 
 class _GRUBefore(Function):
