@@ -273,8 +273,7 @@ class LSTMPart(CellPart):
             self.gi_s: list[Tensor] | tuple[Tensor, ...] = _split(gi, sizes)
         else:
             self.w_ih_t = transposed(w_ih, B)  # type: ignore[arg-type]
-            both = [b for b in (b_ih, b_hh) if b is not None]
-            self.bias = both[0] + both[1] if len(both) == 2 else (both[0] if both else None)
+            self.bias = None if b_ih is None else b_ih + b_hh  # (a built-in cell has both or none)
         # for the backward: [g σ'(i) | c σ'(f) | σ(i) tanh'(g) | tanh(c') σ'(o)] and
         # σ(o) tanh'(c'), i.e. each gate's pre-activation gradient per unit of dc' (dh)
         self.P = like.new_empty(N if self.grad else 0, 4 * H)

@@ -56,6 +56,7 @@ from recurrentkit.executors.cross_cells import (
     step_views,
 )
 from recurrentkit.executors.cross_mix import _blocks
+from recurrentkit.executors.kernels.base import folded_bias
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.layout import transposed
 from recurrentkit.executors.once import once_differentiable
@@ -110,10 +111,8 @@ def cross_run(
     """
     kinds = tuple(_kind(c) for c in cells)
     first = cells[0]
-    if kinds[0] == "lstm":  # both biases on the hoisted projection
-        bias = first.bias_ih if first.bias_hh is None else first.bias_ih + first.bias_hh
-    else:
-        bias = first.bias_ih
+    # the hoisted projection; an LSTM's carries both biases
+    bias = folded_bias(first) if kinds[0] == "lstm" else first.bias_ih
     gi = F.linear(x, first.weight_ih, bias)  # (N, G H_1)
     params: list[Tensor | None] = []
     for k, cell in enumerate(cells):
