@@ -70,10 +70,8 @@ def cross_step(
     widths = tuple(h.shape[1] for h in hs)
     u, new = x, []
     for k in range(len(hs)):
-        U: Tensor = getattr(policy, f"feedback_weight_l{k}")
+        U, w_in, w_state = policy.layer_weights(k)
         slot, U_in, _, U_t = linear.operands(U, None, x.shape[0])
-        w_in: Tensor = getattr(policy, f"gate_input_weight_l{k}")
-        w_state: Tensor = getattr(policy, f"gate_state_weight_l{k}")
         if torch.is_grad_enabled():
             h_mixed = _Mix.apply(u, h_all, w_in, w_state, U_in, k, widths, slot, U_t)
         else:  # sampling: the same arithmetic without the autograd op's overhead

@@ -65,7 +65,6 @@ from recurrentkit.routing.cross_layer import CrossLayer
 
 __all__ = ["applies", "cross_run"]
 
-_POLICY_WEIGHTS = ("feedback_weight", "gate_input_weight", "gate_state_weight")
 _PER_LAYER = 7  # w_ih, b_ih, w_hh, b_hh, and the policy's U, w_gate_in, w_gate_state
 
 
@@ -122,7 +121,7 @@ def cross_run(
             cell.bias_ih if k else None,
             cell.weight_hh,
             None if folded else cell.bias_hh,
-            *(getattr(policy, f"{name}_l{k}") for name in _POLICY_WEIGHTS),
+            *policy.layer_weights(k),
         ]
     h0 = [s if isinstance(s, Tensor) else s.h for s in states]
     c0 = [s.c for s, kind in zip(states, kinds) if kind == "lstm"]

@@ -95,6 +95,15 @@ class CrossLayer(RoutingPolicy):
             bound = 1.0 / math.sqrt(p.shape[1])
             nn.init.uniform_(p, -bound, bound)
 
+    def layer_weights(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Layer ``k``'s ``(feedback_weight, gate_input_weight, gate_state_weight)``
+        (shapes above); two or more layers."""
+        return (
+            getattr(self, f"feedback_weight_l{k}"),
+            getattr(self, f"gate_input_weight_l{k}"),
+            getattr(self, f"gate_state_weight_l{k}"),
+        )
+
     def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         L = len(layers.cells)
         hs = [state_h(s) for s in states]  # L × (B, H_k)
@@ -103,15 +112,13 @@ class CrossLayer(RoutingPolicy):
         for k in range(L):
             s = states[k]
             if L > 1:
-                gates = torch.sigmoid(
-                    F.linear(u, getattr(self, f"gate_input_weight_l{k}"))
-                    + F.linear(h_all, getattr(self, f"gate_state_weight_l{k}"))
-                )  # (B, L-1)
+                U, w_in, w_state = self.layer_weights(k)
+                gates = torch.sigmoid(F.linear(u, w_in) + F.linear(h_all, w_state))  # (B, L-1)
                 others = [hs[j] for j in range(L) if j != k]
                 gated = torch.cat(
                     [gates[:, i : i + 1] * h for i, h in enumerate(others)], dim=1
                 )  # (B, Σ_{j≠k} H_j)
-                h_mixed = hs[k] + F.linear(gated, getattr(self, f"feedback_weight_l{k}"))
+                h_mixed = hs[k] + F.linear(gated, U)
                 s = with_state_h(s, h_mixed)
             y, s = layers.cell(k, u, s)
             new.append(s)

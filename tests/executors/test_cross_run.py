@@ -189,7 +189,7 @@ def test_gradcheck(chunk_rows: int, kinds: str, ragged: bool) -> None:
         layout += [cell.weight_ih if k else None, cell.bias_ih if k else None]
         folded = k == 0 and kinds[0] == "l"  # the bottom LSTM's gi carries both biases
         layout += [cell.weight_hh, None if folded else cell.bias_hh]
-        layout += [getattr(stack.routing, f"{n}_l{k}") for n in cross_run._POLICY_WEIGHTS]
+        layout += stack.routing.layer_weights(k)
     params = [p.detach().clone().requires_grad_() for p in layout if p is not None]
     n_in = 2 + len(h0) + len(c0)
 
