@@ -30,7 +30,7 @@ from recurrentkit._validation import (
     shape_str,
 )
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError, StateError
-from recurrentkit.executors.fast import FastLayers
+from recurrentkit.executors.fast import FastLayers, step_layers
 from recurrentkit.executors.packing import schedule_packed
 from recurrentkit.executors.reference import ReferenceLayers
 from recurrentkit.routing import RoutingPolicy, resolve
@@ -335,7 +335,11 @@ class Stack(nn.Module):
         ), states
 
     def _run_step(self, x_t: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
-        layers = self._layers()
+        if self._executor == "reference":
+            layers: ReferenceLayers | FastLayers = self._layers()
+        else:  # kept between steps without autograd (sampling)
+            auto = self._executor == "auto"
+            layers = step_layers(self, self.cells, self.dropout, self.training, torch_ops=auto)
         if isinstance(layers, FastLayers):
             return layers.step(self.routing, x_t, states)
         out, states = self.routing.run(layers, x_t.unsqueeze(0), states, None)  # (1, B, O)

@@ -31,6 +31,8 @@ Chosen by what the policy and cells declare, never by what they compute:
   below's write is both) runs as one matmul with summed weights, ``(W_ih + W_hh) h``
   (:meth:`CellKernel.tied_weights`), in both shared plans;
 - one **step** (:meth:`FastLayers.step`) is the policy's ``step`` on those cell steps;
+  without autograd, a stack of built-in RNN/GRU/LSTM cells keeps its executor from one
+  step to the next (:func:`step_layers`);
 - a **one-layer** stack under a built-in policy is that layer over the sequence (every
   built-in policy reduces to it).
 
@@ -42,6 +44,7 @@ on plain ops too (torch's fused ops stay: they follow autocast themselves).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,6 +54,7 @@ from torch.nn import functional as F
 
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
+from recurrentkit.cells import GRUCell, LSTMCell, RNNCell
 from recurrentkit.executors import cross_run
 from recurrentkit.executors.cross_mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
@@ -72,7 +76,7 @@ from recurrentkit.routing.independent import Independent
 from recurrentkit.routing.residual import Residual
 from recurrentkit.routing.shared import Shared
 
-__all__ = ["FastLayers", "plain_mode"]
+__all__ = ["FastLayers", "plain_mode", "step_layers"]
 
 _BUILTIN_STEP_POLICIES = (Shared, CrossLayer)
 _BUILTIN_POLICIES = (Independent, Shared, Residual, CrossLayer, Handoff)
@@ -90,6 +94,47 @@ def autocast_on() -> bool:
         return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
     except TypeError:  # torch < 2.4: no device argument
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def step_layers(
+    owner: nn.Module,
+    cells: Sequence[nn.Module],
+    dropout: float,
+    training: bool,
+    *,
+    torch_ops: bool,
+) -> FastLayers:
+    """The executor for one step of ``owner``'s ``cells``: built once and kept (per
+    ``owner``) for steps without autograd while nothing it was planned from changes.
+
+    A sampling loop steps a stack many times; building the executor is about a quarter
+    of a small step's cost. It is kept only where its plan depends on nothing but what
+    is compared here: the cells themselves (their identity, and for built-in RNN, GRU
+    and LSTM cells their torch mode), dropout, train mode, ``torch_ops`` and autocast.
+    Other cells, grad mode and ``torch.compile`` tracing get a new executor each step.
+    The kept one gets a fresh ``linear`` each step (no views or slots carried over).
+    """
+    if torch.is_grad_enabled() or plain_mode():
+        return FastLayers(cells, dropout, training, torch_ops=torch_ops)
+    cells = tuple(cells)
+    key = (cells, dropout, training, torch_ops, autocast_on(), tuple(map(torch_mode, cells)))
+    hit = _STEP_LAYERS.get(owner)
+    if hit is not None and hit[0] == key:
+        hit[1]._linear = DeferredLinear() if hit[1]._custom else F.linear
+        return hit[1]
+    layers = FastLayers(cells, dropout, training, torch_ops=torch_ops)
+    if all(type(c) in _PLANNED_BY_TYPE for c in cells):
+        _STEP_LAYERS[owner] = (key, layers)
+    return layers
+
+
+_STEP_LAYERS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], FastLayers]] = (
+    weakref.WeakKeyDictionary()
+)
+""":func:`step_layers`' kept executors, one per owner (gone with it)."""
+
+_PLANNED_BY_TYPE = (RNNCell, GRUCell, LSTMCell)
+"""Cells whose plan (kernel, torch mode) :func:`step_layers`' key fully describes."""
 
 
 class FastLayers:
@@ -444,7 +489,8 @@ def _grad(cell: Any) -> bool:
 
 def _torch_cell(cell: Any, mode: str, x: Tensor, state: Any) -> tuple[Tensor, Any]:
     """One step of a torch-form cell on torch's cell op."""
-    w = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    p = cell._parameters  # (read every step: no attribute lookups)
+    w = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
     if mode == "LSTM":
         h, c = _VF.lstm_cell(x, (state[0], state[1]), *w)
         return h, type(state)(h, c) if hasattr(state, "_fields") else (h, c)

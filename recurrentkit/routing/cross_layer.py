@@ -68,6 +68,10 @@ class CrossLayer(RoutingPolicy):
             return
         ref = state_h(probes[0])
         factory: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype}
+        self._names = tuple(  # each layer's (feedback, gate input, gate state) weight
+            (f"feedback_weight_l{k}", f"gate_input_weight_l{k}", f"gate_state_weight_l{k}")
+            for k in range(self.num_layers)
+        )
         for k, cell in enumerate(cells):
             width = getattr(cell, "input_size", None)
             if not isinstance(width, int):
@@ -78,15 +82,9 @@ class CrossLayer(RoutingPolicy):
                 )
             others = sum(widths) - widths[k]
             L1 = self.num_layers - 1
-            self.register_parameter(
-                f"feedback_weight_l{k}", nn.Parameter(torch.empty(widths[k], others, **factory))
-            )
-            self.register_parameter(
-                f"gate_input_weight_l{k}", nn.Parameter(torch.empty(L1, width, **factory))
-            )
-            self.register_parameter(
-                f"gate_state_weight_l{k}", nn.Parameter(torch.empty(L1, sum(widths), **factory))
-            )
+            shapes = ((widths[k], others), (L1, width), (L1, sum(widths)))
+            for name, shape in zip(self._names[k], shapes):
+                self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -98,11 +96,9 @@ class CrossLayer(RoutingPolicy):
     def layer_weights(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """Layer ``k``'s ``(feedback_weight, gate_input_weight, gate_state_weight)``
         (shapes above); two or more layers."""
-        return (
-            getattr(self, f"feedback_weight_l{k}"),
-            getattr(self, f"gate_input_weight_l{k}"),
-            getattr(self, f"gate_state_weight_l{k}"),
-        )
+        p = self._parameters  # (a step reads these for every layer: no attribute lookups)
+        U, w_in, w_state = self._names[k]
+        return p[U], p[w_in], p[w_state]  # type: ignore[return-value]
 
     def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         L = len(layers.cells)

@@ -86,3 +86,95 @@ def test_step_states_copy_and_pickle_as_plain_tuples(checks: SimpleNamespace) ->
         assert type(clone) is tuple and len(clone) == 3
         assert isinstance(clone[0], rk.LSTMState)
         torch.testing.assert_close(clone[0].c, s[0].c)
+
+
+# -- the executor kept between steps without autograd (executors.fast.step_layers) -----
+
+
+def _steps_match_reference(stack: rk.Stack, x: torch.Tensor) -> None:
+    """Step ``stack`` without autograd; each step equals the reference executor's."""
+    ref = copy.deepcopy(stack)
+    ref.executor = "reference"
+    s = s_ref = None
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            y, s = stack.step(x[t], s)
+            y_ref, s_ref = ref.step(x[t], s_ref)
+            torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+
+
+def test_sampling_steps_keep_one_executor(checks: SimpleNamespace) -> None:
+    from recurrentkit.executors import fast
+
+    stack = checks.build("gru", "cross_layer", "auto")
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    seen = set()
+    with torch.no_grad():
+        s = None
+        for t in range(4):
+            _, s = stack.step(x[t], s)
+            seen.add(id(fast._STEP_LAYERS[stack][1]))
+    assert len(seen) == 1
+    s = None
+    for t in range(2):  # with autograd: a new executor per step, none kept for it
+        _, s = stack.step(x[t], s)
+    assert id(fast._STEP_LAYERS[stack][1]) in seen
+
+
+@pytest.mark.parametrize("executor", ["auto", "handbuilt"])
+def test_a_kept_executor_follows_changes_between_steps(
+    checks: SimpleNamespace, executor: str
+) -> None:
+    """Whatever changes between two sampling steps, the next step computes what the
+    reference computes for the stack as it is then."""
+    torch.manual_seed(0)
+    stack = rk.Stack(
+        [rk.GRUCell(3, 5), rk.GRUCell(5, 5), rk.RNNCell(5, 5)],
+        routing="cross_layer",
+        dropout=0.5,
+        executor=executor,
+    ).double()
+    stack.eval()
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    changes = [
+        lambda: setattr(stack.cells[1], "reset", "before"),  # the layer leaves torch's op
+        lambda: setattr(stack.cells[2], "nonlinearity", "relu"),
+        lambda: stack.cells.__setitem__(0, rk.GRUCell(3, 5).double()),
+        lambda: setattr(stack, "executor", "handbuilt" if executor == "auto" else "auto"),
+        lambda: stack.float().double(),  # new storage for every weight
+        lambda: torch.nn.init.normal_(stack.cells[1].weight_hh),  # in place
+    ]
+    for change in changes:
+        _steps_match_reference(stack, x)
+        change()
+        _steps_match_reference(stack, x)
+
+
+def test_a_kept_executor_follows_train_mode_and_dropout(checks: SimpleNamespace) -> None:
+    torch.manual_seed(0)
+    stack = rk.Stack([rk.GRUCell(3, 5), rk.GRUCell(5, 5)], dropout=0.0).double()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y0, _ = stack.step(x)
+        stack.dropout = 0.9  # train mode: the layer below's output is dropped now
+        torch.manual_seed(1)
+        y1, _ = stack.step(x)
+        ref = copy.deepcopy(stack)
+        ref.executor = "reference"
+        torch.manual_seed(1)
+        y_ref, _ = ref.step(x)
+        stack.eval()
+        y2, _ = stack.step(x)
+    torch.testing.assert_close(y1, y_ref, rtol=0, atol=1e-10)
+    assert not torch.allclose(y0, y1)
+    torch.testing.assert_close(y2, y0, rtol=0, atol=1e-10)
+
+
+def test_user_cells_get_a_new_executor_each_step(checks: SimpleNamespace) -> None:
+    from recurrentkit.executors import fast
+
+    stack = checks.build("user", "independent", "auto")
+    x, _ = checks.inputs(stack)
+    with torch.no_grad():
+        stack.step(x[0])
+    assert stack not in fast._STEP_LAYERS

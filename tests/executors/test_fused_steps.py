@@ -141,7 +141,7 @@ def test_sampling_steps_run_the_fused_arithmetic(
     """Without autograd (sampling), the hand-built executor steps on the same arithmetic,
     called directly (no autograd op)."""
     plain: Counter[str] = Counter()
-    for module, name in ((gru_kernels, "_step_after"), (cross_mix, "_mix")):
+    for module, name in ((gru_kernels, "_step_after"), (cross_mix, "_mix_states")):
         fn = getattr(module, name)
 
         def counted(*args: Any, _f: Any = fn, _n: str = name) -> Any:
@@ -156,7 +156,7 @@ def test_sampling_steps_run_the_fused_arithmetic(
         y, s = stack.step(x)
         y_ref, s_ref = ref.step(x)
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
-    assert plain == {"_step_after": 3, "_mix": 3} and not calls
+    assert plain == {"_step_after": 3, "_mix_states": 3} and not calls
 
 
 def _gradcheck(fn: Any, *args: Tensor) -> None:

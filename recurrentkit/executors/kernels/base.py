@@ -49,7 +49,8 @@ class CellKernel:
     def project(self, cell: nn.Module, x: Tensor, linear: Linear = F.linear) -> Tensor:
         """``x (M, I)`` → ``(M, G)``, the part of the gates that depends on ``x`` only
         (here ``W_ih x + b_ih``)."""
-        return linear(x, cell.weight_ih, cell.bias_ih)
+        p = cell._parameters  # (read every step: no attribute lookups)
+        return linear(x, p["weight_ih"], p["bias_ih"])
 
     def step(
         self, cell: nn.Module, gi: Tensor, state: Any, linear: Linear = F.linear

@@ -46,7 +46,8 @@ class GRUKernel(CellKernel):
         H = cell.hidden_size
         operands = getattr(linear, "operands", None)
         if cell.reset == "after" and operands is not None:  # eager step loop: one fused op
-            slot, w, b, w_t = operands(cell.weight_hh, cell.bias_hh, state.shape[0])
+            p = cell._parameters  # (read every step: no attribute lookups)
+            slot, w, b, w_t = operands(p["weight_hh"], p["bias_hh"], state.shape[0])
             if torch.is_grad_enabled():
                 h = _GRUStepAfter.apply(gi, state, w, b, slot, w_t)
             else:  # sampling: the same arithmetic without the autograd op's overhead
@@ -120,8 +121,10 @@ def _gates_after(
     ``[r | z | W_n h + b_n]``. Returns ``(h' = n + z (h - n), n)``, both ``(B, H)``,
     written into ``out`` and ``n`` where given."""
     H = h.shape[1]
-    r, z = G[:, : 2 * H].add_(gi[:, : 2 * H]).sigmoid_().chunk(2, dim=1)
-    n = torch.addcmul(gi[:, 2 * H :], r, G[:, 2 * H :], out=n).tanh_()
+    G_rz, G_n = G.split_with_sizes((2 * H, H), 1)  # (one call for both views: a step
+    i_rz, i_n = gi.split_with_sizes((2 * H, H), 1)  # of a few rows is mostly calls)
+    r, z = G_rz.add_(i_rz).sigmoid_().chunk(2, dim=1)
+    n = torch.addcmul(i_n, r, G_n, out=n).tanh_()
     return torch.lerp(n, h, z, out=out), n
 
 
