@@ -133,7 +133,8 @@ def _mix_states(
     if len(others) == 1:
         gated = others[0] * g
     else:
-        gated = torch.cat([h * g_i for h, g_i in zip(others, g.split(1, dim=1))], dim=1)
+        gates = g.split_with_sizes([1] * len(others), dim=1)  # (B, 1) each, one call
+        gated = torch.cat([h * g_i for h, g_i in zip(others, gates)], dim=1)
     return torch.addmm(hs[k], gated, U_t)
 
 

@@ -51,6 +51,16 @@ class Handoff(RoutingPolicy):
         super().bind(cells, probes)
         check_same_state_shapes("handoff", probes)
 
+    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+        """:meth:`run` on one step: layer ``l`` steps from the state layer ``l-1`` has
+        just reached (``states[0]`` for layer 1; the others are not read)."""
+        s, u, new = states[0], x, []
+        for k in range(len(layers.cells)):
+            y, s = layers.cell(k, u, s)
+            new.append(s)
+            u = layers.drop(k, y)
+        return u, tuple(new)
+
     def run(
         self,
         layers: Layers,

@@ -356,6 +356,23 @@ def test_handoff_stepping_differs_from_teacher_forcing() -> None:
     assert (stepped[0] - y[0]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("executor", ["reference", "auto", "handbuilt"])
+def test_handoff_step_is_its_run_on_one_step(executor: str) -> None:
+    torch.manual_seed(12)
+    before = rk.GRUCell(4, 4, reset="before").double()
+    stack = rk.Stack([gru(3, 4), before, gru(4, 4)], "handoff", executor=executor)
+    x = torch.randn(1, B, 3, dtype=D)
+    states = stack.initial_state(B)
+    states = tuple(torch.randn_like(s) for s in states)
+    y, finals = stack(x, states)  # run() on a one-step sequence
+    y_t, s_t = stack.step(x[0], states)
+    torch.testing.assert_close(y_t, y[0], rtol=0, atol=1e-12)
+    for a, b in zip(s_t, finals):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    other = (states[0],) + tuple(torch.randn_like(s) for s in states[1:])
+    torch.testing.assert_close(stack.step(x[0], other)[0], y_t, rtol=0, atol=0)  # unread
+
+
 # -- which widths a policy accepts ----------------------------------------------------
 
 
