@@ -184,6 +184,14 @@ def implementations(with_compile: bool) -> list[Impl]:
                 base,
             )
         )
+    # the default executor under other policies: residual and handoff run each layer on
+    # torch's op, cross_layer samples on torch's cell op (shared: the reference row below)
+    for routing in ("residual", "handoff", "cross_layer"):
+        rows.append(
+            Impl(
+                "Stack GRU", "GRU", routing, "auto", stack_builder("GRU", routing, "auto"), "nn.GRU"
+            )
+        )
     for routing in ("independent", "shared", "shared_last", "residual", "cross_layer", "handoff"):
         rows.append(
             Impl(
