@@ -313,8 +313,10 @@ class Stack(nn.Module):
     ) -> tuple[Tensor, tuple[Any, ...]]:
         layers = layers if layers is not None else self._layers()
         if isinstance(layers, FastLayers):
-            return layers.run(self.routing, x_tm, states, lengths)
-        return self.routing.run(layers, x_tm, states, lengths)
+            out, states = layers.run(self.routing, x_tm, states, lengths)
+        else:
+            out, states = self.routing.run(layers, x_tm, states, lengths)
+        return out, _owned(states)
 
     def _run_packed(
         self,
@@ -332,7 +334,7 @@ class Stack(nn.Module):
         out, states = done  # (N, O)
         return PackedSequence(
             out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
-        ), states
+        ), _owned(states)
 
     def _run_step(self, x_t: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
         if self._executor == "reference":
@@ -341,9 +343,10 @@ class Stack(nn.Module):
             auto = self._executor == "auto"
             layers = step_layers(self, self.cells, self.dropout, self.training, torch_ops=auto)
         if isinstance(layers, FastLayers):
-            return layers.step(self.routing, x_t, states)
+            y, states = layers.step(self.routing, x_t, states)
+            return y, _owned(states)
         out, states = self.routing.run(layers, x_t.unsqueeze(0), states, None)  # (1, B, O)
-        return out[0], states
+        return out[0], _owned(states)
 
     def _axes(self, rank: int) -> list[str]:
         if rank == 2:
@@ -498,6 +501,16 @@ class _StepState(tuple):
 
     def __reduce__(self) -> Any:  # pickles and copies as the plain tuple it is
         return (tuple, (tuple(self),))
+
+
+def _owned(states: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Final states the caller owns: where autograd records them, a copy of each, so
+    that changing one in place (``h[:, done] = 0``, ``h.detach_()`` ...) cannot touch a
+    tensor the backward saved (a layer's last ``h`` is the next layer's input, a
+    kernel's output buffer, ...), as torch.nn's modules allow."""
+    if not torch.is_grad_enabled():
+        return states
+    return tuple(map_state(lambda t: t.clone() if t.requires_grad else t, s) for s in states)
 
 
 def _stamp(stack: Stack, x_t: object) -> Any:

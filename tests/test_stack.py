@@ -254,3 +254,51 @@ def test_step_equals_forward_on_length_one() -> None:
 def test_is_causal_reflects_the_policy() -> None:
     assert all(build("gru-after", r, 2, 2, 3, 0).is_causal for r in CAUSAL)
     assert not build("gru-after", "handoff", 2, 2, 3, 0).is_causal
+
+
+# -- returned states belong to the caller ---------------------------------------------
+
+
+def _run_mode(stack: rk.Stack, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, object]:
+    """``stack`` over ``x (T, 2, I)`` one way: its outputs (flattened) and final states."""
+    if mode == "lengths":
+        return stack(x, lengths=torch.tensor([x.shape[0], 2]))
+    if mode == "packed":
+        packed = pack_padded_sequence(x, torch.tensor([2, x.shape[0]]), enforce_sorted=False)
+        y, s = stack(packed)
+        return y.data, s
+    if mode == "unbatched":
+        return stack(x[:, 0])
+    if mode == "steps":
+        s, ys = None, []
+        for t in range(x.shape[0]):
+            y_t, s = stack.step(x[t], s)
+            ys.append(y_t)
+        return torch.stack(ys), s
+    return stack(x)
+
+
+@pytest.mark.parametrize("mode", ["padded", "lengths", "packed", "unbatched", "steps"])
+@pytest.mark.parametrize("executor", ["auto", "handbuilt", "reference"])
+@pytest.mark.parametrize("routing", ALL_POLICIES)
+@pytest.mark.parametrize("kind", ["gru-after", "gru-before", "lstm", "rnn-tanh", "nested-2"])
+def test_changing_returned_states_in_place_leaves_the_backward_intact(
+    kind: str, routing: str, executor: str, mode: str
+) -> None:
+    """As with torch.nn's modules, a caller may change the final states in place
+    (``h[:, done] = 0``, ``h.detach_()``) before backpropagating through the outputs."""
+    stack = build(kind, routing, 2, 3, 4, seed=5, executor=executor)
+    x = torch.randn(4, 2, 3, dtype=D)
+    grads = []
+    for change in (False, True):
+        stack.zero_grad()
+        y, s = _run_mode(stack, x, mode)
+        loss = y.sum()
+        if change:
+            for t in flat(tuple(s)):
+                t.mul_(0)
+        loss.backward()
+        grads.append([p.grad.clone() for p in stack.parameters() if p.grad is not None])
+    assert grads[0] and len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
