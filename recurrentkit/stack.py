@@ -183,7 +183,8 @@ class Stack(nn.Module):
 
         Returns:
             ``(outputs, state)``: the top layer's outputs (packed if ``x`` was) and each
-            layer's last state.
+            layer's last state (yours: where autograd records it, a copy, so changing
+            it in place leaves the backward intact, as with torch.nn's modules).
         """
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
