@@ -68,16 +68,16 @@ def cross_step(
     """
     hs = [state_h(s) for s in states]  # L × (B, H_k)
     h_all = torch.cat(hs, dim=1)  # (B, ΣH)
-    widths = tuple(h.shape[1] for h in hs)
     grad = torch.is_grad_enabled()
-    u, new = x, []
+    widths = tuple(h.shape[1] for h in hs) if grad else ()
+    u, new, B = x, [], x.shape[0]
     for k in range(len(hs)):
         U, w_in, w_state = policy.layer_weights(k)
         if grad:
-            slot, U_in, _, U_t = linear.operands(U, None, x.shape[0])
+            slot, U_in, _, U_t = linear.operands(U, None, B)
             h_mixed = _Mix.apply(u, h_all, w_in, w_state, U_in, k, widths, slot, U_t)
         else:  # sampling: the same arithmetic on the states as they are, no autograd op
-            U_t = linear.transposed(U, x.shape[0])
+            U_t = linear.transposed(U, B)
             h_mixed = _mix_states(u, hs, h_all, w_in, w_state, U_t, k)  # (B, H_k)
         y, s = layers.cell(k, u, with_state_h(states[k], h_mixed))
         new.append(s)
