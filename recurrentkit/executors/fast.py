@@ -107,9 +107,10 @@ def step_layers(
     """The executor for one step of ``owner``'s ``cells``: built once and kept (per
     ``owner``) for steps without autograd while nothing it was planned from changes.
 
-    A sampling loop steps a stack many times; building the executor is about a quarter
-    of a small step's cost. It is kept only where its plan depends on nothing but what
-    is compared here: the cells themselves (their identity, and for built-in RNN, GRU
+    A sampling loop steps a stack many times, and building the executor each step cost
+    about 20 µs of a β-size ``cross_layer`` step's 240 inside such a loop (6 µs timed
+    alone; ``docs/benchmarks.md``). It is kept only where its plan depends on nothing
+    but what is compared here: the cells themselves (their identity, and for built-in RNN, GRU
     and LSTM cells their torch mode), dropout, train mode, ``torch_ops`` and autocast.
     Other cells, grad mode and ``torch.compile`` tracing get a new executor each step.
     The kept one gets a fresh ``linear`` each step (no views or slots carried over).
