@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from recurrentkit._validation import describe
 from recurrentkit.errors import ConfigError, InputTypeError, StateError
-from recurrentkit.stack import Stack
+from recurrentkit.stack import Stack, repack
 
 __all__ = ["Bidirectional", "reverse_within_lengths"]
 
@@ -87,7 +88,8 @@ class Bidirectional(nn.Module):
     stack state (a tuple with one cell state per layer).
 
     Shape:
-        - x: ``(T, B, I)``, or ``(T, I)`` unbatched (then without ``lengths``).
+        - x: ``(T, B, I)``, or ``(T, I)`` unbatched (then without ``lengths``), or a
+          ``PackedSequence`` of ``(N, I)`` rows (outputs then packed alike).
         - outputs: ``(T, B, O_f + O_b)``; past a sequence's length, zeros.
 
     Raises:
@@ -131,26 +133,36 @@ class Bidirectional(nn.Module):
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | PackedSequence,
         state: tuple[Any, Any] | None = None,
         *,
         lengths: Tensor | None = None,
-    ) -> tuple[Tensor, tuple[Any, Any]]:
+    ) -> tuple[Tensor | PackedSequence, tuple[Any, Any]]:
         """Run both directions over the whole sequence.
 
         Args:
-            x: ``(T, B, I)`` or ``(T, I)`` (time-major).
+            x: ``(T, B, I)`` or ``(T, I)`` (time-major), or a ``PackedSequence``.
             state: ``(forward_state, backward_state)``, each a stack state, or ``None``
                 (both stacks' initial states). Either element may be ``None``.
-            lengths: optional ``(B,)`` integer lengths in ``1..T``.
+            lengths: optional ``(B,)`` integer lengths in ``1..T`` (not with a
+                ``PackedSequence``, which carries its own).
 
         Returns:
-            ``(outputs (T, B, O_f + O_b), (forward_state, backward_state))``.
+            ``(outputs (T, B, O_f + O_b), (forward_state, backward_state))``; the outputs
+            packed like ``x`` if it was packed (states in its original batch order).
 
         Raises:
             StateError: ``state`` is not a pair.
+            ConfigError: ``lengths`` given with a ``PackedSequence``.
             ShapeError, InputTypeError, DeviceError: as :meth:`Stack.forward`.
         """
+        if isinstance(x, PackedSequence):
+            if lengths is not None:
+                raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
+            padded, lengths = pad_packed_sequence(x)  # (T, B, I), original batch order
+            y, states = self.forward(padded, state, lengths=lengths)
+            assert isinstance(y, Tensor)
+            return repack(y, lengths, x), states
         if state is None:
             s_f = s_b = None
         elif not isinstance(state, (tuple, list)) or len(state) != 2:

@@ -58,7 +58,7 @@ from recurrentkit.cells.protocol import CellBase
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, StateError
 from recurrentkit.executors.fast import plain_mode
 from recurrentkit.executors.torch_ops import call_fused
-from recurrentkit.stack import EXECUTORS, Stack, _repack
+from recurrentkit.stack import EXECUTORS, Stack, repack
 
 __all__ = ["GRU", "LSTM", "RNN", "RecurrentBase"]
 
@@ -324,7 +324,7 @@ class RecurrentBase(nn.Module):
             y, h_n = self._run_parts(x, h0, lengths)  # (T, B, D H_out)
             if packed is not None:
                 assert lengths is not None
-                return _repack(y, lengths, packed), h_n
+                return repack(y, lengths, packed), h_n
         if unbatched:
             h_n = tuple(h.squeeze(1) for h in h_n) if self.mode == "LSTM" else h_n.squeeze(1)
             return y.squeeze(1), h_n  # (T, D H_out)

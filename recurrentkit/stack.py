@@ -198,7 +198,7 @@ class Stack(nn.Module):
                 return direct
             x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
             out, states = self._run(x_tm, states, lengths, layers)  # (T, B, O)
-            return _repack(out, lengths, packed), states
+            return repack(out, lengths, packed), states
         self._check_input("x", x, ranks=(2, 3))
         assert isinstance(x, Tensor)
         unbatched = x.dim() == 2
@@ -521,8 +521,10 @@ def _stamp(stack: Stack, x_t: object) -> Any:
     return (stack._step_token, x_t.shape, x_t.dtype, x_t.device)
 
 
-def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
-    """Pack ``out (T, B, O)`` (original batch order) with ``like``'s ordering."""
+def repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+    """Pack ``out (T, B, O)`` (original batch order) with ``like``'s ordering (the
+    outputs of a run over ``like`` padded; the drop-ins and
+    :class:`.bidirectional.Bidirectional` use it too)."""
     if like.sorted_indices is not None:
         order = like.sorted_indices.to(out.device)
         out = out.index_select(1, order)

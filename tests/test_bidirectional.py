@@ -70,3 +70,28 @@ def test_bad_parts_and_state_raise() -> None:
         bi(torch.randn(5, 2, 3), torch.zeros(2, 4))
     with pytest.raises(rk.ShapeError, match="x"):
         bi(torch.randn(5, 2, 2))
+
+
+@pytest.mark.parametrize("executor", ["auto", "handbuilt", "reference"])
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_packed_input_equals_padded_with_lengths(executor: str, enforce_sorted: bool) -> None:
+    torch.manual_seed(3)
+    fwd = rk.Stack([rk.GRUCell(3, 4), rk.GRUCell(4, 4)], executor=executor).double()
+    bwd = rk.Stack([rk.LSTMCell(3, 5)], executor=executor).double()
+    bi = Bidirectional(fwd, bwd)
+    lengths = torch.tensor([5, 4, 2] if enforce_sorted else [2, 5, 4])
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    y_p, (s_f, s_b) = bi(packed)
+    assert isinstance(y_p, torch.nn.utils.rnn.PackedSequence)
+    assert torch.equal(y_p.batch_sizes, packed.batch_sizes)
+    y_pad, _ = torch.nn.utils.rnn.pad_packed_sequence(y_p)  # original batch order
+    y, (r_f, r_b) = bi(x, lengths=lengths)
+    torch.testing.assert_close(y_pad, y, rtol=0, atol=0)
+    for a, b in zip((s_f[1], s_b[0].h, s_b[0].c), (r_f[1], r_b[0].h, r_b[0].c)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (g_packed,) = torch.autograd.grad(y_p.data.sum(), x)
+    (g_padded,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g_packed, g_padded, rtol=0, atol=1e-12)
+    with pytest.raises(rk.ConfigError, match="lengths"):
+        bi(packed, lengths=lengths)
