@@ -5,7 +5,8 @@ other reads each sequence from its *own* last step back to its first (padding st
 where it is, so padded batches and packed sequences give what torch.nn gives), and
 their outputs are concatenated feature-wise. Both directions run through
 :meth:`Stack.forward <recurrentkit.Stack.forward>`, so whatever executor a stack uses
-serves them. Everything here is time-major, ``(T, B, F)``.
+serves them. Shapes here are time-major, ``(T, B, F)``; a :class:`Bidirectional` over
+``batch_first`` stacks takes and returns ``(B, T, F)``.
 """
 
 from __future__ import annotations
@@ -81,20 +82,23 @@ class Bidirectional(nn.Module):
 
     Args:
         forward_stack: reads ``x`` forwards.
-        backward_stack: reads each sequence backwards. Both stacks are time-major
-            (``batch_first=False``) and take the same input width.
+        backward_stack: reads each sequence backwards. Both stacks take the same input
+            width and the same layout: time-major, or both ``batch_first`` (then so is
+            this module).
 
     The module's state is ``(forward_stack_state, backward_stack_state)``, each a
     stack state (a tuple with one cell state per layer).
 
     Shape:
-        - x: ``(T, B, I)``, or ``(T, I)`` unbatched (then without ``lengths``), or a
-          ``PackedSequence`` of ``(N, I)`` rows (outputs then packed alike).
-        - outputs: ``(T, B, O_f + O_b)``; past a sequence's length, zeros.
+        - x: ``(T, B, I)`` (``(B, T, I)`` with ``batch_first`` stacks), or ``(T, I)``
+          unbatched (then without ``lengths``), or a ``PackedSequence`` of ``(N, I)``
+          rows (outputs then packed alike).
+        - outputs: ``(T, B, O_f + O_b)`` (``(B, T, O_f + O_b)``); past a sequence's
+          length, zeros.
 
     Raises:
         InputTypeError: a part is not a :class:`~recurrentkit.Stack`.
-        ConfigError: a stack is ``batch_first`` or the input widths differ.
+        ConfigError: the stacks' layouts (``batch_first``) or input widths differ.
 
     Example:
         >>> import torch, recurrentkit as rk
@@ -110,15 +114,22 @@ class Bidirectional(nn.Module):
         for name, part in (("forward_stack", forward_stack), ("backward_stack", backward_stack)):
             if not isinstance(part, Stack):
                 raise InputTypeError(name, "a recurrentkit.Stack", describe(part))
-            if part.batch_first:
-                raise ConfigError(
-                    f"{name}.batch_first", "False (Bidirectional is time-major)", True
-                )
+        if backward_stack.batch_first != forward_stack.batch_first:
+            raise ConfigError(
+                "backward_stack.batch_first",
+                f"{forward_stack.batch_first} (forward_stack.batch_first: one layout)",
+                backward_stack.batch_first,
+            )
         fi, bi = forward_stack.input_size, backward_stack.input_size
         if fi is not None and bi is not None and fi != bi:
             raise ConfigError("backward_stack.input_size", f"{fi} (forward_stack.input_size)", bi)
         self.forward_stack = forward_stack
         self.backward_stack = backward_stack
+
+    @property
+    def batch_first(self) -> bool:
+        """Whether batched input and outputs are ``(B, T, ·)`` (the stacks' layout)."""
+        return self.forward_stack.batch_first
 
     @property
     def input_size(self) -> int | None:
@@ -141,15 +152,17 @@ class Bidirectional(nn.Module):
         """Run both directions over the whole sequence.
 
         Args:
-            x: ``(T, B, I)`` or ``(T, I)`` (time-major), or a ``PackedSequence``.
+            x: ``(T, B, I)`` (``(B, T, I)`` if :attr:`batch_first`) or ``(T, I)``, or a
+                ``PackedSequence``.
             state: ``(forward_state, backward_state)``, each a stack state, or ``None``
                 (both stacks' initial states). Either element may be ``None``.
             lengths: optional ``(B,)`` integer lengths in ``1..T`` (not with a
                 ``PackedSequence``, which carries its own).
 
         Returns:
-            ``(outputs (T, B, O_f + O_b), (forward_state, backward_state))``; the outputs
-            packed like ``x`` if it was packed (states in its original batch order).
+            ``(outputs (T, B, O_f + O_b), (forward_state, backward_state))`` (outputs
+            ``(B, T, ·)`` if :attr:`batch_first`); the outputs packed like ``x`` if it
+            was packed (states in its original batch order).
 
         Raises:
             StateError: ``state`` is not a pair.
@@ -159,10 +172,11 @@ class Bidirectional(nn.Module):
         if isinstance(x, PackedSequence):
             if lengths is not None:
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
-            padded, lengths = pad_packed_sequence(x)  # (T, B, I), original batch order
-            y, states = self.forward(padded, state, lengths=lengths)
+            padded, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
+            y, states = self.forward(padded, state, lengths=lengths)  # original batch order
             assert isinstance(y, Tensor)
-            return repack(y, lengths, x), states
+            y_tm = y.transpose(0, 1) if self.batch_first else y  # (T, B, O)
+            return repack(y_tm, lengths, x), states
         if state is None:
             s_f = s_b = None
         elif not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -172,7 +186,14 @@ class Bidirectional(nn.Module):
         else:
             s_f, s_b = state
         y_f, s_f = self.forward_stack(x, s_f, lengths=lengths)  # (T, B, O_f)
-        x_rev = reverse_within_lengths(x, lengths)  # (T, B, I)
+        x_rev = self._reverse(x, lengths)  # (T, B, I)
         y_rev, s_b = self.backward_stack(x_rev, s_b, lengths=lengths)  # (T, B, O_b)
-        y_b = reverse_within_lengths(y_rev, lengths)  # (T, B, O_b)
+        y_b = self._reverse(y_rev, lengths)  # (T, B, O_b)
         return torch.cat([y_f, y_b], dim=-1), (s_f, s_b)  # (T, B, O_f + O_b)
+
+    def _reverse(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """:func:`reverse_within_lengths` in this module's layout (batched
+        ``batch_first`` input is ``(B, T, F)``)."""
+        if self.batch_first and x.dim() == 3:
+            return reverse_within_lengths(x.transpose(0, 1), lengths).transpose(0, 1)
+        return reverse_within_lengths(x, lengths)

@@ -61,7 +61,7 @@ def test_bad_parts_and_state_raise() -> None:
     gru = rk.Stack([rk.GRUCell(3, 4)])
     with pytest.raises(rk.InputTypeError, match="backward_stack"):
         Bidirectional(gru, rk.GRUCell(3, 4))
-    with pytest.raises(rk.ConfigError, match="forward_stack.batch_first"):
+    with pytest.raises(rk.ConfigError, match=r"backward_stack.batch_first: expected True"):
         Bidirectional(rk.Stack([rk.GRUCell(3, 4)], batch_first=True), gru)
     with pytest.raises(rk.ConfigError, match="backward_stack.input_size"):
         Bidirectional(gru, rk.Stack([rk.GRUCell(2, 4)]))
@@ -95,3 +95,32 @@ def test_packed_input_equals_padded_with_lengths(executor: str, enforce_sorted: 
     torch.testing.assert_close(g_packed, g_padded, rtol=0, atol=1e-12)
     with pytest.raises(rk.ConfigError, match="lengths"):
         bi(packed, lengths=lengths)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_batch_first_stacks_make_a_batch_first_module(packed: bool) -> None:
+    torch.manual_seed(4)
+    tm = Bidirectional(rk.Stack([rk.GRUCell(3, 4)]), rk.Stack([rk.LSTMCell(3, 2)])).double()
+    bf = Bidirectional(
+        rk.Stack([rk.GRUCell(3, 4)], batch_first=True),
+        rk.Stack([rk.LSTMCell(3, 2)], batch_first=True),
+    ).double()
+    bf.load_state_dict(tm.state_dict())
+    assert bf.batch_first and not tm.batch_first
+    x = torch.randn(5, 3, 3, dtype=torch.float64)  # (T, B, I)
+    lengths = torch.tensor([5, 2, 4])
+    y, (s_f, s_b) = tm(x, lengths=lengths)
+    if packed:
+        y_bf, (f_bf, b_bf) = bf(
+            torch.nn.utils.rnn.pack_padded_sequence(
+                x.transpose(0, 1), lengths, batch_first=True, enforce_sorted=False
+            )
+        )
+        y_bf, _ = torch.nn.utils.rnn.pad_packed_sequence(y_bf, batch_first=True)
+    else:
+        y_bf, (f_bf, b_bf) = bf(x.transpose(0, 1), lengths=lengths)  # (B, T, I)
+    torch.testing.assert_close(y_bf, y.transpose(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(f_bf[0], s_f[0], rtol=0, atol=0)
+    torch.testing.assert_close(b_bf[0].c, s_b[0].c, rtol=0, atol=0)
+    y1, _ = bf(x[:, 0])  # unbatched input is (T, I) in either layout
+    torch.testing.assert_close(y1, tm(x[:, 0])[0], rtol=0, atol=0)
