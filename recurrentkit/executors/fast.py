@@ -215,7 +215,7 @@ class FastLayers:
             return scan(lambda g, s: split.step(cell, g, s), gi, state, lengths)
         sched = schedule(x, lengths)
         out, seq = self._sequence(layer, sched.pack(x), sched.sort_state(state), sched)
-        return sched.unpack(out), sched.unsort_state(map_state(sched.last, seq))
+        return sched.unpack(out), sched.final_state(seq)
 
     # -- whole runs ------------------------------------------------------------------
 
@@ -317,7 +317,7 @@ class FastLayers:
                 u, (s,) = run_torch_rows([cell], mode, u, sched, (states[k],), 0.0, self.training)
             else:
                 u, seq = self._sequence(k, u, sched.sort_state(states[k]), sched)
-                s = sched.unsort_state(map_state(sched.last, seq))
+                s = sched.final_state(seq)
             finals.append(s)
         return u, tuple(finals)
 
@@ -345,7 +345,7 @@ class FastLayers:
         """Shared routing, ``carry="first"``: layer 1 over time, the rest batched."""
         sched = schedule(x, lengths)
         u, seq = self._sequence(0, sched.pack(x), sched.sort_state(states[0]), sched)
-        finals = [map_state(sched.last, seq)]
+        finals = [sched.final_state(seq)]
         for k in range(1, len(self.cells)):
             kern = self._kernels[k]
             assert kern is not None
@@ -354,8 +354,8 @@ class FastLayers:
             if done is None:
                 done = kern.step(cell, kern.project(cell, x_k), seq)
             u, seq = done  # (N, O)
-            finals.append(map_state(sched.last, seq))
-        return sched.unpack(u), tuple(sched.unsort_state(f) for f in finals)
+            finals.append(sched.final_state(seq))
+        return sched.unpack(u), tuple(finals)
 
     def _run_cross(
         self,
@@ -369,8 +369,7 @@ class FastLayers:
         y, seqs = cross_run.cross_run(
             policy, self.cells, sched.pack(x), sched.sort_state(states), sched
         )
-        finals = tuple(sched.unsort_state(map_state(sched.last, s)) for s in seqs)
-        return sched.unpack(y), finals
+        return sched.unpack(y), tuple(sched.final_state(s) for s in seqs)
 
     def _run_steps(
         self,

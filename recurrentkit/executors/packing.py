@@ -122,6 +122,11 @@ class Schedule:
             return data[-self.batch :]
         return data.index_select(0, self._index("last", data.device))
 
+    def final_state(self, seq: Any) -> Any:
+        """Each sequence's state after its last step, from a packed state sequence
+        (each field ``(N, ...)``): ``(B, ...)`` fields in original row order."""
+        return self.unsort_state(map_state(self.last, seq))
+
     def previous(self, first: Tensor, data: Tensor) -> Tensor:
         """Each row's previous-step row: ``first (B, F)`` at step 0, else ``data``'s.
 
