@@ -2,11 +2,12 @@
 
 - :func:`stack_from_torch` / :func:`stack_to_torch`: a unidirectional ``nn.RNN``,
   ``nn.GRU`` or ``nn.LSTM`` ↔ a :class:`~recurrentkit.Stack` with independent routing
-  (also reached as :meth:`Stack.from_torch <recurrentkit.Stack.from_torch>` and
-  :meth:`stack.to_torch() <recurrentkit.Stack.to_torch>`).
+  (this module owns them: :class:`~recurrentkit.Stack` sits below the torch.nn
+  layer and does not import it).
 - :func:`dropin_from_torch` / :func:`dropin_to_torch`: a torch.nn module ↔ the
   matching drop-in :class:`recurrentkit.RNN`/:class:`~recurrentkit.GRU`/
-  :class:`~recurrentkit.LSTM` (any direction count).
+  :class:`~recurrentkit.LSTM` (any direction count); defined beside the drop-ins in
+  :mod:`recurrentkit.nn` (their ``from_torch``/``to_torch``) and re-exported here.
 
 Every conversion keeps dtype, device, ``batch_first``, ``dropout`` and the training
 mode; the result owns copies of the weights (changing one side leaves the other alone).
@@ -23,26 +24,16 @@ from torch import nn
 from recurrentkit._validation import describe
 from recurrentkit.cells import GRUCell, LSTMCell, RNNCell
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError
-from recurrentkit.nn import GRU, LSTM, RNN, RecurrentBase
+from recurrentkit.nn import (
+    PARAMETER_KINDS,
+    dropin_from_torch,
+    dropin_to_torch,
+    mode_of,
+)
 from recurrentkit.routing import Independent
 from recurrentkit.stack import Stack
 
 __all__ = ["dropin_from_torch", "dropin_to_torch", "stack_from_torch", "stack_to_torch"]
-
-_MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM")
-_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-_TORCH_CLASSES: dict[str, type[nn.Module]] = {
-    "RNN_TANH": nn.RNN,
-    "RNN_RELU": nn.RNN,
-    "GRU": nn.GRU,
-    "LSTM": nn.LSTM,
-}
-_DROPIN_CLASSES: dict[str, type[RecurrentBase]] = {
-    "RNN_TANH": RNN,
-    "RNN_RELU": RNN,
-    "GRU": GRU,
-    "LSTM": LSTM,
-}
 
 
 def stack_from_torch(module: nn.Module) -> Stack:
@@ -73,7 +64,7 @@ def stack_from_torch(module: nn.Module) -> Stack:
         >>> torch.allclose(stack(x)[0], gru(x)[0], atol=1e-6)
         True
     """
-    mode = _mode_of(module)
+    mode = mode_of(module)
     m: Any = module  # attributes as nn.RNNBase declares them
     if m.bidirectional:
         raise ConfigError(
@@ -204,88 +195,6 @@ def stack_to_torch(stack: Stack) -> nn.Module:
     return module.train(stack.training)
 
 
-def dropin_from_torch(module: nn.Module) -> RecurrentBase:
-    """The :class:`recurrentkit.RNN`/:class:`~recurrentkit.GRU`/:class:`~recurrentkit.LSTM`
-    equal to a torch.nn recurrent module (any layers and directions), weights copied.
-
-    Args:
-        module: an ``nn.RNN``, ``nn.GRU`` or ``nn.LSTM``.
-
-    Returns:
-        The drop-in, with the module's configuration, dtype, device and training mode.
-
-    Raises:
-        InputTypeError: ``module`` is not one of those modules.
-
-    Example:
-        >>> import torch, recurrentkit as rk
-        >>> lstm = torch.nn.LSTM(3, 4, bidirectional=True)
-        >>> type(dropin_from_torch(lstm)).__name__
-        'LSTM'
-    """
-    mode = _mode_of(module)
-    return _convert(module, _DROPIN_CLASSES[mode], mode)  # type: ignore[return-value]
-
-
-def dropin_to_torch(dropin: RecurrentBase) -> nn.Module:
-    """The ``torch.nn`` module equal to a recurrentkit drop-in, weights copied.
-
-    Args:
-        dropin: a :class:`recurrentkit.RNN`, :class:`~recurrentkit.GRU` or
-            :class:`~recurrentkit.LSTM`.
-
-    Returns:
-        ``nn.RNN``/``nn.GRU``/``nn.LSTM`` with the same configuration, dtype, device,
-        training mode and weights.
-
-    Raises:
-        InputTypeError: ``dropin`` is not a recurrentkit drop-in.
-
-    Example:
-        >>> import recurrentkit as rk
-        >>> dropin_to_torch(rk.GRU(3, 4, num_layers=2))
-        GRU(3, 4, num_layers=2)
-    """
-    if not isinstance(dropin, RecurrentBase):
-        raise InputTypeError("dropin", "a recurrentkit RNN, GRU or LSTM", describe(dropin))
-    return _convert(dropin, _TORCH_CLASSES[dropin.mode], dropin.mode)
-
-
-# -- internals ---------------------------------------------------------------------------
-
-
-def _mode_of(module: object) -> str:
-    mode = getattr(module, "mode", None)
-    if not isinstance(module, (nn.RNNBase, RecurrentBase)) or mode not in _MODES:
-        raise InputTypeError(
-            "module", "a torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM", describe(module)
-        )
-    return str(mode)
-
-
-def _convert(module: Any, cls: type[nn.Module], mode: str) -> nn.Module:
-    """Build ``cls`` with ``module``'s configuration and load a copy of its weights."""
-    ref = next(module.parameters())
-    kwargs: dict[str, Any] = {
-        "num_layers": module.num_layers,
-        "bias": module.bias,
-        "batch_first": module.batch_first,
-        "dropout": module.dropout,
-        "bidirectional": module.bidirectional,
-        "device": ref.device,
-        "dtype": ref.dtype,
-    }
-    if mode.startswith("RNN"):
-        kwargs["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
-    if mode == "LSTM":
-        kwargs["proj_size"] = module.proj_size
-    with warnings.catch_warnings():  # dropout with one layer warns; the source already did
-        warnings.simplefilter("ignore", UserWarning)
-        made = cls(module.input_size, module.hidden_size, **kwargs)
-    made.load_state_dict(module.state_dict())
-    return made.train(module.training)
-
-
 def _check_same(k: int, cell: Any, first: Any, attr: str, why: str) -> None:
     if getattr(cell, attr) != getattr(first, attr):
         raise ConfigError(
@@ -299,7 +208,7 @@ def _copy_layer(cell: nn.Module, module: nn.Module, k: int, *, to_cell: bool) ->
     """Copy layer ``k``'s weights between a cell (``weight_ih``, ...) and a torch.nn-named
     module (``weight_ih_l{k}``, ...), into the cell if ``to_cell``; no autograd."""
     with torch.no_grad():
-        for kind in _KINDS:
+        for kind in PARAMETER_KINDS:
             ours, theirs = getattr(cell, kind, None), getattr(module, f"{kind}_l{k}", None)
             if ours is None or theirs is None:
                 continue

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -60,18 +60,21 @@ from recurrentkit.executors.fast import plain_mode
 from recurrentkit.executors.torch_ops import call_fused
 from recurrentkit.stack import EXECUTORS, Stack, repack
 
-__all__ = ["GRU", "LSTM", "RNN", "RecurrentBase"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "PARAMETER_KINDS",
+    "RNN",
+    "RecurrentBase",
+    "dropin_from_torch",
+    "dropin_to_torch",
+    "mode_of",
+]
 
-#: Per-cell parameter names, in torch's registration order.
-_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+PARAMETER_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+"""One layer's parameter names in torch's registration order (``weight_ih_l{k}`` & co.
+are these with the layer suffix); the built-in cells use the same names."""
 _NONLINEARITIES = ("tanh", "relu")
-
-
-class _LSTMHidden(NamedTuple):
-    """Names ``hx``'s elements in error messages."""
-
-    h_0: Tensor
-    c_0: Tensor
 
 
 class RecurrentBase(nn.Module):
@@ -166,7 +169,7 @@ class RecurrentBase(nn.Module):
                 suffix = "_reverse" if direction == 1 else ""
                 pairs = [
                     (kind, f"{kind}_l{layer}{suffix}")
-                    for kind in _KINDS
+                    for kind in PARAMETER_KINDS
                     if cell._parameters.get(kind) is not None
                 ]
                 cells.append(cell)
@@ -238,20 +241,16 @@ class RecurrentBase(nn.Module):
     def to_torch(self) -> nn.Module:
         """The equivalent ``torch.nn`` module, weights copied.
 
-        See :func:`recurrentkit.interop.dropin_to_torch`.
+        See :func:`dropin_to_torch`.
         """
-        from recurrentkit.interop import dropin_to_torch
-
         return dropin_to_torch(self)
 
     @classmethod
     def from_torch(cls, module: nn.Module) -> RecurrentBase:
         """A drop-in equal to a ``torch.nn`` module, weights copied.
 
-        See :func:`recurrentkit.interop.dropin_from_torch`.
+        See :func:`dropin_from_torch`.
         """
-        from recurrentkit.interop import dropin_from_torch
-
         wanted = getattr(nn, cls.__name__, nn.RNNBase)
         if not isinstance(module, wanted):
             raise InputTypeError("module", f"a torch.nn.{wanted.__name__}", describe(module))
@@ -778,3 +777,101 @@ class LSTM(RecurrentBase):
             ``(output, (h_n, c_n))``.
         """
         return self._run(input, hx)
+
+
+# -- conversions from and to torch.nn (also reached through recurrentkit.interop) ---------
+
+_MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM")
+_TORCH_CLASSES: dict[str, type[nn.Module]] = {
+    "RNN_TANH": nn.RNN,
+    "RNN_RELU": nn.RNN,
+    "GRU": nn.GRU,
+    "LSTM": nn.LSTM,
+}
+_DROPIN_CLASSES: dict[str, type[RecurrentBase]] = {
+    "RNN_TANH": RNN,
+    "RNN_RELU": RNN,
+    "GRU": GRU,
+    "LSTM": LSTM,
+}
+
+
+def dropin_from_torch(module: nn.Module) -> RecurrentBase:
+    """The :class:`recurrentkit.RNN`/:class:`~recurrentkit.GRU`/:class:`~recurrentkit.LSTM`
+    equal to a torch.nn recurrent module (any layers and directions), weights copied.
+
+    Args:
+        module: an ``nn.RNN``, ``nn.GRU`` or ``nn.LSTM``.
+
+    Returns:
+        The drop-in, with the module's configuration, dtype, device and training mode.
+
+    Raises:
+        InputTypeError: ``module`` is not one of those modules.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> lstm = torch.nn.LSTM(3, 4, bidirectional=True)
+        >>> type(dropin_from_torch(lstm)).__name__
+        'LSTM'
+    """
+    mode = mode_of(module)
+    return _convert(module, _DROPIN_CLASSES[mode], mode)  # type: ignore[return-value]
+
+
+def dropin_to_torch(dropin: RecurrentBase) -> nn.Module:
+    """The ``torch.nn`` module equal to a recurrentkit drop-in, weights copied.
+
+    Args:
+        dropin: a :class:`recurrentkit.RNN`, :class:`~recurrentkit.GRU` or
+            :class:`~recurrentkit.LSTM`.
+
+    Returns:
+        ``nn.RNN``/``nn.GRU``/``nn.LSTM`` with the same configuration, dtype, device,
+        training mode and weights.
+
+    Raises:
+        InputTypeError: ``dropin`` is not a recurrentkit drop-in.
+
+    Example:
+        >>> import recurrentkit as rk
+        >>> dropin_to_torch(rk.GRU(3, 4, num_layers=2))
+        GRU(3, 4, num_layers=2)
+    """
+    if not isinstance(dropin, RecurrentBase):
+        raise InputTypeError("dropin", "a recurrentkit RNN, GRU or LSTM", describe(dropin))
+    return _convert(dropin, _TORCH_CLASSES[dropin.mode], dropin.mode)
+
+
+def mode_of(module: object) -> str:
+    """The torch mode (``"RNN_TANH"``, ``"RNN_RELU"``, ``"GRU"``, ``"LSTM"``) of a torch.nn
+    recurrent module or a drop-in; :class:`InputTypeError` for anything else."""
+    mode = getattr(module, "mode", None)
+    if not isinstance(module, (nn.RNNBase, RecurrentBase)) or mode not in _MODES:
+        raise InputTypeError(
+            "module", "a torch.nn.RNN, torch.nn.GRU or torch.nn.LSTM", describe(module)
+        )
+    return str(mode)
+
+
+def _convert(module: Any, cls: type[nn.Module], mode: str) -> nn.Module:
+    """Build ``cls`` with ``module``'s configuration and load a copy of its weights."""
+    ref = next(module.parameters())
+    kwargs: dict[str, Any] = {
+        "num_layers": module.num_layers,
+        "bias": module.bias,
+        "batch_first": module.batch_first,
+        "dropout": module.dropout,
+        "bidirectional": module.bidirectional,
+        "device": ref.device,
+        "dtype": ref.dtype,
+    }
+    if mode.startswith("RNN"):
+        kwargs["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+    if mode == "LSTM":
+        kwargs["proj_size"] = module.proj_size
+    with warnings.catch_warnings():  # dropout with one layer warns; the source already did
+        warnings.simplefilter("ignore", UserWarning)
+        made = cls(module.input_size, module.hidden_size, **kwargs)
+    made.load_state_dict(module.state_dict())
+    return made.train(module.training)

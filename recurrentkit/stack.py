@@ -30,9 +30,10 @@ from recurrentkit._validation import (
     shape_str,
 )
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError, StateError
-from recurrentkit.executors.fast import FastLayers, step_layers
+from recurrentkit.executors.fast import FastExecutor, step_layers
 from recurrentkit.executors.packing import schedule_packed
-from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.executors.plans import Explanation
+from recurrentkit.executors.reference import ReferenceExecutor
 from recurrentkit.routing import RoutingPolicy, resolve
 
 __all__ = ["EXECUTORS", "Stack", "StackCell"]
@@ -273,35 +274,87 @@ class Stack(nn.Module):
         """
         return StackCell(self)
 
-    # -- torch interop (implemented in recurrentkit.interop, imported on use) ------------
+    def explain(
+        self,
+        x: Tensor | PackedSequence,
+        lengths: Tensor | None = None,
+        *,
+        step: bool = False,
+    ) -> Explanation:
+        """Which plan a call on ``x`` would run, and why; nothing is run.
 
-    @classmethod
-    def from_torch(cls, module: nn.Module) -> Stack:
-        """A stack equal to a unidirectional ``nn.GRU``/``nn.LSTM``/``nn.RNN``, weights copied.
+        The answer comes from the same plan tables the call itself reads
+        (:mod:`recurrentkit.executors.plans`), in the current grad mode, autocast and
+        tracing state, with this stack's executor, train mode and dropout.
 
-        See :func:`recurrentkit.interop.stack_from_torch`.
+        Args:
+            x: what :meth:`forward` takes (``(T, B, I)``, ``(B, T, I)`` with
+                ``batch_first``, ``(T, I)`` unbatched, or a ``PackedSequence``); with
+                ``step=True``, what :meth:`step` takes (``(B, I)`` or ``(I,)``).
+            lengths: as :meth:`forward`'s ``lengths``.
+            step: explain :meth:`step` on ``x`` instead of :meth:`forward`.
+
+        Returns:
+            An :class:`~recurrentkit.executors.plans.Explanation`: ``plan`` (the whole
+            stack's plan), ``why``, and ``layers`` (each layer's plan where the plan
+            runs layer by layer, else ``None``); ``str()`` of it reads as a report.
+
+        Raises:
+            ShapeError, InputTypeError, DeviceError, ConfigError: as :meth:`forward` (or
+                :meth:`step`) would for the same arguments.
+
+        Example:
+            >>> import torch, recurrentkit as rk
+            >>> stack = rk.Stack([rk.GRUCell(8, 16), rk.GRUCell(16, 16)], "independent")
+            >>> stack.explain(torch.randn(10, 4, 8)).plan
+            'torch_multilayer'
+            >>> stack.executor = "handbuilt"
+            >>> e = stack.explain(torch.randn(10, 4, 8))
+            >>> e.plan, e.layers
+            ('layer_by_layer', ('kernel', 'kernel'))
         """
-        from recurrentkit.interop import stack_from_torch
-
-        return stack_from_torch(module)
-
-    def to_torch(self) -> nn.Module:
-        """The equivalent ``nn.GRU``/``nn.LSTM``/``nn.RNN``, weights copied.
-
-        See :func:`recurrentkit.interop.stack_to_torch`; raises where no torch
-        equivalent exists (non-independent routing, reset-before GRU cells, ...).
-        """
-        from recurrentkit.interop import stack_to_torch
-
-        return stack_to_torch(self)
+        packed = isinstance(x, PackedSequence)
+        if step:
+            self._check_input("x_t", x, ranks=(1, 2))
+            if lengths is not None:
+                raise ConfigError("lengths", "None for one step", describe(lengths))
+            steps = 1
+        elif isinstance(x, PackedSequence):
+            if lengths is not None:
+                raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
+            self._check_input("x (PackedSequence data)", x.data, ranks=(2,))
+            steps = len(x.batch_sizes)
+            lengths = _packed_lengths(x)
+        else:
+            self._check_input("x", x, ranks=(2, 3))
+            assert isinstance(x, Tensor)
+            unbatched = x.dim() == 2
+            x_tm = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
+            check_nonempty("x", x, range(x.dim() - 1), self._axes(x.dim())[:-1])
+            if lengths is not None:
+                lengths = self._check_lengths(lengths, x_tm, unbatched)
+            steps = x_tm.shape[0]
+        if self._executor == "reference":
+            return Explanation(
+                "reference",
+                "reference",
+                "the plain loop: the policy's step (or its run) over the cells' own calls, "
+                "the definition every other path is tested against",
+            )
+        layers = self._layers()
+        assert isinstance(layers, FastExecutor)
+        plan, why, per_layer = layers.explain(
+            self.routing, steps, lengths, packed=packed, step=step
+        )
+        return Explanation(self._executor, plan, why, per_layer)
 
     # -- internals ---------------------------------------------------------------------
 
-    def _layers(self) -> ReferenceLayers | FastLayers:
+    def _layers(self) -> ReferenceExecutor | FastExecutor:
         """The executor for this call, as :attr:`executor` selects."""
         if self._executor == "reference":
-            return ReferenceLayers(self.cells, self.dropout, self.training)
-        return FastLayers(
+            return ReferenceExecutor(self.cells, self.dropout, self.training)
+        return FastExecutor(
             self.cells, self.dropout, self.training, torch_ops=self._executor == "auto"
         )
 
@@ -310,10 +363,10 @@ class Stack(nn.Module):
         x_tm: Tensor,
         states: tuple[Any, ...],
         lengths: Tensor | None,
-        layers: ReferenceLayers | FastLayers | None = None,
+        layers: ReferenceExecutor | FastExecutor | None = None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
         layers = layers if layers is not None else self._layers()
-        if isinstance(layers, FastLayers):
+        if isinstance(layers, FastExecutor):
             out, states = layers.run(self.routing, x_tm, states, lengths)
         else:
             out, states = self.routing.run(layers, x_tm, states, lengths)
@@ -321,13 +374,13 @@ class Stack(nn.Module):
 
     def _run_packed(
         self,
-        layers: ReferenceLayers | FastLayers,
+        layers: ReferenceExecutor | FastExecutor,
         packed: PackedSequence,
         states: tuple[Any, ...],
     ) -> tuple[PackedSequence, tuple[Any, ...]] | None:
         """The plans that run on a PackedSequence's rows as they are (see
-        :meth:`FastLayers.run_packed`); ``None`` where the executor has none."""
-        if not isinstance(layers, FastLayers):
+        :meth:`FastExecutor.run_packed`); ``None`` where the executor has none."""
+        if not isinstance(layers, FastExecutor):
             return None
         done = layers.run_packed(self.routing, packed.data, schedule_packed(packed), states)
         if done is None:
@@ -339,11 +392,11 @@ class Stack(nn.Module):
 
     def _run_step(self, x_t: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
         if self._executor == "reference":
-            layers: ReferenceLayers | FastLayers = self._layers()
+            layers: ReferenceExecutor | FastExecutor = self._layers()
         else:  # kept between steps without autograd (sampling)
             auto = self._executor == "auto"
             layers = step_layers(self, self.cells, self.dropout, self.training, torch_ops=auto)
-        if isinstance(layers, FastLayers):
+        if isinstance(layers, FastExecutor):
             y, states = layers.step(self.routing, x_t, states)
             return y, _owned(states)
         out, states = self.routing.run(layers, x_t.unsqueeze(0), states, None)  # (1, B, O)
@@ -433,13 +486,13 @@ class Stack(nn.Module):
 
         - ``"auto"`` (the default): each layer that is exactly a torch layer
           (``RNNCell``, ``GRUCell(reset="after")``, ``LSTMCell``) runs on torch's
-          fused recurrent op when its policy goes layer by layer; ``shared`` routing
-          on the reference loop (so it equals a literal loop over the cells to the
-          bit); everything else on the hand-built fast paths of
-          :mod:`recurrentkit.executors`.
+          fused recurrent op when its policy goes layer by layer; everything else on
+          the hand-built fast paths of :mod:`recurrentkit.executors`
+          (:meth:`explain` says which).
         - ``"handbuilt"``: the hand-built fast paths only (never torch's fused op).
         - ``"reference"``: the plain loop over the cells' equations, the definition
-          every faster path is tested against.
+          every faster path is tested against (``shared`` routing here equals a
+          literal loop over the cells to the bit).
 
         All three compute the same function (float64 agreement ≤ 1e-10, forward and
         backward); they differ in speed and in how dropout draws its random masks.
@@ -519,6 +572,14 @@ def _stamp(stack: Stack, x_t: object) -> Any:
     if not isinstance(x_t, Tensor):
         return None
     return (stack._step_token, x_t.shape, x_t.dtype, x_t.device)
+
+
+def _packed_lengths(packed: PackedSequence) -> Tensor:
+    """Each sequence's length in a ``PackedSequence`` (sorted order: what matters here
+    is only that lengths are given)."""
+    batch_sizes = packed.batch_sizes  # (T,), non-increasing
+    rows = torch.arange(int(batch_sizes[0]))
+    return (batch_sizes[None, :] > rows[:, None]).sum(1)  # (B,)
 
 
 def repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:

@@ -174,13 +174,13 @@ def test_stack_to_torch_equals_stack_and_round_trips(kind, data, dtype) -> None:
         assert torch.equal(p, q), n
 
 
-def test_stack_methods_delegate_and_copy_weights() -> None:
+def test_stack_conversions_copy_weights() -> None:
     gru = nn.GRU(3, 4, num_layers=2, batch_first=True).double()
-    stack = rk.Stack.from_torch(gru)
+    stack = rk.interop.stack_from_torch(gru)
     with torch.no_grad():
         stack.cells[0].weight_ih.zero_()
     assert gru.weight_ih_l0.abs().sum() > 0  # a copy: the source is untouched
-    back = stack.to_torch()
+    back = rk.interop.stack_to_torch(stack)
     assert type(back) is nn.GRU and back.batch_first and back.num_layers == 2
     assert torch.equal(back.weight_ih_l0, torch.zeros_like(back.weight_ih_l0))
 

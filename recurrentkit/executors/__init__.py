@@ -1,7 +1,7 @@
 """Executors: ways to run a routing policy's semantics (reference loop; faster paths).
 
-- :class:`ReferenceLayers` (:mod:`.reference`) — the plain loop, the definition;
-- :class:`FastLayers` (:mod:`.fast`) — per policy and per layer, the fastest exact path:
+- :class:`ReferenceExecutor` (:mod:`.reference`) — the plain loop, the definition;
+- :class:`FastExecutor` (:mod:`.fast`) — per policy and per layer, the fastest exact path:
   torch's fused recurrent ops (:mod:`.torch_ops`), hand-built whole-sequence kernels
   and fused step ops (:mod:`.kernels`), ``cross_layer``'s mixing as one op
   (:mod:`.cross_mix`) and, over GRU and LSTM layers, its whole run as one op
@@ -14,7 +14,7 @@
 float64 to 1e-10, forward and backward.
 """
 
-from recurrentkit.executors.fast import FastLayers
-from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.executors.fast import FastExecutor
+from recurrentkit.executors.reference import ReferenceExecutor
 
-__all__ = ["FastLayers", "ReferenceLayers"]
+__all__ = ["FastExecutor", "ReferenceExecutor"]

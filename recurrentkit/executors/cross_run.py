@@ -78,12 +78,15 @@ def _kind(cell: nn.Module) -> str | None:
 
 
 def applies(policy: object, cells: Sequence[nn.Module]) -> bool:
-    """Whether :func:`cross_run` runs ``policy`` over ``cells``: ``cross_layer`` itself
-    (not a subclass) over two or more layers, each a reset-after
+    """Whether :func:`cross_run` runs ``policy`` over ``cells``: a policy declaring
+    ``cross_layer`` wiring (:class:`~recurrentkit.routing.CrossLayer`'s equations and
+    ``layer_weights``) over two or more layers, each a reset-after
     :class:`~recurrentkit.GRUCell` or an :class:`~recurrentkit.LSTMCell` without
     projection."""
     return (
-        type(policy) is CrossLayer and len(cells) > 1 and all(_kind(c) is not None for c in cells)
+        getattr(policy, "wiring", None) == "cross_layer"
+        and len(cells) > 1
+        and all(_kind(c) is not None for c in cells)
     )
 
 

@@ -1,40 +1,13 @@
-"""The fast executor: runs any policy's semantics on the fastest exact path per layer.
+"""The fast executor: runs any policy's semantics on the fastest exact path it can.
 
-Chosen by what the policy and cells declare, never by what they compute:
-
-- **layer-major policies** (they override ``run`` and call ``layers.run_layer``, e.g.
-  independent, residual, handoff): each layer runs over the whole sequence on torch's
-  fused op if the cell is exactly a torch layer (executor ``"auto"``), else on the
-  cell's hand-built whole-sequence kernel (:mod:`.kernels`); a user cell with the
-  protocol's split step projects the whole sequence at once and steps on the projected
-  rows; other user cells run on the reference loop; an ``independent`` stack whose
-  layers torch could hold in one module (one mode, hidden size, bias and projection)
-  runs as one call of torch's multi-layer op;
-- **shared routing** under ``"auto"``: the reference loop over the cells' own steps, so
-  it equals the original study's literal loop to the bit; under ``"handbuilt"`` with
-  ``carry="first"`` (built-in cells): only layer 1's state crosses time, so layer 1
-  runs as one sequence and every layer above is one batched step over all ``T × B``
-  rows at once (equal to the reference to rounding, about 1e-16 in float64);
-- **step-major policies** (shared ``carry="last"``, cross_layer, user policies that
-  define ``step``): the policy's own ``step`` in a time loop, with layer 1's input
-  projection hoisted out of the loop (built-in cells and split user cells); with
-  built-in policies and cells, finished sequences leave the batch as they end
-  (otherwise the reference's masking). A reset-after GRU or an LSTM without
-  projection steps as one op with a hand-written backward, other built-in cells on
-  plain ops; large weights get their gradient as one matmul over all steps
-  (:mod:`.deferred`); ``cross_layer``'s mixing is one op per layer and step
-  (:mod:`.cross_mix`), except that ``cross_layer`` over reset-after GRU and LSTM (no
-  projection) layers without active dropout is one op for the whole run
-  (:mod:`.cross_run`); without autograd (sampling), a torch-exact cell steps on torch's
-  fused cell op under ``"auto"``;
-- a layer whose input *is* its state's ``h`` (shared routing, dropout off: the layer
-  below's write is both) runs as one matmul with summed weights, ``(W_ih + W_hh) h``
-  (:meth:`CellKernel.tied_weights`), in both shared plans;
-- one **step** (:meth:`FastLayers.step`) is the policy's ``step`` on those cell steps;
-  without autograd, a stack of built-in RNN/GRU/LSTM cells keeps its executor from one
-  step to the next (:func:`step_layers`);
-- a **one-layer** stack under a built-in policy is that layer over the sequence (every
-  built-in policy reduces to it).
+Which path is a plan, chosen from the ordered tables of :mod:`.plans` by what the policy
+and the cells declare (see there, and :meth:`~recurrentkit.Stack.explain`). This module
+holds the executor those plans run on: one step of a layer (:meth:`FastExecutor.cell`:
+layer 1's hoisted projection, torch's fused cell op without autograd, a step whose input
+is its state's ``h`` as one matmul with summed weights, a kernel's or a split cell's
+step) and each plan's runner. One step (:meth:`FastExecutor.step`) is the policy's
+``step`` on those cell steps; without autograd a stack of built-in RNN/GRU/LSTM cells
+keeps its executor from one step to the next (:func:`step_layers`).
 
 Under ``torch.compile`` tracing and torch.func transforms the same plans run on plain
 autograd ops (no custom autograd functions, no ``torch._VF`` calls); with ``lengths``
@@ -55,13 +28,14 @@ from torch.nn import functional as F
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
 from recurrentkit.cells import GRUCell, LSTMCell, RNNCell
-from recurrentkit.executors import cross_run
+from recurrentkit.executors import cross_run, plans
 from recurrentkit.executors.cross_mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
 from recurrentkit.executors.kernels.base import Linear
 from recurrentkit.executors.packing import Schedule, cat_states, schedule
-from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.executors.plans import choose
+from recurrentkit.executors.reference import ReferenceExecutor
 from recurrentkit.executors.torch_ops import (
     fusable,
     run_torch_layer,
@@ -70,16 +44,8 @@ from recurrentkit.executors.torch_ops import (
     torch_mode,
 )
 from recurrentkit.routing.base import RoutingPolicy, state_h
-from recurrentkit.routing.cross_layer import CrossLayer
-from recurrentkit.routing.handoff import Handoff
-from recurrentkit.routing.independent import Independent
-from recurrentkit.routing.residual import Residual
-from recurrentkit.routing.shared import Shared
 
-__all__ = ["FastLayers", "plain_mode", "step_layers"]
-
-_BUILTIN_STEP_POLICIES = (Shared, CrossLayer)
-_BUILTIN_POLICIES = (Independent, Shared, Residual, CrossLayer, Handoff)
+__all__ = ["FastExecutor", "plain_mode", "step_layers"]
 
 
 def plain_mode() -> bool:
@@ -103,7 +69,7 @@ def step_layers(
     training: bool,
     *,
     torch_ops: bool,
-) -> FastLayers:
+) -> FastExecutor:
     """The executor for one step of ``owner``'s ``cells``: built once and kept (per
     ``owner``) for steps without autograd while nothing it was planned from changes.
 
@@ -116,20 +82,20 @@ def step_layers(
     The kept one gets a fresh ``linear`` each step (no views or slots carried over).
     """
     if torch.is_grad_enabled() or plain_mode():
-        return FastLayers(cells, dropout, training, torch_ops=torch_ops)
+        return FastExecutor(cells, dropout, training, torch_ops=torch_ops)
     cells = tuple(cells)
     key = (cells, dropout, training, torch_ops, autocast_on(), tuple(map(torch_mode, cells)))
     hit = _STEP_LAYERS.get(owner)
     if hit is not None and hit[0] == key:
-        hit[1]._linear = DeferredLinear() if hit[1]._custom else F.linear
+        hit[1]._linear = DeferredLinear() if hit[1].custom else F.linear
         return hit[1]
-    layers = FastLayers(cells, dropout, training, torch_ops=torch_ops)
+    layers = FastExecutor(cells, dropout, training, torch_ops=torch_ops)
     if all(type(c) in _PLANNED_BY_TYPE for c in cells):
         _STEP_LAYERS[owner] = (key, layers)
     return layers
 
 
-_STEP_LAYERS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], FastLayers]] = (
+_STEP_LAYERS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], FastExecutor]] = (
     weakref.WeakKeyDictionary()
 )
 """:func:`step_layers`' kept executors, one per owner (gone with it)."""
@@ -138,14 +104,25 @@ _PLANNED_BY_TYPE = (RNNCell, GRUCell, LSTMCell)
 """Cells whose plan (kernel, torch mode) :func:`step_layers`' key fully describes."""
 
 
-class FastLayers:
-    """:class:`~recurrentkit.routing.Layers` on fused ops and hand-built kernels.
+class FastExecutor:
+    """An :class:`~recurrentkit.routing.Executor` on fused ops and hand-built kernels,
+    choosing its plans from the tables of :mod:`.plans`.
 
     Args:
         cells: the stack's cells, bottom first.
         dropout: inter-layer dropout probability.
         training: training mode (dropout on).
         torch_ops: run layers that are exactly torch layers on torch's fused ops.
+
+    Attributes (what the plans' predicates read):
+        cells: the cells, bottom first.
+        reference: the :class:`~.reference.ReferenceExecutor` over the same cells.
+        plain: only plain autograd ops may run (``torch.compile`` tracing, torch.func).
+        custom: hand-written autograd ops may run (eager, no autocast).
+        modes: each layer's torch mode where it runs on torch's ops (else ``None``).
+        kernels: each layer's built-in kernel (else ``None``).
+        steppers: what steps each layer from projected input: its kernel, or the
+            adapter of a cell's declared split step (else ``None``).
     """
 
     def __init__(
@@ -155,69 +132,51 @@ class FastLayers:
         self.cells = cells
         self.dropout = dropout
         self.training = training
-        self._ref = ReferenceLayers(cells, dropout, training)
-        self._exact_shared = torch_ops  # executor "auto"
-        self._plain = plain_mode()
-        self._kernels: list[CellKernel | None] = [kernel_for(c) for c in cells]
-        # what steps each cell from projected input: the kernel, or a user cell's split step
-        self._steppers: list[CellKernel | None] = [
-            k if k is not None else split_kernel_for(c) for k, c in zip(self._kernels, cells)
+        self.reference = ReferenceExecutor(cells, dropout, training)
+        self.plain = plain_mode()
+        self.kernels: list[CellKernel | None] = [kernel_for(c) for c in cells]
+        self.steppers: list[CellKernel | None] = [
+            k if k is not None else split_kernel_for(c) for k, c in zip(self.kernels, cells)
         ]
-        use_torch = torch_ops and not self._plain
-        self._modes = [torch_mode(c) if use_torch else None for c in cells]
+        use_torch = torch_ops and not self.plain
+        self.modes = [torch_mode(c) if use_torch else None for c in cells]
         # hand-written autograd ops (fused steps, sequence kernels, deferred weight
         # gradients in step loops): not while tracing, under torch.func or autocast
-        self._custom = not self._plain and not autocast_on()
-        self._linear: Linear = DeferredLinear() if self._custom else F.linear
+        self.custom = not self.plain and not autocast_on()
+        self._linear: Linear = DeferredLinear() if self.custom else F.linear
         self._x_t: Tensor | None = None  # layer 1's input at the current step ...
         self._gi_t: Tensor | None = None  # ... and its hoisted projection
         # whole runs (not single steps) tie a layer's weights when its input is its h
         self._tie = False
         self._tied: dict[int, tuple[Tensor, Tensor | None] | None] = {}
 
-    # -- the Layers protocol ---------------------------------------------------------
+    # -- the Executor protocol -------------------------------------------------------
 
     def cell(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-        kern, cell = self._steppers[layer], self.cells[layer]
+        kern, cell = self.steppers[layer], self.cells[layer]
         if kern is None:
-            return self._ref.cell(layer, x, state)
+            return self.reference.cell(layer, x, state)
         linear = self._linear
         if layer == 0 and x is self._x_t:
             assert self._gi_t is not None
             return kern.step(cell, self._gi_t, state, linear)
-        mode = self._modes[layer]
-        if mode is not None and (mode != "LSTM" or not cell.proj_size) and not _grad(cell):
-            return _torch_cell(cell, mode, x, state)  # inference: one fused torch op
+        if self.torch_cell_step(layer) and not _grad(cell):
+            return _torch_cell(cell, self.modes[layer], x, state)  # inference: one torch op
         tied = self._tied_step(layer, x, state, linear)
         if tied is not None:
             return tied
         return kern.step(cell, kern.project(cell, x, linear), state, linear)
 
     def drop(self, layer: int, y: Tensor) -> Tensor:
-        return self._ref.drop(layer, y)
+        return self.reference.drop(layer, y)
 
     def run_layer(
         self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
     ) -> tuple[Tensor, Any]:
-        cell, mode = self.cells[layer], self._modes[layer]
-        if x.shape[0] == 1 and lengths is None and self._steppers[layer] is not None:
-            y, state = self.cell(layer, x[0], state)  # one step: no sequence machinery
-            return y.unsqueeze(0), state
-        if mode is not None:
-            return run_torch_layer(cell, mode, x, state, lengths, self.training)
-        if self._kernels[layer] is None:
-            split = self._steppers[layer]
-            if split is None:
-                return self._ref.run_layer(layer, x, state, lengths)
-            # a user cell's split step: the whole input projected at once, then stepped
-            T, B = x.shape[0], x.shape[1]
-            gi = split.project(cell, x.reshape(T * B, -1)).reshape(T, B, -1)  # (T, B, G)
-            return scan(lambda g, s: split.step(cell, g, s), gi, state, lengths)
-        sched = schedule(x, lengths)
-        out, seq = self._sequence(layer, sched.pack(x), sched.sort_state(state), sched)
-        return sched.unpack(out), sched.final_state(seq)
+        plan = choose(plans.LAYER, self, layer, x.shape[0], lengths)
+        return plan.run(self, layer, x, state, lengths)  # type: ignore[misc]
 
-    # -- whole runs ------------------------------------------------------------------
+    # -- entry points ----------------------------------------------------------------
 
     def run(
         self,
@@ -226,59 +185,24 @@ class FastLayers:
         states: tuple[Any, ...],
         lengths: Tensor | None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
-        """``policy`` over ``x (T, B, I)`` from ``states``: ``(outputs (T, B, O), states)``."""
-        if self._plain and lengths is not None:  # no shapes that depend on values
-            return policy.run(self._ref, x, states, lengths)
-        self._tie = not self._plain
-        if len(self.cells) == 1 and type(policy) in _BUILTIN_POLICIES:  # all one cell
-            y, s = self.run_layer(0, x, states[0], lengths)
-            return y, (s,)
-        if type(policy) is Independent and (mode := fusable(self.cells, self._modes)):
-            # exactly nn.GRU(num_layers=L) & co.: one call of torch's multi-layer op
-            return run_torch_layers(
-                self.cells, mode, x, states, lengths, self.dropout, self.training
-            )
-        if type(policy) is Independent and lengths is not None and self._rows_chain():
-            # mixed lengths: pack once, every layer on the packed rows, unpack once
-            sched = schedule(x, lengths)
-            out, finals = self._layers_on_rows(sched.pack(x), sched, states)
-            return sched.unpack(out), finals
-        if type(policy) is Shared and self._exact_shared:
-            # "auto": shared routing reproduces the literal step loop over the cells to the
-            # bit (issue 3's proof); the batched plan below differs in the last bits.
-            return policy.run(self._ref, x, states, lengths)
-        has_kernels = all(k is not None for k in self._kernels)
-        if type(policy) is Shared and policy.carry == "first" and has_kernels:
-            return self._run_shared_first(x, states, lengths)
-        if type(policy).run is not RoutingPolicy.run:
-            return policy.run(self, x, states, lengths)
-        if self._custom and cross_run.applies(policy, self.cells) and not self._dropping():
-            return self._run_cross(policy, x, states, lengths)  # type: ignore[arg-type]
-        return self._run_steps(policy, x, states, lengths)
+        """``policy`` over ``x (T, B, I)`` from ``states``: ``(outputs (T, B, O), states)``,
+        on the first plan of :data:`.plans.WHOLE_RUN` that applies."""
+        self._tie = not self.plain
+        plan = choose(plans.WHOLE_RUN, self, policy, lengths)
+        return plan.run(self, policy, x, states, lengths)  # type: ignore[misc]
 
     def run_packed(
         self, policy: RoutingPolicy, data: Tensor, sched: Schedule, states: tuple[Any, ...]
     ) -> tuple[Tensor, tuple[Any, ...]] | None:
-        """``policy`` over packed rows ``data (N, I)`` (a PackedSequence's own data), or
-        ``None`` where no plan runs on packed rows directly.
-
-        Plans that do: one layer under a built-in policy (torch's op or the cell's
-        kernel), an ``independent`` stack torch could hold in one module (one call), and
-        any ``independent`` stack whose layers all run on torch's op or a kernel, without
-        active inter-layer dropout (layer by layer on the rows). They skip padding the
-        input and packing the output again. ``states`` and the returned
-        final states are in the original batch order; outputs are packed rows ``(N, O)``.
-        """
-        if self._plain:
+        """``policy`` over packed rows ``data (N, I)`` (a PackedSequence's own data) on
+        the first plan of :data:`.plans.PACKED` that applies, or ``None`` where that is
+        ``"padded"`` (the caller pads and calls :meth:`run`). ``states`` and the
+        returned final states are in the original batch order; outputs are packed rows
+        ``(N, O)``."""
+        plan = choose(plans.PACKED, self, policy)
+        if plan.run is None:
             return None
-        if type(policy) is Independent and (mode := fusable(self.cells, self._modes)):
-            return run_torch_rows(
-                self.cells, mode, data, sched, states, self.dropout, self.training
-            )
-        one_cell = len(self.cells) == 1 and type(policy) in _BUILTIN_POLICIES
-        if (one_cell or type(policy) is Independent) and self._rows_chain():
-            return self._layers_on_rows(data, sched, states)
-        return None
+        return plan.run(self, policy, data, sched, states)
 
     def step(
         self, policy: RoutingPolicy, x: Tensor, states: tuple[Any, ...]
@@ -289,23 +213,145 @@ class FastLayers:
             return out[0], new
         return self._policy_step(policy)(x, states)
 
-    # -- plans -----------------------------------------------------------------------
+    def explain(
+        self,
+        policy: RoutingPolicy,
+        steps: int,
+        lengths: Tensor | None,
+        *,
+        packed: bool = False,
+        step: bool = False,
+    ) -> tuple[str, str, tuple[str, ...] | None]:
+        """``(plan, why, per-layer plans or None)`` for a call over ``steps`` steps (a
+        packed input, or one :meth:`step`), from the tables the runs use."""
+        L = len(self.cells)
+        if step:
+            run_only = type(policy).step is RoutingPolicy.step
+            why = (
+                "one step: the policy's run on a one-step sequence (it defines no step)"
+                if run_only
+                else "one step: the policy's step, each layer on its step plan"
+            )
+            if run_only:
+                return "step", why, tuple(self._layer_plan(k, 1, None) for k in range(L))
+            return "step", why, tuple(choose(plans.STEP, self, k).name for k in range(L))
+        if packed:
+            plan = choose(plans.PACKED, self, policy)
+            if plan.run is not None:
+                layers = None
+                if plan.name == "layers_on_rows":
+                    layers = tuple("torch_op" if m else "kernel" for m in self.modes)
+                return plan.name, plan.why, layers
+        whole = choose(plans.WHOLE_RUN, self, policy, lengths)
+        why = whole.why if not packed else f"packed input padded; {whole.why}"
+        layers = None
+        if whole.name in ("one_layer", "layer_by_layer"):
+            layers = tuple(self._layer_plan(k, steps, lengths) for k in range(L))
+        elif whole.name == "layers_on_rows":
+            layers = tuple("torch_op" if m else "kernel" for m in self.modes)
+        elif whole.name in ("step_loop", "policy_run"):
+            layers = tuple(choose(plans.STEP, self, k).name for k in range(L))
+        return whole.name, why, layers
 
-    def _rows_chain(self) -> bool:
+    def _layer_plan(self, layer: int, steps: int, lengths: Tensor | None) -> str:
+        return choose(plans.LAYER, self, layer, steps, lengths).name
+
+    # -- what the plans' predicates read ---------------------------------------------
+
+    def rows_chain(self) -> bool:
         """Whether every layer runs on packed rows (torch's op or a kernel), with no
         active inter-layer dropout (its masks would be drawn over rows, not the
         reference's padded steps)."""
         return (
-            not self._plain
-            and all(k is not None or m is not None for k, m in zip(self._kernels, self._modes))
-            and not self._dropping()
+            not self.plain
+            and all(k is not None or m is not None for k, m in zip(self.kernels, self.modes))
+            and not self.dropping()
         )
 
-    def _dropping(self) -> bool:
+    def dropping(self) -> bool:
         """Whether inter-layer dropout is active."""
         return self.training and self.dropout > 0 and len(self.cells) > 1
 
-    def _layers_on_rows(
+    def all_kernels(self) -> bool:
+        """Whether every layer has a built-in kernel."""
+        return all(k is not None for k in self.kernels)
+
+    def torch_cell_step(self, layer: int) -> bool:
+        """Whether a step of ``layer`` without autograd may run on torch's cell op
+        (a torch-exact layer under ``"auto"``; an LSTM without projection)."""
+        mode = self.modes[layer]
+        return mode is not None and (mode != "LSTM" or not self.cells[layer].proj_size)
+
+    # -- the runners -----------------------------------------------------------------
+
+    def run_one_layer(
+        self, x: Tensor, states: tuple[Any, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        y, s = self.run_layer(0, x, states[0], lengths)
+        return y, (s,)
+
+    def run_torch_multilayer(
+        self, x: Tensor, states: tuple[Any, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        mode = fusable(self.cells, self.modes)
+        assert mode is not None
+        return run_torch_layers(self.cells, mode, x, states, lengths, self.dropout, self.training)
+
+    def run_torch_multilayer_rows(
+        self, data: Tensor, sched: Schedule, states: tuple[Any, ...]
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        mode = fusable(self.cells, self.modes)
+        assert mode is not None
+        return run_torch_rows(self.cells, mode, data, sched, states, self.dropout, self.training)
+
+    def run_layers_on_rows(
+        self, x: Tensor, states: tuple[Any, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        sched = schedule(x, lengths)
+        out, finals = self.layers_on_rows(sched.pack(x), sched, states)
+        return sched.unpack(out), finals
+
+    def run_one_step(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        y, state = self.cell(layer, x[0], state)
+        return y.unsqueeze(0), state
+
+    def run_torch_layer(
+        self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
+        mode = self.modes[layer]
+        assert mode is not None
+        return run_torch_layer(self.cells[layer], mode, x, state, lengths, self.training)
+
+    def run_kernel(
+        self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
+        sched = schedule(x, lengths)
+        out, seq = self._sequence(layer, sched.pack(x), sched.sort_state(state), sched)
+        return sched.unpack(out), sched.final_state(seq)
+
+    def run_split(
+        self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
+        """A cell's split step over the sequence: the whole input projected in one call,
+        then a step loop on the projected rows (finished sequences leave the batch), its
+        weights' gradients deferred to the end of the run (:mod:`.deferred`)."""
+        split, cell = self.steppers[layer], self.cells[layer]
+        assert split is not None
+        sched = schedule(x, lengths)
+        linear = DeferredLinear() if self.custom else F.linear
+        if isinstance(linear, DeferredLinear):
+            linear.whole_run = True
+        gis = split.project(cell, sched.pack(x)).split(sched.sizes)  # T × (B_t, G)
+
+        def step(t: int, gi_t: Tensor, s: Any) -> tuple[Tensor, Any]:
+            return split.step(cell, gi_t, s, linear)
+
+        ys, final = step_loop(step, gis, sched.sort_state(state), sched.sizes)
+        if sched.uniform:
+            return torch.stack(ys), final  # (T, B, O)
+        return sched.unpack(torch.cat(ys)), sched.unsort_state(final)
+
+    def layers_on_rows(
         self, data: Tensor, sched: Schedule, states: tuple[Any, ...]
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """Each layer in turn over packed rows ``data (N, I)``, its own state carried
@@ -313,7 +359,7 @@ class FastLayers:
         original batch order."""
         u, finals = data, []
         for k, cell in enumerate(self.cells):
-            if (mode := self._modes[k]) is not None:
+            if (mode := self.modes[k]) is not None:
                 u, (s,) = run_torch_rows([cell], mode, u, sched, (states[k],), 0.0, self.training)
             else:
                 u, seq = self._sequence(k, u, sched.sort_state(states[k]), sched)
@@ -323,10 +369,10 @@ class FastLayers:
 
     def _sequence(self, layer: int, x: Tensor, state: Any, sched: Schedule) -> tuple[Tensor, Any]:
         """Layer ``layer`` over packed rows ``x (N, I)``: ``(out (N, O), state sequence)``."""
-        kern, cell = self._kernels[layer], self.cells[layer]
+        kern, cell = self.kernels[layer], self.cells[layer]
         assert kern is not None
         gi = kern.project(cell, x)  # (N, G)
-        if self._custom:
+        if self.custom:
             return kern.sequence(cell, gi, state, sched)
         steps = gi.split(sched.sizes)
         seq: list[Any] = []
@@ -339,7 +385,7 @@ class FastLayers:
         ys, _ = step_loop(step, steps, state, sched.sizes)
         return torch.cat(ys), cat_states(seq)
 
-    def _run_shared_first(
+    def run_shared_first(
         self, x: Tensor, states: tuple[Any, ...], lengths: Tensor | None
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """Shared routing, ``carry="first"``: layer 1 over time, the rest batched."""
@@ -347,7 +393,7 @@ class FastLayers:
         u, seq = self._sequence(0, sched.pack(x), sched.sort_state(states[0]), sched)
         finals = [sched.final_state(seq)]
         for k in range(1, len(self.cells)):
-            kern = self._kernels[k]
+            kern = self.kernels[k]
             assert kern is not None
             cell, x_k = self.cells[k], self.drop(k - 1, u)
             done = self._tied_step(k, x_k, seq, F.linear)
@@ -357,9 +403,9 @@ class FastLayers:
             finals.append(sched.final_state(seq))
         return sched.unpack(u), tuple(finals)
 
-    def _run_cross(
+    def run_cross(
         self,
-        policy: CrossLayer,
+        policy: RoutingPolicy,
         x: Tensor,
         states: tuple[Any, ...],
         lengths: Tensor | None,
@@ -367,11 +413,15 @@ class FastLayers:
         """``cross_layer`` over GRU/LSTM layers as one op (:mod:`.cross_run`)."""
         sched = schedule(x, lengths)
         y, seqs = cross_run.cross_run(
-            policy, self.cells, sched.pack(x), sched.sort_state(states), sched
+            policy,  # type: ignore[arg-type]  # (wiring "cross_layer": CrossLayer's weights)
+            self.cells,
+            sched.pack(x),
+            sched.sort_state(states),
+            sched,
         )
         return sched.unpack(y), tuple(sched.final_state(s) for s in seqs)
 
-    def _run_steps(
+    def run_steps(
         self,
         policy: RoutingPolicy,
         x: Tensor,
@@ -380,12 +430,10 @@ class FastLayers:
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """A step-major policy's own ``step`` in a time loop, layer 1's projection hoisted."""
         sched = schedule(x, lengths)
-        kern0 = self._steppers[0]
+        kern0 = self.steppers[0]
         if isinstance(self._linear, DeferredLinear):
             self._linear.whole_run = True  # every weight serves every step
-        shrink = type(policy) in _BUILTIN_STEP_POLICIES and all(
-            k is not None for k in self._kernels
-        )
+        shrink = policy.rows_independent and all(k is not None for k in self.steppers)
         if not sched.uniform and not shrink:  # user parts: the reference's masked loop
             T, B = x.shape[0], x.shape[1]
             gis = iter(self._project0(x.reshape(T * B, -1), (B,) * T))
@@ -415,15 +463,15 @@ class FastLayers:
 
     def _policy_step(self, policy: RoutingPolicy) -> Callable[[Tensor, Any], Any]:
         """``(x_t, states) → (y_t, states)``: the policy's own ``step``, or for
-        ``cross_layer`` in eager mode :func:`~.cross_mix.cross_step` (its mixing as one
-        op per layer and step)."""
+        ``cross_layer`` wiring in eager mode :func:`~.cross_mix.cross_step` (its mixing
+        as one op per layer and step)."""
         linear = self._linear
         if (
-            type(policy) is CrossLayer
+            policy.wiring == "cross_layer"
             and len(self.cells) > 1
             and isinstance(linear, DeferredLinear)
         ):
-            return lambda x_t, s: cross_step(policy, self, linear, x_t, s)
+            return lambda x_t, s: cross_step(policy, self, linear, x_t, s)  # type: ignore[arg-type]
         return lambda x_t, s: policy.step(self, x_t, s)
 
     def _tied_step(
@@ -438,7 +486,7 @@ class FastLayers:
         columns instead of ``6H``, an LSTM ``4H`` instead of ``8H``. Only inside a whole
         run, where the summed weights serve every step (built once, on first use).
         """
-        kern = self._kernels[layer]
+        kern = self.kernels[layer]
         if not self._tie or kern is None or x is not state_h(state):
             return None
         if layer not in self._tied:
@@ -449,7 +497,7 @@ class FastLayers:
         return kern.step_tied(self.cells[layer], linear(x, *tied), state, linear)
 
     def _project0(self, x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
-        kern = self._steppers[0]
+        kern = self.steppers[0]
         if kern is None:
             return ()
         return kern.project(self.cells[0], x).split(sizes)

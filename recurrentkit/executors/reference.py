@@ -11,11 +11,11 @@ from torch.nn import functional as F
 from recurrentkit._scan import scan
 from recurrentkit.cells.protocol import CellBase
 
-__all__ = ["ReferenceLayers"]
+__all__ = ["ReferenceExecutor"]
 
 
-class ReferenceLayers:
-    """:class:`~recurrentkit.routing.Layers` run one cell step at a time.
+class ReferenceExecutor:
+    """:class:`~recurrentkit.routing.Executor` run one cell step at a time.
 
     Args:
         cells: the stack's cells, bottom first.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from recurrentkit._validation import describe
 from recurrentkit.errors import ConfigError, InputTypeError
-from recurrentkit.routing.base import Layers, RoutingPolicy, state_h, with_state_h
+from recurrentkit.routing.base import Executor, RoutingPolicy, state_h, with_state_h
 from recurrentkit.routing.cross_layer import CrossLayer
 from recurrentkit.routing.handoff import Handoff, LeakWarning
 from recurrentkit.routing.independent import Independent
@@ -21,7 +21,7 @@ __all__ = [
     "CrossLayer",
     "Handoff",
     "Independent",
-    "Layers",
+    "Executor",
     "LeakWarning",
     "Residual",
     "RoutingPolicy",

@@ -7,7 +7,7 @@ A policy is a small :class:`torch.nn.Module` (it may own parameters) with:
 - :meth:`RoutingPolicy.step` — the policy's equations at one time step;
 - :meth:`RoutingPolicy.run` — the whole sequence. The default loops :meth:`step`
   over time; a *layer-major* policy overrides it to run one layer at a time over the
-  whole sequence through :meth:`Layers.run_layer`, which an executor may run on a
+  whole sequence through :meth:`Executor.run_layer`, which an executor may run on a
   fused kernel.
 
 and two declarations an executor reads: ``causal`` (outputs before ``t`` never depend
@@ -27,11 +27,13 @@ from torch import Tensor, nn
 from recurrentkit._scan import scan
 from recurrentkit.errors import ConfigError
 
-__all__ = ["Layers", "RoutingPolicy", "state_h", "with_state_h"]
+__all__ = ["Executor", "RoutingPolicy", "state_h", "with_state_h"]
 
 
-class Layers(Protocol):
-    """What an executor hands a policy: the cells, and how to run them.
+class Executor(Protocol):
+    """What a policy runs on: the cells, and how to run them (an *executor*:
+    :class:`~recurrentkit.executors.ReferenceExecutor`, the plain loop, or
+    :class:`~recurrentkit.executors.FastExecutor`).
 
     Attributes:
         cells: the stack's cells, bottom first.
@@ -64,15 +66,32 @@ class Layers(Protocol):
 class RoutingPolicy(nn.Module):
     """Base class of routing policies. Subclass it to write your own.
 
-    Class attributes:
+    Class attributes (declarations; see the module docstring):
         name: the policy's name (the string shortcut for the built-in ones).
         causal: outputs before ``t`` never depend on inputs at or after ``t``.
         layer_major: :meth:`run` goes layer by layer over the whole sequence.
+        reduces_to_cell: with one layer, the policy is that cell over the sequence.
+        rows_independent: a step reads each batch row's states only.
+        wiring: the built-in equations :meth:`step` computes, or ``None``.
     """
 
     name: ClassVar[str] = "custom"
     causal: ClassVar[bool] = True
     layer_major: ClassVar[bool] = False
+    reduces_to_cell: ClassVar[bool] = False
+    rows_independent: ClassVar[bool] = False
+    wiring: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "step" in own or "run" in own:
+            # new equations: the declarations about them are the subclass's to make
+            for name, plain in (("reduces_to_cell", False), ("rows_independent", False)):
+                if name not in own:
+                    setattr(cls, name, plain)
+            if "wiring" not in own:
+                cls.wiring = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,13 +116,13 @@ class RoutingPolicy(nn.Module):
         self._bound = True
         check_widths_chain(cells)
 
-    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+    def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         """One time step: ``x (B, I)`` and per-layer states → ``(y (B, O), new states)``."""
         raise NotImplementedError(f"{type(self).__name__} defines no step(); it overrides run()")
 
     def run(
         self,
-        layers: Layers,
+        executor: Executor,
         x: Tensor,
         states: tuple[Any, ...],
         lengths: Tensor | None = None,
@@ -113,7 +132,7 @@ class RoutingPolicy(nn.Module):
         The default loops :meth:`step` over time. With ``lengths (B,)``, a sequence's
         states stop changing after its last step and its outputs past the end are zero.
         """
-        return scan(lambda x_t, s: self.step(layers, x_t, s), x, states, lengths)
+        return scan(lambda x_t, s: self.step(executor, x_t, s), x, states, lengths)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, causal={self.causal}"

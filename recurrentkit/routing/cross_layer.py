@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from recurrentkit.errors import ConfigError
-from recurrentkit.routing.base import Layers, RoutingPolicy, state_h, with_state_h
+from recurrentkit.routing.base import Executor, RoutingPolicy, state_h, with_state_h
 
 __all__ = ["CrossLayer"]
 
@@ -50,6 +50,9 @@ class CrossLayer(RoutingPolicy):
     name = "cross_layer"
     causal = True
     layer_major = False
+    reduces_to_cell = True
+    rows_independent = True
+    wiring = "cross_layer"
 
     def bind(self, cells: Sequence[nn.Module], probes: Sequence[Any]) -> None:
         super().bind(cells, probes)
@@ -100,8 +103,8 @@ class CrossLayer(RoutingPolicy):
         U, w_in, w_state = self._names[k]
         return p[U], p[w_in], p[w_state]  # type: ignore[return-value]
 
-    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
-        L = len(layers.cells)
+    def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+        L = len(executor.cells)
         hs = [state_h(s) for s in states]  # L × (B, H_k)
         h_all = torch.cat(hs, dim=1) if L > 1 else hs[0]  # (B, ΣH)
         u, new = x, []
@@ -116,7 +119,7 @@ class CrossLayer(RoutingPolicy):
                 )  # (B, Σ_{j≠k} H_j)
                 h_mixed = hs[k] + F.linear(gated, U)
                 s = with_state_h(s, h_mixed)
-            y, s = layers.cell(k, u, s)
+            y, s = executor.cell(k, u, s)
             new.append(s)
-            u = layers.drop(k, y)
+            u = executor.drop(k, y)
         return u, tuple(new)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recurrentkit.routing.base import Layers, RoutingPolicy, check_same_state_shapes
+from recurrentkit.routing.base import Executor, RoutingPolicy, check_same_state_shapes
 
 __all__ = ["Handoff", "LeakWarning"]
 
@@ -46,30 +46,33 @@ class Handoff(RoutingPolicy):
     name = "handoff"
     causal = False
     layer_major = True
+    reduces_to_cell = True
+    rows_independent = True
+    wiring = None
 
     def bind(self, cells: Sequence[nn.Module], probes: Sequence[Any]) -> None:
         super().bind(cells, probes)
         check_same_state_shapes("handoff", probes)
 
-    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+    def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         """:meth:`run` on one step: layer ``l`` steps from the state layer ``l-1`` has
         just reached (``states[0]`` for layer 1; the others are not read)."""
         s, u, new = states[0], x, []
-        for k in range(len(layers.cells)):
-            y, s = layers.cell(k, u, s)
+        for k in range(len(executor.cells)):
+            y, s = executor.cell(k, u, s)
             new.append(s)
-            u = layers.drop(k, y)
+            u = executor.drop(k, y)
         return u, tuple(new)
 
     def run(
         self,
-        layers: Layers,
+        executor: Executor,
         x: Tensor,
         states: tuple[Any, ...],
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
         # (not while torch.compile traces: a Python warning cannot be part of a graph)
-        warning_due = layers.training and x.shape[0] > 1 and len(layers.cells) > 1
+        warning_due = executor.training and x.shape[0] > 1 and len(executor.cells) > 1
         if warning_due and not torch.compiler.is_compiling():
             warnings.warn(
                 "handoff routing is not causal: under teacher forcing each layer starts "
@@ -78,10 +81,10 @@ class Handoff(RoutingPolicy):
                 stacklevel=_caller_level(),
             )
         s, u, finals = states[0], x, []
-        for k in range(len(layers.cells)):
-            y, s = layers.run_layer(k, u, s, lengths)  # (T, B, O_k)
+        for k in range(len(executor.cells)):
+            y, s = executor.run_layer(k, u, s, lengths)  # (T, B, O_k)
             finals.append(s)
-            u = layers.drop(k, y)
+            u = executor.drop(k, y)
         return u, tuple(finals)
 
 

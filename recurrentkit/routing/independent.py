@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from recurrentkit.routing.base import Layers, RoutingPolicy
+from recurrentkit.routing.base import Executor, RoutingPolicy
 
 __all__ = ["Independent"]
 
@@ -33,25 +33,28 @@ class Independent(RoutingPolicy):
     name = "independent"
     causal = True
     layer_major = True
+    reduces_to_cell = True
+    rows_independent = True
+    wiring = "independent"
 
-    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+    def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         u, new = x, []
-        for k in range(len(layers.cells)):
-            y, s = layers.cell(k, u, states[k])
+        for k in range(len(executor.cells)):
+            y, s = executor.cell(k, u, states[k])
             new.append(s)
-            u = layers.drop(k, y)
+            u = executor.drop(k, y)
         return u, tuple(new)
 
     def run(
         self,
-        layers: Layers,
+        executor: Executor,
         x: Tensor,
         states: tuple[Any, ...],
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
         u, finals = x, []
-        for k in range(len(layers.cells)):
-            y, s = layers.run_layer(k, u, states[k], lengths)  # (T, B, O_k)
+        for k in range(len(executor.cells)):
+            y, s = executor.run_layer(k, u, states[k], lengths)  # (T, B, O_k)
             finals.append(s)
-            u = layers.drop(k, y)
+            u = executor.drop(k, y)
         return u, tuple(finals)

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from recurrentkit.errors import ConfigError
-from recurrentkit.routing.base import Layers, RoutingPolicy
+from recurrentkit.routing.base import Executor, RoutingPolicy
 
 __all__ = ["Residual"]
 
@@ -35,6 +35,9 @@ class Residual(RoutingPolicy):
     name = "residual"
     causal = True
     layer_major = True
+    reduces_to_cell = True
+    rows_independent = True
+    wiring = None
 
     def bind(self, cells: Sequence[nn.Module], probes: Sequence[Any]) -> None:
         super().bind(cells, probes)
@@ -49,26 +52,26 @@ class Residual(RoutingPolicy):
                     o,
                 )
 
-    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+    def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         u, new = x, []
-        for k in range(len(layers.cells)):
-            y, s = layers.cell(k, u, states[k])
+        for k in range(len(executor.cells)):
+            y, s = executor.cell(k, u, states[k])
             new.append(s)
-            y = layers.drop(k, y)
+            y = executor.drop(k, y)
             u = y if k == 0 else y + u
         return u, tuple(new)
 
     def run(
         self,
-        layers: Layers,
+        executor: Executor,
         x: Tensor,
         states: tuple[Any, ...],
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
         u, finals = x, []
-        for k in range(len(layers.cells)):
-            y, s = layers.run_layer(k, u, states[k], lengths)  # (T, B, O_k)
+        for k in range(len(executor.cells)):
+            y, s = executor.run_layer(k, u, states[k], lengths)  # (T, B, O_k)
             finals.append(s)
-            y = layers.drop(k, y)
+            y = executor.drop(k, y)
             u = y if k == 0 else y + u
         return u, tuple(finals)

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from recurrentkit._validation import check_choice
-from recurrentkit.routing.base import Layers, RoutingPolicy, check_same_state_shapes
+from recurrentkit.routing.base import Executor, RoutingPolicy, check_same_state_shapes
 
 __all__ = ["Shared"]
 
@@ -47,6 +47,15 @@ class Shared(RoutingPolicy):
     name = "shared"
     causal = True
     layer_major = False
+    reduces_to_cell = True
+    rows_independent = True
+
+    @property
+    def wiring(self) -> str | None:  # type: ignore[override]  # (a declaration per instance)
+        """``"shared_first"`` for ``carry="first"``: only layer 1's state crosses time, so
+        a plan may run layer 1 over the sequence and every layer above as one batched
+        step; ``None`` for ``carry="last"``."""
+        return "shared_first" if self.carry == "first" else None
 
     def __init__(self, carry: str = "first") -> None:
         super().__init__()
@@ -56,13 +65,13 @@ class Shared(RoutingPolicy):
         super().bind(cells, probes)
         check_same_state_shapes("shared", probes)
 
-    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+    def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         s = states[0] if self.carry == "first" else states[-1]
         u, new = x, []
-        for k in range(len(layers.cells)):
-            y, s = layers.cell(k, u, s)
+        for k in range(len(executor.cells)):
+            y, s = executor.cell(k, u, s)
             new.append(s)
-            u = layers.drop(k, y)
+            u = executor.drop(k, y)
         return u, tuple(new)
 
     def extra_repr(self) -> str:

@@ -213,10 +213,15 @@ def test_applies_to_gru_and_lstm_cross_layer_only() -> None:
     assert not cross_run.applies(rk.routing.CrossLayer(), [gru[0], rk.RNNCell(4, 4)])
     assert not cross_run.applies(rk.routing.Independent(), gru)
 
-    class Mine(rk.routing.CrossLayer):
+    class Same(rk.routing.CrossLayer):  # inherits the equations, so the declaration
         pass
 
-    assert not cross_run.applies(Mine(), gru)
+    class Changed(rk.routing.CrossLayer):  # new equations: no wiring unless declared
+        def step(self, executor, x, states):  # type: ignore[no-untyped-def]
+            return super().step(executor, x, states)
+
+    assert cross_run.applies(Same(), gru)
+    assert not cross_run.applies(Changed(), gru)
 
 
 @pytest.mark.parametrize("stack", ["gru3", "mixed"])

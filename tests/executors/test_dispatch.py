@@ -13,7 +13,7 @@ import recurrentkit as rk
 from recurrentkit._validation import map_state
 from recurrentkit.executors import fast
 from recurrentkit.executors.kernels.gru import GRUKernel
-from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.executors.reference import ReferenceExecutor
 from recurrentkit.executors.torch_ops import fusable, torch_mode
 
 TORCH_FORM = ["rnn", "rnn_relu", "gru", "gru_nobias", "lstm", "lstm_nobias", "lstm_proj"]
@@ -60,7 +60,9 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     monkeypatch.setattr(fast, "run_torch_layers", count("torch_stack", fast.run_torch_layers))
     monkeypatch.setattr(fast, "run_torch_rows", count("torch_rows", fast.run_torch_rows))
     monkeypatch.setattr(GRUKernel, "sequence", count("kernel", GRUKernel.sequence))
-    monkeypatch.setattr(ReferenceLayers, "run_layer", count("reference", ReferenceLayers.run_layer))
+    monkeypatch.setattr(
+        ReferenceExecutor, "run_layer", count("reference", ReferenceExecutor.run_layer)
+    )
     return calls
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 import recurrentkit as rk
 from recurrentkit.executors import fast
-from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.executors.reference import ReferenceExecutor
 
 POLICIES: dict[str, Any] = {
     "independent": "independent",
@@ -85,7 +85,7 @@ class ScaledDrop:
     """A deterministic stand-in for dropout: layer k's output times 10 + k (not the top)."""
 
     @staticmethod
-    def drop(self: ReferenceLayers, layer: int, y: Tensor) -> Tensor:
+    def drop(self: ReferenceExecutor, layer: int, y: Tensor) -> Tensor:
         return y * (10.0 + layer) if layer < len(self.cells) - 1 else y
 
 
@@ -97,7 +97,7 @@ def test_shared_first_applies_dropout_where_the_reference_does(
     """Shared routing (carry="first") batches the layers above the first over all steps,
     so dropout draws its masks in another order; where it applies is tested with a
     deterministic stand-in, and real dropout with rate 1 (every mask zero)."""
-    monkeypatch.setattr(ReferenceLayers, "drop", ScaledDrop.drop)
+    monkeypatch.setattr(ReferenceExecutor, "drop", ScaledDrop.drop)
     ref = checks.build(cell, "shared", "reference", dropout=0.5)
     fast_stack = checks.build(cell, "shared", "handbuilt", dropout=0.5)
     x, state = checks.inputs(ref)
@@ -115,19 +115,19 @@ def test_shared_first_dropout_keeps_the_rate() -> None:
     stack = rk.Stack(
         [rk.GRUCell(3, 64), rk.GRUCell(64, 64)], "shared", dropout=0.3, executor="handbuilt"
     )
-    original = fast.FastLayers.drop
+    original = fast.FastExecutor.drop
 
-    def spy(self: fast.FastLayers, layer: int, y: Tensor) -> Tensor:
+    def spy(self: fast.FastExecutor, layer: int, y: Tensor) -> Tensor:
         out = original(self, layer, y)
         if layer == 0:
             seen.append(out)
         return out
 
-    fast.FastLayers.drop = spy  # type: ignore[method-assign]
+    fast.FastExecutor.drop = spy  # type: ignore[method-assign]
     try:
         stack(torch.randn(16, 32, 3))
     finally:
-        fast.FastLayers.drop = original  # type: ignore[method-assign]
+        fast.FastExecutor.drop = original  # type: ignore[method-assign]
     (dropped,) = seen
     rate = (dropped == 0).double().mean().item()
     assert abs(rate - 0.3) < 0.02  # 32768 draws: 5 standard deviations ≈ 0.013
@@ -271,16 +271,16 @@ TIED_CELLS = [
 
 
 def count_tied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the steps that ran on summed weights (``FastLayers._tied_step`` hits)."""
+    """Counts the steps that ran on summed weights (``FastExecutor._tied_step`` hits)."""
     hits = [0]
-    original = fast.FastLayers._tied_step
+    original = fast.FastExecutor._tied_step
 
-    def spy(self: fast.FastLayers, *args: Any) -> Any:
+    def spy(self: fast.FastExecutor, *args: Any) -> Any:
         out = original(self, *args)
         hits[0] += out is not None
         return out
 
-    monkeypatch.setattr(fast.FastLayers, "_tied_step", spy)
+    monkeypatch.setattr(fast.FastExecutor, "_tied_step", spy)
     return hits
 
 
@@ -407,10 +407,10 @@ def test_independent_layers_on_packed_rows(
         return rk.Stack(cells, "independent", executor=ex, dropout=0.5).double().train(training)
 
     chains: list[int] = []
-    real = fast.FastLayers._layers_on_rows
+    real = fast.FastExecutor.layers_on_rows
     monkeypatch.setattr(
-        fast.FastLayers,
-        "_layers_on_rows",
+        fast.FastExecutor,
+        "layers_on_rows",
         lambda self, *a: chains.append(1) or real(self, *a),
     )
     ref, fast_stack = build("reference"), build(executor)

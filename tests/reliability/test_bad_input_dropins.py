@@ -288,68 +288,85 @@ def interop_cases() -> list[tuple[str, tuple[str, ...], Any, Any]]:
     )  # noqa: E501
     return [
         (
-            "Stack.from_torch(nn.Linear)",
+            "stack_from_torch(nn.Linear)",
             ("module",),
-            lambda: rk.Stack.from_torch(nn.Linear(3, 4)),
+            lambda: rk.interop.stack_from_torch(nn.Linear(3, 4)),
             None,
         ),  # noqa: E501
-        ("Stack.from_torch(None)", ("module",), lambda: rk.Stack.from_torch(None), None),
-        ("Stack.from_torch(a string)", ("module",), lambda: rk.Stack.from_torch("GRU"), None),
-        ("Stack.from_torch(bidirectional GRU)", ("module",), lambda: rk.Stack.from_torch(bi), None),  # noqa: E501
+        ("stack_from_torch(None)", ("module",), lambda: rk.interop.stack_from_torch(None), None),
         (
-            "Stack.from_torch(nn.GRUCell)",
+            "stack_from_torch(a string)",
             ("module",),
-            lambda: rk.Stack.from_torch(nn.GRUCell(I, H)),
+            lambda: rk.interop.stack_from_torch("GRU"),
+            None,
+        ),
+        (
+            "stack_from_torch(bidirectional GRU)",
+            ("module",),
+            lambda: rk.interop.stack_from_torch(bi),
             None,
         ),  # noqa: E501
         (
-            "Stack.from_torch(2-layer GRU)",
+            "stack_from_torch(nn.GRUCell)",
             ("module",),
-            lambda: rk.Stack.from_torch(gru_t),
+            lambda: rk.interop.stack_from_torch(nn.GRUCell(I, H)),
+            None,
+        ),  # noqa: E501
+        (
+            "stack_from_torch(2-layer GRU)",
+            ("module",),
+            lambda: rk.interop.stack_from_torch(gru_t),
             check_stack_from(gru_t),
         ),  # noqa: E501
         (
-            "Stack.from_torch(relu RNN, batch_first)",
+            "stack_from_torch(relu RNN, batch_first)",
             ("module",),
-            lambda: rk.Stack.from_torch(rnn_relu),
+            lambda: rk.interop.stack_from_torch(rnn_relu),
             check_stack_from(rnn_relu),
         ),  # noqa: E501
         (
-            "Stack.from_torch(LSTM proj)",
+            "stack_from_torch(LSTM proj)",
             ("module",),
-            lambda: rk.Stack.from_torch(lstm_proj),
+            lambda: rk.interop.stack_from_torch(lstm_proj),
             check_stack_from(lstm_proj),
         ),  # noqa: E501
         (
             "to_torch(shared routing)",
             ("stack",),
-            lambda: rk.Stack([rk.GRUCell(I, H), rk.GRUCell(H, H)], "shared").to_torch(),
+            lambda: rk.interop.stack_to_torch(
+                rk.Stack([rk.GRUCell(I, H), rk.GRUCell(H, H)], "shared")
+            ),
             None,
         ),  # noqa: E501
         (
             "to_torch(reset-before GRU)",
             ("stack",),
-            lambda: rk.Stack([rk.GRUCell(I, H, reset="before")]).to_torch(),
+            lambda: rk.interop.stack_to_torch(rk.Stack([rk.GRUCell(I, H, reset="before")])),
             None,
         ),  # noqa: E501
         (
             "to_torch(nested LSTM)",
             ("stack",),
-            lambda: rk.Stack([rk.NestedLSTMCell(I, H)]).to_torch(),
+            lambda: rk.interop.stack_to_torch(rk.Stack([rk.NestedLSTMCell(I, H)])),
             None,
         ),  # noqa: E501
-        ("to_torch(mixed cells)", ("stack",), lambda: mixed.to_torch(), None),
-        ("to_torch(mixed dtypes)", ("stack", "cells"), lambda: half.to_torch(), None),
+        ("to_torch(mixed cells)", ("stack",), lambda: rk.interop.stack_to_torch(mixed), None),
+        (
+            "to_torch(mixed dtypes)",
+            ("stack", "cells"),
+            lambda: rk.interop.stack_to_torch(half),
+            None,
+        ),
         (
             "to_torch(hidden sizes differ)",
             ("stack",),
-            lambda: rk.Stack([rk.GRUCell(I, H), rk.GRUCell(H, H + 1)]).to_torch(),
+            lambda: rk.interop.stack_to_torch(rk.Stack([rk.GRUCell(I, H), rk.GRUCell(H, H + 1)])),
             None,
         ),  # noqa: E501
         (
             "to_torch(legal LSTM proj stack)",
             ("stack",),
-            lambda: legal_stack.to_torch(),
+            lambda: rk.interop.stack_to_torch(legal_stack),
             check_to(legal_stack),
         ),  # noqa: E501
         ("interop.stack_to_torch(nn.GRU)", ("stack",), lambda: interop.stack_to_torch(gru_t), None),  # noqa: E501

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import recurrentkit as rk
-from recurrentkit.routing import Layers, RoutingPolicy
+from recurrentkit.routing import Executor, RoutingPolicy
 from recurrentkit.routing.base import check_same_state_shapes
 
 D = torch.float64
@@ -26,12 +26,12 @@ class Skip(RoutingPolicy):
         super().bind(cells, probes)
         check_same_state_shapes("skip", probes)
 
-    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+    def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         u, new = x, []
-        for k in range(len(layers.cells)):
-            y, s = layers.cell(k, u, states[k - 2] if k >= 2 else states[k])
+        for k in range(len(executor.cells)):
+            y, s = executor.cell(k, u, states[k - 2] if k >= 2 else states[k])
             new.append(s)
-            u = layers.drop(k, y)
+            u = executor.drop(k, y)
         return u, tuple(new)
 
 
@@ -49,16 +49,16 @@ class GatedShared(RoutingPolicy):
         ref = probes[0]
         self.mix_logit = nn.Parameter(torch.zeros(len(cells), dtype=ref.dtype))
 
-    def step(self, layers: Layers, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
+    def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         u, new = x, []
-        for k in range(len(layers.cells)):
+        for k in range(len(executor.cells)):
             s = states[k]
             if k > 0:
                 a = torch.sigmoid(self.mix_logit[k])
                 s = a * new[k - 1] + (1 - a) * s
-            y, s = layers.cell(k, u, s)
+            y, s = executor.cell(k, u, s)
             new.append(s)
-            u = layers.drop(k, y)
+            u = executor.drop(k, y)
         return u, tuple(new)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 import recurrentkit as rk
-from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.executors.reference import ReferenceExecutor
 
 D = torch.float64
 T, B, H = 4, 2, 3
@@ -17,7 +17,7 @@ POLICIES = ["independent", "shared", "residual", "cross_layer", "handoff"]
 pytestmark = pytest.mark.filterwarnings("ignore::recurrentkit.routing.LeakWarning")
 
 
-class ScaledLayers(ReferenceLayers):
+class ScaledLayers(ReferenceExecutor):
     """A deterministic stand-in for dropout: layer k's output times 10 + k (not the top)."""
 
     def drop(self, layer: int, y: Tensor) -> Tensor:
@@ -62,20 +62,20 @@ def test_drop_acts_on_each_lower_layer_output_before_use(routing: str) -> None:
     for a, b in zip(s, s_ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     # ... and it matters: without the scaling the result is different.
-    y_plain, _ = stack.routing.run(ReferenceLayers(stack.cells, 0.0, False), x, s0)
+    y_plain, _ = stack.routing.run(ReferenceExecutor(stack.cells, 0.0, False), x, s0)
     assert not torch.allclose(y, y_plain)
 
 
 def test_reference_drop_hook() -> None:
     cells = [rk.GRUCell(H, H) for _ in range(3)]
     y = torch.randn(5, H) + 3
-    train = ReferenceLayers(cells, 1.0, True)
+    train = ReferenceExecutor(cells, 1.0, True)
     assert torch.equal(train.drop(0, y), torch.zeros_like(y))
     assert torch.equal(train.drop(1, y), torch.zeros_like(y))
     assert train.drop(2, y) is y  # never the top layer
-    evaluating = ReferenceLayers(cells, 1.0, False)
+    evaluating = ReferenceExecutor(cells, 1.0, False)
     assert all(evaluating.drop(k, y) is y for k in range(3))
-    half = ReferenceLayers(cells, 0.5, True).drop(0, torch.ones(2000))
+    half = ReferenceExecutor(cells, 0.5, True).drop(0, torch.ones(2000))
     assert set(half.unique().tolist()) == {0.0, 2.0}  # inverted dropout, torch's scaling
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 import recurrentkit as rk
-from recurrentkit.executors.reference import ReferenceLayers
+from recurrentkit.executors.reference import ReferenceExecutor
 from recurrentkit.routing import RoutingPolicy
 
 D = torch.float64
@@ -29,13 +29,13 @@ def lstm(i: int, h: int) -> rk.LSTMCell:
     return rk.LSTMCell(i, h, dtype=D)
 
 
-# "To the bit" holds for the reference executor (the definition) and for the default
-# "auto", which runs shared routing on it; "handbuilt" is held to 1e-12 in float64.
+# "To the bit" holds for the reference executor (the definition); "auto" and "handbuilt"
+# run shared routing on its fast plan and are held to 1e-12 in float64.
 EXECUTORS = rk.stack.EXECUTORS
 
 
 def same(a: Tensor, b: Tensor, executor: str) -> None:
-    if executor in ("reference", "auto"):
+    if executor == "reference":
         assert torch.equal(a, b)
     else:
         close(a, b)
@@ -411,17 +411,17 @@ def test_layer_major_run_equals_step_loop(routing: str, with_lengths: bool) -> N
     x = torch.randn(T, B, 3, dtype=D)
     lengths = torch.tensor([T, 2, 4]) if with_lengths else None
     states = stack.initial_state(B)
-    layers = ReferenceLayers(stack.cells, 0.0, False)
+    layers = ReferenceExecutor(stack.cells, 0.0, False)
     y_run, s_run = policy.run(layers, x, states, lengths)
     y_step, s_step = RoutingPolicy.run(policy, layers, x, states, lengths)  # scan over step
     close(y_run, y_step)
     states_close(s_run, s_step)
 
 
-def test_default_shared_stack_is_the_seed_snippet_to_the_bit_in_float32() -> None:
+def test_reference_shared_stack_is_the_seed_snippet_to_the_bit_in_float32() -> None:
     torch.manual_seed(2)
     layer1, layer2, layer3 = rk.GRUCell(5, 8), rk.GRUCell(8, 8), rk.GRUCell(8, 8)
-    stack = rk.Stack([layer1, layer2, layer3], "shared")  # default executor
+    stack = rk.Stack([layer1, layer2, layer3], "shared", executor="reference")
     x = torch.randn(9, 4, 5)
     y, state = stack(x)
     hp1 = torch.zeros(4, 8)
