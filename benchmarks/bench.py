@@ -24,6 +24,14 @@ character model (embedding, recurrent stack, linear head over a vocabulary of 28
 - **flops**: ``cross_layer``'s arithmetic over ``nn.GRU``'s or ``nn.LSTM``'s (recurrent
   part, forward; backward scales alike), printed beside its ratio.
 
+Every measurement runs at torch's default thread count (``torch.get_num_threads()`` when
+the script starts: what a user gets) and at one thread, each ratio taken between runs at
+the same count; ``--threads`` names the counts instead (``--threads 1``, ``--threads
+default,1``, ``--threads 4,2,1``). The tables come per thread count, then one table of the
+speed issue's goals (the ratio bounds of docs/benchmarks.md's results table) with a column
+per thread count saying whether each is met; ``--json`` keys the rows by thread count
+(``by_threads``) and lists the goals with their verdict at each (``goals``).
+
 ``--device cuda`` runs everything on the GPU (timings synchronise the device; the
 oneDNN-off row then equals ``nn.LSTM``: oneDNN is a CPU library), and
 ``--compile-mode reduce-overhead`` compiles with CUDA graphs. Run
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -44,10 +53,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +67,7 @@ import recurrentkit as rk
 VOCAB, BATCH, STEPS, SAMPLE_TOKENS = 28, 64, 16, 20
 DEVICE = torch.device("cpu")  # set from --device by main()
 COMPILE_MODE: str | None = None  # torch.compile's mode, from --compile-mode
+K = TypeVar("K", bound=Hashable)  # a job's key in interleaved()
 SIZES = {"alpha": (64, 128, 1), "beta": (96, 256, 2), "gamma": (128, 512, 3)}
 
 
@@ -322,13 +332,13 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def interleaved(
-    jobs: dict[str, Callable[[], None]], repeat: int, warmup: int, seed: int
-) -> dict[str, float]:
+    jobs: dict[K, Callable[[], None]], repeat: int, warmup: int, seed: int
+) -> dict[K, float]:
     """Median ms per job; each round runs every job once, in a shuffled order."""
     for fn in jobs.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in jobs}
+    times: dict[K, list[float]] = {k: [] for k in jobs}
     order = list(jobs)
     rng = random.Random(seed)
     for _ in range(repeat):
@@ -396,31 +406,156 @@ def name_lengths(batch: int, seed: int) -> Tensor:
     return torch.tensor([min(len(rng.choice(names)) + 1, STEPS) for _ in range(batch)])
 
 
+# -- goals -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A goal of the speed issue for one measure of a row: ``measure`` (a ratio field of
+    the row) at most ``limit``, or at most the row's FLOP ratio where ``limit`` is None."""
+
+    measure: str
+    limit: float | None = None
+
+    def bound(self, row: dict[str, Any]) -> float:
+        return row["flop_ratio"] if self.limit is None else self.limit
+
+
+MEASURES = {
+    "train_ratio": "train",
+    "sample_b1_ratio": "sample B=1",
+    "sample_b64_ratio": f"sample B={BATCH}",
+    "peak_ratio": "peak memory",
+    "packed_ratio": "packed / unpadded",
+}
+
+
+def goals_of(impl: Impl) -> list[Goal]:
+    """The goals a row is held to, as in docs/benchmarks.md's results table.
+
+    torch.nn's own rows and the compiled ones have none; ``shared`` on the reference loop
+    and the Nested LSTM's sampling are shown without one.
+    """
+    if impl.executor in ("torch", "torch native") or impl.compiled:
+        return []
+    handbuilt = impl.executor == "handbuilt"
+    gru_cross = impl.cell == "GRU" and impl.routing == "cross_layer"
+    goals: list[Goal] = []
+    # one training step, over nn.GRU / nn.LSTM (oneDNN on) of the same size
+    if impl.cell == "NestedLSTM":
+        goals.append(Goal("train_ratio", 3.0))
+    elif gru_cross:
+        goals.append(Goal("train_ratio"))  # at most its FLOP ratio
+    elif impl.cell == "LSTM" and handbuilt:
+        goals.append(Goal("train_ratio", 1.5))
+    elif handbuilt:
+        goals.append(Goal("train_ratio", 1.0))
+    elif impl.executor in ("auto", "drop-in"):
+        goals.append(Goal("train_ratio", 1.05))
+    # sampling, over nn.GRU / nn.LSTM stepping
+    if gru_cross:
+        goals += [Goal("sample_b1_ratio"), Goal("sample_b64_ratio")]
+    elif impl.executor == "drop-in" and impl.cell == "GRU":
+        goals += [Goal("sample_b1_ratio", 1.0), Goal("sample_b64_ratio", 1.0)]
+    elif impl.cell == "LSTM" and handbuilt:
+        goals += [Goal("sample_b1_ratio", 1.0), Goal("sample_b64_ratio", 1.0)]
+    elif impl.cell == "GRU" and impl.executor in ("auto", "handbuilt"):
+        goals.append(Goal("sample_b1_ratio", 1.0))
+    goals.append(Goal("peak_ratio", 1.5))  # every recurrentkit row
+    return goals
+
+
+PACKED_GOAL = Goal("packed_ratio", 1.2)  # every recurrentkit row of the packed comparison
+
+
+def check_goals(row: dict[str, Any], goals: list[Goal]) -> None:
+    """Add ``row["goals"]``: per measured ratio with a goal, the bound and whether it is
+    met. A ratio meets its goal when, as printed (two decimals), it is at most the bound."""
+    checked = {}
+    for g in goals:
+        if g.measure in row:
+            bound = g.bound(row)
+            checked[g.measure] = {
+                "goal": bound,
+                "flop_goal": g.limit is None,
+                "met": round(row[g.measure], 2) <= round(bound, 2),
+            }
+    if checked:
+        row["goals"] = checked
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_size(
-    label: str, size: tuple[int, int, int], impls: list[Impl], args: argparse.Namespace
-) -> dict[str, Any]:
+    label: str,
+    size: tuple[int, int, int],
+    impls: list[Impl],
+    args: argparse.Namespace,
+    thread_counts: list[int],
+) -> dict[int, dict[str, Any]]:
+    """Every row of one size at each thread count: ``{threads: {"rows", "packed"}}``.
+
+    The models are built once (compiled ones compiled under the first thread count, which
+    alone reports ``compile_s``); at each thread count every implementation is timed in
+    the same interleaved rounds, so each ratio compares runs at one thread count.
+    """
     E, H, L = size
     print(f"\n== {label}: E={E} H={H} L={L}, batch {BATCH} x {STEPS}, vocab {VOCAB} ==", flush=True)
     runners: dict[str, Runner] = {}
     compile_s: dict[str, float] = {}
-    for i, impl in enumerate(impls):
-        key = row_key(impl)
-        runners[key] = make_runner(impl, size, seed=i)
-        if impl.compiled:
-            t0 = time.perf_counter()
-            runners[key].train_step()
-            compile_s[key] = time.perf_counter() - t0
+    with num_threads(thread_counts[0]):
+        for i, impl in enumerate(impls):
+            key = row_key(impl)
+            runners[key] = make_runner(impl, size, seed=i)
+            if impl.compiled:
+                t0 = time.perf_counter()
+                runners[key].train_step()
+                compile_s[key] = time.perf_counter() - t0
+    packed_jobs = None if args.no_packed else packed_runners(size)
+    out: dict[int, dict[str, Any]] = {}
+    for n in thread_counts:
+        print(f"-- {threads_label(n, None)}", flush=True)
+        with num_threads(n):
+            rows = measure_rows(label, size, impls, runners, args, n)
+            packed = [] if packed_jobs is None else measure_packed(label, packed_jobs, args, n)
+        if n == thread_counts[0]:
+            for row, impl in zip(rows, impls):
+                if row_key(impl) in compile_s:
+                    row["compile_s"] = compile_s[row_key(impl)]
+        out[n] = {"rows": rows, "packed": packed}
+    return out
+
+
+def measure_rows(
+    label: str,
+    size: tuple[int, int, int],
+    impls: list[Impl],
+    runners: dict[str, Runner],
+    args: argparse.Namespace,
+    threads: int,
+) -> list[dict[str, Any]]:
+    """Train, sample and memory of every row, at the thread count already set."""
+    E, H, L = size
     train = interleaved({k: r.train_step for k, r in runners.items()}, args.repeat, 2, seed=1)
-    sample_jobs = {}
+    sample_jobs: dict[tuple[str, int], Callable[[], None]] = {}
     for k, r in runners.items():
         if r.impl.compiled:
             continue
-        sample_jobs[(k, 1)] = lambda r=r: r.sample(1)
-        sample_jobs[(k, BATCH)] = lambda r=r: r.sample(BATCH)
-    sample = interleaved(sample_jobs, max(3, args.repeat // 2), 1, seed=2)  # type: ignore[arg-type]
+        sample_jobs[(k, 1)] = functools.partial(r.sample, 1)
+        sample_jobs[(k, BATCH)] = functools.partial(r.sample, BATCH)
+    sample = interleaved(sample_jobs, max(3, args.repeat // 2), 1, seed=2)
     memory = {}
     if not args.no_memory:
         for k, r in runners.items():
@@ -432,6 +567,7 @@ def run_size(
         base = row_key_by_name(impls, impl.baseline)
         row: dict[str, Any] = {
             "size": label,
+            "threads": threads,
             "E": E,
             "H": H,
             "L": L,
@@ -448,8 +584,6 @@ def run_size(
             row["train_ratio_vs_native_lstm"] = train[k] / train[native]
         if impl.routing == "cross_layer":
             row["flop_ratio"] = cross_layer_flop_ratio(E, H, L, 4 if impl.cell == "LSTM" else 3)
-        if k in compile_s:
-            row["compile_s"] = compile_s[k]
         if (k, 1) in sample:
             sbase = row_key_by_name(impls, "nn.GRU" if impl.cell == "GRU" else "nn.LSTM")
             for b in (1, BATCH):
@@ -458,14 +592,22 @@ def run_size(
         if k in memory:
             row["peak_mib"] = memory[k]
             row["peak_ratio"] = memory[k] / memory[base] if memory[base] > 0 else float("nan")
+        check_goals(row, goals_of(impl))
         rows.append(row)
-    packed = [] if args.no_packed else run_packed(label, size, args)
-    return {"rows": rows, "packed": packed}
+    return rows
 
 
-def run_packed(
-    label: str, size: tuple[int, int, int], args: argparse.Namespace
-) -> list[dict[str, Any]]:
+@dataclass
+class PackedJobs:
+    """The packed comparison's models, built once for every thread count."""
+
+    candidates: list[Impl]
+    jobs: dict[tuple[str, str], Callable[[], None]]
+    tokens: int
+    dense_batch: int
+
+
+def packed_runners(size: tuple[int, int, int]) -> PackedJobs:
     """Mixed lengths (with lengths) against the same real tokens unpadded."""
     lengths = name_lengths(BATCH, seed=0)
     tokens = int(lengths.sum())
@@ -505,31 +647,39 @@ def run_packed(
             "nn.GRU",
         ),
     ]
-    jobs = {}
+    jobs: dict[tuple[str, str], Callable[[], None]] = {}
     for i, impl in enumerate(candidates):
         k = row_key(impl)
         jobs[(k, "packed")] = make_runner(impl, size, seed=i, lengths=lengths).train_step
         jobs[(k, "dense")] = make_runner(impl, size, seed=i, batch=dense_batch).train_step
         jobs[(k, "padded")] = make_runner(impl, size, seed=i).train_step
-    t = interleaved(jobs, max(3, args.repeat // 2), 1, seed=3)  # type: ignore[arg-type]
+    return PackedJobs(candidates, jobs, tokens, dense_batch)
+
+
+def measure_packed(
+    label: str, packed: PackedJobs, args: argparse.Namespace, threads: int
+) -> list[dict[str, Any]]:
+    """The packed comparison's rows, at the thread count already set."""
+    t = interleaved(packed.jobs, max(3, args.repeat // 2), 1, seed=3)
     out = []
-    for impl in candidates:
+    for impl in packed.candidates:
         k = row_key(impl)
-        out.append(
-            {
-                "size": label,
-                "implementation": impl.name,
-                "routing": impl.routing,
-                "executor": impl.executor,
-                "real_tokens": tokens,
-                "mean_length": tokens / BATCH,
-                "dense_batch": dense_batch,
-                "with_lengths_ms": t[(k, "packed")],
-                "unpadded_ms": t[(k, "dense")],
-                "padded_no_lengths_ms": t[(k, "padded")],
-                "packed_ratio": t[(k, "packed")] / t[(k, "dense")],
-            }
-        )
+        row = {
+            "size": label,
+            "threads": threads,
+            "implementation": impl.name,
+            "routing": impl.routing,
+            "executor": impl.executor,
+            "real_tokens": packed.tokens,
+            "mean_length": packed.tokens / BATCH,
+            "dense_batch": packed.dense_batch,
+            "with_lengths_ms": t[(k, "packed")],
+            "unpadded_ms": t[(k, "dense")],
+            "padded_no_lengths_ms": t[(k, "padded")],
+            "packed_ratio": t[(k, "packed")] / t[(k, "dense")],
+        }
+        check_goals(row, [] if impl.executor == "torch" else [PACKED_GOAL])
+        out.append(row)
     return out
 
 
@@ -541,6 +691,54 @@ def row_key_by_name(impls: list[Impl], name: str) -> str:
     return next(row_key(i) for i in impls if i.name == name)
 
 
+def parse_threads(spec: str, default: int) -> list[int]:
+    """``--threads``: comma-separated counts, ``default`` standing for ``default``; each
+    count once, in the order given. Raises ValueError on anything else."""
+    counts: list[int] = []
+    for part in spec.split(","):
+        word = part.strip().lower()
+        if word == "default":
+            n = default
+        elif word.isdigit() and int(word) > 0:
+            n = int(word)
+        else:
+            raise ValueError(part)
+        if n not in counts:
+            counts.append(n)
+    return counts
+
+
+def goal_summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every goal of the run once, with its ratio and verdict at each thread count."""
+    summary: dict[tuple[str, ...], dict[str, Any]] = {}
+    for key, run in result["by_threads"].items():
+        for size_result in run["sizes"]:
+            for row in size_result["rows"] + size_result["packed"]:
+                for measure, g in row.get("goals", {}).items():
+                    ident = (
+                        row["size"],
+                        row["implementation"],
+                        row["routing"],
+                        row["executor"],
+                        measure,
+                    )
+                    entry = summary.setdefault(
+                        ident,
+                        {
+                            "size": row["size"],
+                            "implementation": row["implementation"],
+                            "routing": row["routing"],
+                            "executor": row["executor"],
+                            "measure": measure,
+                            "goal": g["goal"],
+                            "flop_goal": g["flop_goal"],
+                            "by_threads": {},
+                        },
+                    )
+                    entry["by_threads"][key] = {"ratio": row[measure], "met": g["met"]}
+    return list(summary.values())
+
+
 # -- printing ----------------------------------------------------------------------------------
 
 
@@ -548,54 +746,110 @@ def fmt(v: Any, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def threads_label(n: int, default: int | None) -> str:
+    """``2 threads (torch's default)``, ``1 thread``."""
+    return f"{n} thread{'s' if n != 1 else ''}" + (" (torch's default)" if n == default else "")
+
+
 def print_tables(result: dict[str, Any]) -> None:
-    for size_result in result["sizes"]:
-        rows = size_result["rows"]
-        if not rows:
-            continue
-        print(f"\n### {rows[0]['size']} (E={rows[0]['E']}, H={rows[0]['H']}, L={rows[0]['L']})")
-        head = (
-            "| implementation | routing | executor | train ms | ratio | vs native LSTM "
-            "| flop ratio | sample B=1 ratio | sample B=64 ratio | peak MiB | mem ratio |"
+    default = result["default_threads"]
+    for run in result["by_threads"].values():
+        n = run["threads"]
+        print(f"\n## {threads_label(n, default)}")
+        for size_result in run["sizes"]:
+            print_size(size_result, threads_label(n, default))
+    print_goals(result)
+
+
+def print_size(size_result: dict[str, Any], threads: str) -> None:
+    rows = size_result["rows"]
+    if not rows:
+        return
+    r0 = rows[0]
+    print(f"\n### {r0['size']} (E={r0['E']}, H={r0['H']}, L={r0['L']}), {threads}")
+    head = (
+        "| implementation | routing | executor | train ms | ratio | vs native LSTM "
+        "| flop ratio | sample B=1 ratio | sample B=64 ratio | peak MiB | mem ratio |"
+    )
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for r in rows:
+        extra = f" (compile {r['compile_s']:.1f} s)" if "compile_s" in r else ""
+        print(
+            f"| {r['implementation']}{extra} | {r['routing']} | {r['executor']} "
+            f"| {r['train_ms']:.2f} | {r['train_ratio']:.2f} "
+            f"| {fmt(r.get('train_ratio_vs_native_lstm'))} | {fmt(r.get('flop_ratio'))} "
+            f"| {fmt(r.get('sample_b1_ratio'))} | {fmt(r.get('sample_b64_ratio'))} "
+            f"| {fmt(r.get('peak_mib'), '.1f')} | {fmt(r.get('peak_ratio'))} |"
         )
-        print(head)
-        print("|---" * (head.count("|") - 1) + "|")
-        for r in rows:
-            extra = f" (compile {r['compile_s']:.1f} s)" if "compile_s" in r else ""
+    if size_result["packed"]:
+        p0 = size_result["packed"][0]
+        print(
+            f"\nPacked input ({p0['real_tokens']} real tokens in {BATCH} names, mean length "
+            f"{p0['mean_length']:.1f}; unpadded = {p0['dense_batch']} full rows of {STEPS}), "
+            f"{threads}:"
+        )
+        print(
+            "| implementation | routing | executor | with lengths ms | unpadded ms "
+            "| padded ms | ratio |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for p in size_result["packed"]:
             print(
-                f"| {r['implementation']}{extra} | {r['routing']} | {r['executor']} "
-                f"| {r['train_ms']:.2f} | {r['train_ratio']:.2f} "
-                f"| {fmt(r.get('train_ratio_vs_native_lstm'))} | {fmt(r.get('flop_ratio'))} "
-                f"| {fmt(r.get('sample_b1_ratio'))} | {fmt(r.get('sample_b64_ratio'))} "
-                f"| {fmt(r.get('peak_mib'), '.1f')} | {fmt(r.get('peak_ratio'))} |"
+                f"| {p['implementation']} | {p['routing']} | {p['executor']} "
+                f"| {p['with_lengths_ms']:.2f} | {p['unpadded_ms']:.2f} "
+                f"| {p['padded_no_lengths_ms']:.2f} | {p['packed_ratio']:.2f} |"
             )
-        if size_result["packed"]:
-            p0 = size_result["packed"][0]
-            print(
-                f"\nPacked input ({p0['real_tokens']} real tokens in {BATCH} names, mean length "
-                f"{p0['mean_length']:.1f}; unpadded = {p0['dense_batch']} full rows of {STEPS}):"
-            )
-            print(
-                "| implementation | routing | executor | with lengths ms | unpadded ms "
-                "| padded ms | ratio |"
-            )
-            print("|---|---|---|---|---|---|---|")
-            for p in size_result["packed"]:
-                print(
-                    f"| {p['implementation']} | {p['routing']} | {p['executor']} "
-                    f"| {p['with_lengths_ms']:.2f} | {p['unpadded_ms']:.2f} "
-                    f"| {p['padded_no_lengths_ms']:.2f} | {p['packed_ratio']:.2f} |"
-                )
+
+
+def print_goals(result: dict[str, Any]) -> None:
+    """One line per goal, a column per thread count: the ratio, and ``ok`` or ``MISS``."""
+    goals = result["goals"]
+    if not goals:
+        return
+    default = result["default_threads"]
+    keys = list(result["by_threads"])
+    labels = [threads_label(result["by_threads"][k]["threads"], default) for k in keys]
+    print(
+        "\n## Goals at each thread count (met when the ratio, to two decimals, is at most the "
+        "goal; misses in bold)"
+    )
+    head = "| size | implementation | routing | executor | measure | goal |"
+    print(head + "".join(f" {label} |" for label in labels))
+    print("|---" * (6 + len(keys)) + "|")
+    for g in goals:
+        cells = []
+        for k in keys:
+            v = g["by_threads"].get(k)
+            if v is None:
+                cells.append("-")
+            elif v["met"]:
+                cells.append(f"{v['ratio']:.2f} ok")
+            else:
+                cells.append(f"**{v['ratio']:.2f}** MISS")
+        goal = f"≤ {g['goal']:.2f}" + (" (FLOPs)" if g["flop_goal"] else "")
+        print(
+            f"| {g['size']} | {g['implementation']} | {g['routing']} | {g['executor']} "
+            f"| {MEASURES[g['measure']]} | {goal} | " + " | ".join(cells) + " |"
+        )
+    met = result["goals_met"]
+    print(
+        "\nGoals met: "
+        + "; ".join(f"{label} {met[k]['met']} of {met[k]['of']}" for k, label in zip(keys, labels))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    default_threads = torch.get_num_threads()  # torch's, before this script changes it
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--sizes", default="alpha,beta,gamma", help="comma-separated: alpha,beta,gamma"
     )
     parser.add_argument("--repeat", type=int, default=15, help="timed rounds per measurement")
     parser.add_argument(
-        "--quick", action="store_true", help="alpha and beta, 5 rounds, no memory (~1 min)"
+        "--quick",
+        action="store_true",
+        help="alpha and beta, 5 rounds, no memory (~1 min per thread count)",
     )
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd stacks (slow)")
     parser.add_argument(
@@ -608,7 +862,12 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)"
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+        "--threads",
+        default="default,1",
+        help=(
+            "torch thread counts to measure at, comma-separated; 'default' is torch's "
+            f"(here {default_threads}); default: default,1"
+        ),
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--no-packed", action="store_true", help="skip the packed-input comparison")
@@ -621,8 +880,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit, in inductor
     if args.quick:
         args.sizes, args.repeat, args.no_memory = "alpha,beta", 5, True
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        thread_counts = parse_threads(args.threads, default_threads)
+    except ValueError:
+        parser.error(
+            "--threads: expected positive integers or 'default', comma-separated, "
+            f"got {args.threads!r}"
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device: expected cpu on this machine (torch sees no CUDA device), got cuda")
     global DEVICE, COMPILE_MODE
@@ -641,23 +905,42 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(),
+        "default_threads": default_threads,
+        "thread_counts": thread_counts,
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "sizes": [],
+        # keyed by thread count (JSON keys are strings): {"2": {"threads": 2, ...}, "1": ...}
+        "by_threads": {
+            str(n): {"threads": n, "default": n == default_threads, "sizes": []}
+            for n in thread_counts
+        },
     }
-    for label in sizes:
-        result["sizes"].append(run_size(label, SIZES[label], impls, args))
+    try:
+        for label in sizes:
+            by_threads = run_size(label, SIZES[label], impls, args, thread_counts)
+            for n, size_result in by_threads.items():
+                result["by_threads"][str(n)]["sizes"].append(size_result)
+    finally:
+        torch.set_num_threads(default_threads)
+        sys.stdout = out
+    result["goals"] = goal_summary(result)
+    result["goals_met"] = {
+        k: {
+            "met": sum(g["by_threads"][k]["met"] for g in result["goals"] if k in g["by_threads"]),
+            "of": sum(k in g["by_threads"] for g in result["goals"]),
+        }
+        for k in result["by_threads"]
+    }
     result["seconds"] = time.time() - started
-    sys.stdout = out
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print_tables(result)
+        counts = ", ".join(threads_label(n, default_threads) for n in thread_counts)
         print(
             f"\n{result['command']} — torch {result['torch']}, {result['device']}, "
-            f"{result['threads']} threads, {result['seconds']:.0f} s"
+            f"{counts}, {result['seconds']:.0f} s"
         )
     return 0
 

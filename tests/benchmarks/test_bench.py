@@ -1,4 +1,5 @@
-"""benchmarks/bench.py: it runs, its JSON holds ratios to torch.nn, bad flags fail clearly.
+"""benchmarks/bench.py: it runs at torch's default thread count and at one thread, its JSON
+holds ratios to torch.nn and the goals' verdicts at each, bad flags fail clearly.
 
 Timing figures are never asserted (speed lives in the benchmark's output, not in tests);
 only the structure of a tiny run and the relations that hold by construction.
@@ -28,27 +29,112 @@ def bench() -> ModuleType:
         sys.path.remove(str(BENCH.parent))
 
 
+TINY = ["--sizes", "alpha", "--repeat", "1", "--no-memory", "--no-packed"]
+
+
+def check_rows(rows: list[dict], threads: int) -> None:
+    """What holds by construction in one thread count's rows of a tiny α run."""
+    by_id = {(r["implementation"], r["routing"], r["executor"]): r for r in rows}
+    assert by_id[("nn.GRU", "-", "torch")]["train_ratio"] == 1.0
+    assert by_id[("nn.LSTM", "-", "torch")]["train_ratio"] == 1.0
+    for (_, routing, _), r in by_id.items():
+        assert r["threads"] == threads
+        assert r["train_ms"] > 0 and r["sample_b1_ms"] > 0 and r["sample_b64_ms"] > 0
+        base = by_id[(r["baseline"], "-", "torch")]
+        assert r["train_ratio"] == pytest.approx(r["train_ms"] / base["train_ms"])
+        if routing == "cross_layer":
+            assert r["flop_ratio"] == 1.0  # one layer: nothing to mix
+        for measure, g in r.get("goals", {}).items():
+            assert g["met"] == (round(r[measure], 2) <= round(g["goal"], 2))
+            if g["flop_goal"]:
+                assert g["goal"] == r["flop_ratio"]
+    assert ("Stack GRU", "cross_layer", "handbuilt") in by_id
+    assert "goals" not in by_id[("nn.GRU", "-", "torch")]  # torch.nn is the reference
+    assert by_id[("rk.GRU", "independent", "drop-in")]["goals"]["train_ratio"]["goal"] == 1.05
+
+
 def test_a_tiny_run_prints_ratios_as_json(
     bench: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
     threads = torch.get_num_threads()
     try:
-        args = ["--sizes", "alpha", "--repeat", "1", "--no-memory", "--no-packed", "--json"]
-        assert bench.main(["--threads", "1", *args]) == 0
+        assert bench.main(["--threads", "1", *TINY, "--json"]) == 0
+        assert torch.get_num_threads() == threads  # the script leaves torch as it was
     finally:
         torch.set_num_threads(threads)
     doc = json.loads(capsys.readouterr().out)
-    assert doc["device"] == "cpu" and [s["rows"][0]["size"] for s in doc["sizes"]] == ["alpha"]
-    rows = {(r["implementation"], r["routing"], r["executor"]): r for r in doc["sizes"][0]["rows"]}
-    assert rows[("nn.GRU", "-", "torch")]["train_ratio"] == 1.0
-    assert rows[("nn.LSTM", "-", "torch")]["train_ratio"] == 1.0
-    for (_, routing, _), r in rows.items():
-        assert r["train_ms"] > 0 and r["sample_b1_ms"] > 0 and r["sample_b64_ms"] > 0
-        base = rows[(r["baseline"], "-", "torch")]
-        assert r["train_ratio"] == pytest.approx(r["train_ms"] / base["train_ms"])
-        if routing == "cross_layer":
-            assert r["flop_ratio"] == 1.0  # one layer: nothing to mix
-    assert ("Stack GRU", "cross_layer", "handbuilt") in rows
+    assert doc["device"] == "cpu" and doc["thread_counts"] == [1]
+    assert list(doc["by_threads"]) == ["1"]  # --threads 1: that count alone
+    run = doc["by_threads"]["1"]
+    assert run["threads"] == 1
+    assert [s["rows"][0]["size"] for s in run["sizes"]] == ["alpha"]
+    check_rows(run["sizes"][0]["rows"], 1)
+
+
+def test_a_plain_run_measures_at_torchs_default_and_at_one_thread(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --threads every row is measured at torch's thread count (here set to 2
+    before the run, so that it differs from 1) and at one thread, each with its goals."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert bench.main([*TINY, "--json"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["default_threads"] == 2 and doc["thread_counts"] == [2, 1]
+    assert list(doc["by_threads"]) == ["2", "1"]
+    assert doc["by_threads"]["2"]["default"] and not doc["by_threads"]["1"]["default"]
+    ids = []
+    for key, n in (("2", 2), ("1", 1)):
+        (size,) = doc["by_threads"][key]["sizes"]
+        check_rows(size["rows"], n)
+        ids.append([(r["implementation"], r["routing"], r["executor"]) for r in size["rows"]])
+    assert ids[0] == ids[1]  # every row at both thread counts
+    goals = doc["goals"]
+    assert goals and all(set(g["by_threads"]) == {"2", "1"} for g in goals)
+    for key in ("2", "1"):
+        met = sum(g["by_threads"][key]["met"] for g in goals)
+        assert doc["goals_met"][key] == {"met": met, "of": len(goals)}
+
+
+def test_the_tables_show_both_thread_counts_and_the_goals(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert bench.main(TINY) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "\n## 2 threads (torch's default)\n" in out and "\n## 1 thread\n" in out
+    assert "### alpha (E=64, H=128, L=1), 2 threads (torch's default)" in out
+    assert "### alpha (E=64, H=128, L=1), 1 thread" in out
+    assert "| measure | goal | 2 threads (torch's default) | 1 thread |" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("| alpha | rk.GRU | independent"))
+    assert "| train | ≤ 1.05 |" in line and line.count(" ok") + line.count(" MISS") == 2
+    assert "Goals met: 2 threads (torch's default) " in out
+
+
+def test_threads_takes_counts_and_default(bench: ModuleType) -> None:
+    assert bench.parse_threads("default,1", 4) == [4, 1]
+    assert bench.parse_threads("default,1", 1) == [1]  # torch's default is one thread
+    assert bench.parse_threads("1, 2,default", 2) == [1, 2]
+    for bad in ("0", "two", "", "1,,2", "-1"):
+        with pytest.raises(ValueError):
+            bench.parse_threads(bad, 2)
+
+
+def test_bad_threads_is_a_clear_usage_error(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--threads", "0"])
+    assert err.value.code == 2
+    assert "--threads: expected positive integers or 'default'" in capsys.readouterr().err
 
 
 def test_cross_layer_flop_ratio_counts_the_mixing(bench: ModuleType) -> None:
