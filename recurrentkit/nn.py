@@ -19,7 +19,8 @@ How it is built:
   ``RNNCell``/``GRUCell``/``LSTMCell``; a bidirectional one runs, per layer, a
   :class:`~recurrentkit.bidirectional.Bidirectional` of two one-layer stacks, with
   inter-layer dropout between layers. ``torch.compile`` tracing and torch.func transforms
-  run the parts (plain autograd ops) whatever the executor.
+  run the parts (plain autograd ops) whatever the executor; so does ``"auto"`` where
+  torch's op refuses the input (bfloat16 LSTM on a CPU without AVX-512).
 - Before the parts run, the cells' parameters are pointed at the drop-in's (a dictionary
   write per tensor), so ``.to()``, ``.double()``, ``load_state_dict(assign=True)``,
   ``copy.deepcopy`` and ``torch.func.functional_call`` all act on what runs.
@@ -57,7 +58,7 @@ from recurrentkit.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from recurrentkit.cells.protocol import CellBase
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, StateError
 from recurrentkit.executors.fast import plain_mode
-from recurrentkit.executors.torch_ops import call_fused
+from recurrentkit.executors.torch_ops import refused, try_fused
 from recurrentkit.stack import EXECUTORS, Stack, repack
 
 __all__ = [
@@ -265,7 +266,10 @@ class RecurrentBase(nn.Module):
         - ``"auto"``: the whole module on torch's fused multi-layer recurrent op
           (``torch._VF.gru`` & co., what ``torch.nn.GRU`` itself calls: ATen/oneDNN on CPU,
           cuDNN on GPU), with this module's parameters. Under ``torch.compile`` tracing
-          and torch.func transforms it runs the library's parts on plain ops instead.
+          and torch.func transforms it runs the library's parts on plain ops instead, and
+          so it does where torch's op refuses the input (oneDNN has no bfloat16 LSTM on
+          CPUs without AVX-512, where ``nn.LSTM`` fails under bfloat16 autocast): the
+          parts, as ``"handbuilt"`` runs them (plain ops under autocast, which it converts).
         - ``"handbuilt"`` / ``"reference"``: the library's parts (a :class:`~recurrentkit.Stack`
           per direction, see :attr:`stack` and :attr:`bidirectional_layers`) with that
           executor — hand-built cells and kernels, never torch's fused op.
@@ -310,8 +314,11 @@ class RecurrentBase(nn.Module):
                 x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
             B = x.shape[1]
         h0 = self._check_hx(hx, B, x, unbatched)  # (D L, B, ·) tensors, or None
+        fused = None
         if self._executor == "auto" and not plain_mode():
-            y, h_n = self._run_fused(x, packed, h0)  # packed: (N, D H_out)
+            fused = self._run_fused(x, packed, h0)  # None where torch's op refuses
+        if fused is not None:
+            y, h_n = fused  # packed: (N, D H_out)
             if packed is not None:
                 return PackedSequence(
                     y, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
@@ -329,9 +336,15 @@ class RecurrentBase(nn.Module):
             return y.squeeze(1), h_n  # (T, D H_out)
         return (y.transpose(0, 1) if self.batch_first else y), h_n
 
-    def _run_fused(self, x: Tensor, packed: PackedSequence | None, h0: Any) -> tuple[Tensor, Any]:
+    def _run_fused(
+        self, x: Tensor, packed: PackedSequence | None, h0: Any
+    ) -> tuple[Tensor, Any] | None:
         """The whole module on torch's fused op: ``x`` is ``(T, B, I)``, or the packed
-        data ``(N, I)`` of ``packed``; ``h0`` in the caller's batch order or ``None``."""
+        data ``(N, I)`` of ``packed``; ``h0`` in the caller's batch order or ``None``.
+        ``None`` where the op refuses the input (:func:`~.executors.torch_ops.try_fused`:
+        bfloat16 on a CPU without oneDNN's bfloat16 LSTM, say): the parts run instead."""
+        if refused(self.mode, x):
+            return None
         lstm = self.mode == "LSTM"
         if h0 is None:
             D = 2 if self.bidirectional else 1
@@ -343,9 +356,12 @@ class RecurrentBase(nn.Module):
             h0 = tuple(h.index_select(1, order) for h in h0) if lstm else h0.index_select(1, order)
         config = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         if packed is None:
-            y, h_n = call_fused(self.mode, x, h0, self._weights(), *config, False)
+            done = try_fused(self.mode, x, h0, self._weights(), *config, False)
         else:
-            y, h_n = call_fused(self.mode, x, packed.batch_sizes, h0, self._weights(), *config)
+            done = try_fused(self.mode, x, packed.batch_sizes, h0, self._weights(), *config)
+        if done is None:
+            return None
+        y, h_n = done
         if packed is not None and packed.unsorted_indices is not None:
             back = packed.unsorted_indices  # the caller's batch order again
             h_n = tuple(h.index_select(1, back) for h in h_n) if lstm else h_n.index_select(1, back)
@@ -394,7 +410,9 @@ class RecurrentBase(nn.Module):
             finals += [s_f[0], s_b[0]]
             if self.training and self.dropout > 0 and k < last:
                 y = F.dropout(y, self.dropout, training=True)
-            u = y
+            # under autocast a layer may hand back autocast's dtype; the next layer's parts
+            # take the module's (an exact upcast: autocast casts it back for the matmuls)
+            u = y if k == last else y.to(x.dtype)
         return u, finals
 
     def _bind(self) -> None:

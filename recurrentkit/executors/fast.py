@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import _VF, Tensor, nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from recurrentkit._scan import scan
@@ -41,6 +41,7 @@ from recurrentkit.executors.torch_ops import (
     run_torch_layer,
     run_torch_layers,
     run_torch_rows,
+    torch_cell,
     torch_mode,
 )
 from recurrentkit.routing.base import RoutingPolicy, state_h
@@ -161,7 +162,7 @@ class FastExecutor:
             assert self._gi_t is not None
             return kern.step(cell, self._gi_t, state, linear)
         if self.torch_cell_step(layer) and not _grad(cell):
-            return _torch_cell(cell, self.modes[layer], x, state)  # inference: one torch op
+            return torch_cell(cell, self.modes[layer], x, state)  # inference: one torch op
         tied = self._tied_step(layer, x, state, linear)
         if tied is not None:
             return tied
@@ -533,18 +534,3 @@ def step_loop(
 def _grad(cell: Any) -> bool:
     """Whether a step of ``cell`` records autograd history."""
     return torch.is_grad_enabled() and bool(cell.weight_hh.requires_grad)
-
-
-def _torch_cell(cell: Any, mode: str, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-    """One step of a torch-form cell on torch's cell op."""
-    p = cell._parameters  # (read every step: no attribute lookups)
-    w = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
-    if mode == "LSTM":
-        h, c = _VF.lstm_cell(x, (state[0], state[1]), *w)
-        return h, type(state)(h, c) if hasattr(state, "_fields") else (h, c)
-    h = _CELL_OPS[mode](x, state, *w)
-    return h, h
-
-
-_CELL_OPS = {"GRU": _VF.gru_cell, "RNN_TANH": _VF.rnn_tanh_cell, "RNN_RELU": _VF.rnn_relu_cell}
-"""torch's one-step cell op per mode (looked up once, not per step)."""
