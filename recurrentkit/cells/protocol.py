@@ -14,10 +14,16 @@ Also optional, for speed: a **split step**, two methods such that
 
     cell.input_projection(x) -> gi          # (M, I) -> (M, G): the part that reads x only
     cell.step_projected(gi, state) -> (output, new_state)
+    cell.step_projected(gi, state, linear=F.linear)   # or: it takes the matmul to use
 
 With them, the fast executor projects a layer's whole input sequence in one call wherever
 that sequence is known in advance (every layer under layer-major policies, layer 1
-under step-major ones) and steps on the projected rows (see :func:`splits_step`).
+under step-major ones) and steps on the projected rows (see :func:`splits_step`). A
+``step_projected`` that takes ``linear`` and computes ``linear(h, weight, bias)`` with it
+(``F.linear``'s signature) for its products with its own weights gets those weights'
+gradients deferred to the end of a run: one matrix product over every step instead of
+one per step (:mod:`recurrentkit.executors.deferred`). That is all a new cell needs to
+run fast (the guide "Adding a fast cell" walks an example).
 
 :class:`CellBase` implements the public call once for every built-in cell: it checks
 ``x`` and ``state`` (raising :mod:`recurrentkit.errors`), accepts unbatched input the
@@ -46,7 +52,7 @@ from recurrentkit._validation import (
     map_state,
 )
 
-__all__ = ["Cell", "CellBase", "splits_step"]
+__all__ = ["Cell", "CellBase", "splits_step", "takes_linear"]
 
 
 @runtime_checkable
@@ -66,17 +72,49 @@ class Cell(Protocol):
 
 def splits_step(cell: object) -> bool:
     """Whether ``cell`` has the optional split step: *methods* ``input_projection`` and
-    ``step_projected`` (a submodule of that name does not count).
+    ``step_projected`` (a submodule of that name does not count), not overridden away:
+    a subclass that redefines the call (``forward``, or a built-in cell's ``_step``)
+    below the class that defines ``step_projected`` has new equations, so its inherited
+    split step does not count.
 
     The executor trusts the split: ``step_projected(input_projection(x), state)`` must
     equal ``cell(x, state)``, rows independent of each other, on tensors the
     :class:`~recurrentkit.Stack` has already checked (``cell``'s own per-step checks
     do not run on this path). The reference executor always calls ``cell(x, state)``.
     """
-    return all(
+    if not all(
         inspect.ismethod(getattr(cell, name, None))
         for name in ("input_projection", "step_projected")
-    )
+    ):
+        return False
+    kind = type(cell)
+    split_at = _defined_by(kind, "step_projected")
+    for call in ("forward", "_step"):
+        at = _defined_by(kind, call)
+        if at is not None and split_at is not None and not issubclass(split_at, at):
+            return False  # the call was redefined below the split step
+    return True
+
+
+def takes_linear(cell: object) -> bool:
+    """Whether ``cell.step_projected`` takes the ``linear`` to use for its products."""
+    kind = type(cell)
+    hit = _TAKES_LINEAR.get(kind)
+    if hit is None:
+        params = inspect.signature(cell.step_projected).parameters  # type: ignore[attr-defined]
+        hit = _TAKES_LINEAR[kind] = "linear" in params
+    return hit
+
+
+_TAKES_LINEAR: dict[type, bool] = {}
+
+
+def _defined_by(kind: type, name: str) -> type | None:
+    """The class of ``kind``'s MRO whose body defines ``name``."""
+    for k in kind.__mro__:
+        if name in vars(k):
+            return k
+    return None
 
 
 class CellBase(nn.Module, ABC):

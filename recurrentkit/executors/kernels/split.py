@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from recurrentkit.cells.protocol import takes_linear
 from recurrentkit.executors.kernels.base import CellKernel, Linear
 
 __all__ = ["SplitKernel"]
@@ -16,8 +17,10 @@ class SplitKernel(CellKernel):
     """A user cell's ``input_projection`` and ``step_projected`` as a kernel's
     :meth:`project` and :meth:`step` (see :func:`recurrentkit.cells.splits_step`).
 
-    No whole-sequence op: the executor steps it in its own loops. ``linear`` is not
-    used: the cell's matmuls are its own.
+    No whole-sequence op: the executor steps it in its own loops. ``linear`` (the
+    executor's matmul, which may defer weight gradients) reaches a ``step_projected``
+    that takes it (:func:`~recurrentkit.cells.protocol.takes_linear`); otherwise the
+    cell's matmuls are its own.
     """
 
     def project(self, cell: nn.Module, x: Tensor, linear: Linear = F.linear) -> Tensor:
@@ -26,4 +29,6 @@ class SplitKernel(CellKernel):
     def step(
         self, cell: nn.Module, gi: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, Any]:
+        if takes_linear(cell):
+            return cell.step_projected(gi, state, linear=linear)  # type: ignore[operator]
         return cell.step_projected(gi, state)  # type: ignore[operator]
