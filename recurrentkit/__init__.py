@@ -8,12 +8,14 @@ from recurrentkit.causality import causality_violation, check_causal
 from recurrentkit.cells import (
     Cell,
     CellBase,
+    CellState,
     GRUCell,
     LSTMCell,
     LSTMState,
     NestedLSTMCell,
     NestedLSTMState,
     RNNCell,
+    StackState,
 )
 from recurrentkit.errors import (
     ConfigError,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cell",
     "CellBase",
+    "CellState",
     "ConfigError",
     "DeviceError",
     "GRU",
@@ -49,6 +52,7 @@ __all__ = [
     "ShapeError",
     "Stack",
     "StackCell",
+    "StackState",
     "StateError",
     "causality_violation",
     "check_causal",

@@ -11,13 +11,14 @@ serves them. Shapes here are time-major, ``(T, B, F)``; a :class:`Bidirectional`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import overload
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from recurrentkit._validation import describe
+from recurrentkit.cells.protocol import StackState
 from recurrentkit.errors import ConfigError, InputTypeError, StateError
 from recurrentkit.stack import Stack, repack
 
@@ -142,13 +143,31 @@ class Bidirectional(nn.Module):
         f, b = self.forward_stack.output_size, self.backward_stack.output_size
         return None if f is None or b is None else f + b
 
+    @overload
+    def forward(
+        self,
+        x: Tensor,
+        state: tuple[StackState | None, StackState | None] | None = None,
+        *,
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[StackState, StackState]]: ...
+
+    @overload
+    def forward(
+        self,
+        x: PackedSequence,
+        state: tuple[StackState | None, StackState | None] | None = None,
+        *,
+        lengths: None = None,
+    ) -> tuple[PackedSequence, tuple[StackState, StackState]]: ...
+
     def forward(
         self,
         x: Tensor | PackedSequence,
-        state: tuple[Any, Any] | None = None,
+        state: tuple[StackState | None, StackState | None] | None = None,
         *,
         lengths: Tensor | None = None,
-    ) -> tuple[Tensor | PackedSequence, tuple[Any, Any]]:
+    ) -> tuple[Tensor | PackedSequence, tuple[StackState, StackState]]:
         """Run both directions over the whole sequence.
 
         Args:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor, nn
@@ -581,6 +581,14 @@ class RNN(RecurrentBase):
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
         return RNNCell(input_size, hidden_size, bias, self.nonlinearity, device="meta")
 
+    @overload
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(
+        self, input: PackedSequence, hx: Tensor | None = None
+    ) -> tuple[PackedSequence, Tensor]: ...
+
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
@@ -680,6 +688,14 @@ class GRU(RecurrentBase):
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
         return GRUCell(input_size, hidden_size, bias, device="meta")
 
+    @overload
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(
+        self, input: PackedSequence, hx: Tensor | None = None
+    ) -> tuple[PackedSequence, Tensor]: ...
+
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
@@ -778,6 +794,16 @@ class LSTM(RecurrentBase):
 
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, proj: int) -> CellBase:
         return LSTMCell(input_size, hidden_size, bias, proj_size=proj, device="meta")
+
+    @overload
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
+
+    @overload
+    def forward(
+        self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
 
     def forward(
         self,

@@ -9,7 +9,7 @@ never see them. Every public argument is checked here (raising
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ from recurrentkit._validation import (
     param_like,
     shape_str,
 )
+from recurrentkit.cells.protocol import CellState, StackState
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError, StateError
 from recurrentkit.executors.fast import FastExecutor, step_layers
 from recurrentkit.executors.packing import schedule_packed
@@ -148,7 +149,7 @@ class Stack(nn.Module):
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> tuple[Any, ...]:
+    ) -> StackState:
         """Each layer's initial state, bottom first.
 
         Args:
@@ -164,13 +165,23 @@ class Stack(nn.Module):
 
     # -- running -----------------------------------------------------------------------
 
+    @overload
+    def forward(
+        self, x: Tensor, state: Sequence[CellState] | None = None, *, lengths: Tensor | None = None
+    ) -> tuple[Tensor, StackState]: ...
+
+    @overload
+    def forward(
+        self, x: PackedSequence, state: Sequence[CellState] | None = None, *, lengths: None = None
+    ) -> tuple[PackedSequence, StackState]: ...
+
     def forward(
         self,
         x: Tensor | PackedSequence,
-        state: Sequence[Any] | None = None,
+        state: Sequence[CellState] | None = None,
         *,
         lengths: Tensor | None = None,
-    ) -> tuple[Tensor | PackedSequence, tuple[Any, ...]]:
+    ) -> tuple[Tensor | PackedSequence, StackState]:
         """Run the whole sequence.
 
         Args:
@@ -221,8 +232,8 @@ class Stack(nn.Module):
         return (out.transpose(0, 1) if self.batch_first else out), states
 
     def step(
-        self, x_t: Tensor, state: Sequence[Any] | None = None
-    ) -> tuple[Tensor, tuple[Any, ...]]:
+        self, x_t: Tensor, state: Sequence[CellState] | None = None
+    ) -> tuple[Tensor, StackState]:
         """One time step, whatever ``batch_first`` says.
 
         Equal to :meth:`forward` on a length-1 sequence. For causal policies, stepping

@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,14 @@ from recurrentkit._validation import (
     map_state,
 )
 
-__all__ = ["Cell", "CellBase", "splits_step", "takes_linear"]
+__all__ = ["Cell", "CellBase", "CellState", "StackState", "splits_step", "takes_linear"]
+
+CellState: TypeAlias = Union[Tensor, tuple[Any, ...]]  # noqa: UP007 (a runtime alias)
+"""One cell's state: a tensor ``(B, H)``, or a NamedTuple of states (e.g.
+:class:`~recurrentkit.LSTMState` ``(h, c)``), fields in torch's order."""
+
+StackState: TypeAlias = tuple[CellState, ...]
+"""A :class:`~recurrentkit.Stack`'s state: one :data:`CellState` per layer, bottom first."""
 
 
 @runtime_checkable
