@@ -49,7 +49,7 @@ Outputs in ``--out``:
   ``{"mean": m, "ci95": half_width or null}`` (Student's t; null with one seed).
 - ``results.md`` — the tables (with mean ± 95% CI over seeds) and a conclusion
   written from the numbers, rendered from the run records by
-  `recurrentkit.study_report` (``StudyReport``; the ``backbones`` preset gets its own
+  `recurrentkit.study.report` (``StudyReport``; the ``backbones`` preset gets its own
   layout: one table of the cells' size, losses, reach and accuracy, no original reference).
 - ``samples/<run>.tsv`` — every sample (``text<TAB>ended``), ``loss_<model>_<protocol>.png``
   — loss curves, ``connectivity_<group>.png`` / ``decay_<group>.png`` /
@@ -78,15 +78,15 @@ from typing import Any, NoReturn
 import torch
 
 import recurrentkit as rk
-from recurrentkit import data, metrics
 from recurrentkit.analysis import analyse_run
 from recurrentkit.errors import RecurrentKitError
-from recurrentkit.lm import CharLM, count_parameters
 from recurrentkit.routing import LeakWarning
-from recurrentkit.sample import Sample, generate, stepwise_loss, teacher_forced_loss
-from recurrentkit.study_cells import StudyGRUCell
-from recurrentkit.study_report import StudyReport, summarize_runs
-from recurrentkit.train import TrainConfig, TrainingDiverged, fit
+from recurrentkit.study import data, metrics
+from recurrentkit.study.cells import StudyGRUCell
+from recurrentkit.study.lm import CharLM, count_parameters
+from recurrentkit.study.report import StudyReport, summarize_runs
+from recurrentkit.study.sample import Sample, generate, stepwise_loss, teacher_forced_loss
+from recurrentkit.study.train import TrainConfig, TrainingDiverged, fit
 
 PROG = "names_memory_ablation.py"
 ROUTINGS = ("independent", "shared", "handoff", "residual", "cross_layer")
@@ -414,7 +414,7 @@ def train_run(
     return result.status, record
 
 
-# -- reporting (rendering lives in recurrentkit.study_report) -------------------------
+# -- reporting (rendering lives in recurrentkit.study.report) -------------------------
 
 
 def make_report(preset: str) -> StudyReport:
