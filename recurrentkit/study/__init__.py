@@ -16,13 +16,16 @@ and no module outside it imports it. It uses the library (``Stack``, the cells,
 - [`cells`][recurrentkit.study.cells]: [`StudyGRUCell`][recurrentkit.study.cells.StudyGRUCell],
   the original study's GRU cell, written as a user cell;
 - [`report`][recurrentkit.study.report]: run records → summary, ``results.md``,
-  conclusions, figures.
+  conclusions, figures;
+- [`ablation`][recurrentkit.study.ablation]: the study itself: its models, presets and
+  run plans, one run trained and measured, the run loop that writes the results.
 
-The modules ``data`` and ``metrics`` are re-exported as they are (``study.data.encode``,
-``study.metrics.novelty``); the public names of the others are re-exported here.
+The modules ``data``, ``metrics`` and ``ablation`` are re-exported as they are
+(``study.data.encode``, ``study.metrics.novelty``, ``study.ablation.PRESETS``); the public
+names of the others are re-exported here.
 """
 
-from recurrentkit.study import data, metrics
+from recurrentkit.study import ablation, data, metrics
 from recurrentkit.study.cells import StudyGRUCell
 from recurrentkit.study.lm import CharLM, count_parameters
 from recurrentkit.study.report import (
@@ -56,6 +59,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "ablation",
     "compare_reach",
     "count_parameters",
     "data",
