@@ -400,7 +400,7 @@ def cross_layer_flop_ratio(E: int, H: int, L: int, gates: int = 3) -> float:
 
 def name_lengths(batch: int, seed: int) -> Tensor:
     """Lengths of ``batch`` names from the shipped dataset (+1 end token), capped at 16."""
-    path = Path(rk.__file__).parent / "data" / "names.txt"
+    path = Path(rk.__file__).parent / "study" / "data" / "names.txt"
     names = [n for n in path.read_text().split() if n]
     rng = random.Random(seed)
     return torch.tensor([min(len(rng.choice(names)) + 1, STEPS) for _ in range(batch)])

@@ -4,7 +4,7 @@ The public names, re-exported; nothing is defined here.
 """
 
 from recurrentkit import interop, routing
-from recurrentkit.causality import causality_violation, check_causal
+from recurrentkit.analysis.causality import causality_violation, check_causal
 from recurrentkit.cells import (
     Cell,
     CellBase,

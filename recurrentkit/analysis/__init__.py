@@ -10,9 +10,12 @@
 - [`is_causal_by_connectivity`][recurrentkit.analysis.is_causal_by_connectivity] and
   [`connectivity_violation`][recurrentkit.analysis.connectivity_violation]: a
   causality check on the same gradients;
+  [`check_causal`][recurrentkit.analysis.check_causal] and
+  [`causality_violation`][recurrentkit.analysis.causality_violation] (also
+  ``rk.check_causal``, ``rk.causality_violation``): one by perturbation, for any sequence
+  model (both pairs in ``recurrentkit.analysis.causality``);
 - [`analyse_run`][recurrentkit.analysis.analyse_run]: all of it for one trained model on
   held-out rows, as one JSON-ready [`RunAnalysis`][recurrentkit.analysis.RunAnalysis];
-  [`compare_reach`][recurrentkit.analysis.compare_reach],
   [`analysis_tables`][recurrentkit.analysis.analysis_tables] and
   [`plot_comparison`][recurrentkit.analysis.plot_comparison] compare several;
 - [`plot_connectivity`][recurrentkit.analysis.plot_connectivity],
@@ -20,11 +23,17 @@
   [`plot_context_accuracy`][recurrentkit.analysis.plot_context_accuracy]: figures
   (matplotlib, optional).
 
-All of them take a *token model*: any module mapping ids ``(B, T)`` to logits
-``(B, T, V)`` (or to ``(logits, ...)``) that embeds the ids with one ``nn.Embedding``.
+All of them but the perturbation check take a *token model*: any module mapping ids
+``(B, T)`` to logits ``(B, T, V)`` (or to ``(logits, ...)``) that embeds the ids with one
+``nn.Embedding``.
 """
 
-from recurrentkit.analysis.causal import connectivity_violation, is_causal_by_connectivity
+from recurrentkit.analysis.causality import (
+    causality_violation,
+    check_causal,
+    connectivity_violation,
+    is_causal_by_connectivity,
+)
 from recurrentkit.analysis.context import ContextAccuracy, context_accuracy
 from recurrentkit.analysis.decay import ConnectivityDecay, connectivity_decay
 from recurrentkit.analysis.gradients import REDUCTIONS, WRT, connectivity
@@ -33,7 +42,6 @@ from recurrentkit.analysis.report import (
     RunAnalysis,
     analyse_run,
     analysis_tables,
-    compare_reach,
     fixed_subset,
     plot_comparison,
 )
@@ -46,7 +54,8 @@ __all__ = [
     "RunAnalysis",
     "analyse_run",
     "analysis_tables",
-    "compare_reach",
+    "causality_violation",
+    "check_causal",
     "connectivity",
     "connectivity_decay",
     "connectivity_violation",

@@ -6,8 +6,8 @@ fixed, seeded subset of validation rows, the
 [`context_accuracy`][recurrentkit.analysis.context_accuracy] of all of them, and the
 connectivity matrix of one example row for a heatmap, as one
 [`RunAnalysis`][recurrentkit.analysis.RunAnalysis] that round-trips through JSON.
-[`compare_reach`][recurrentkit.analysis.compare_reach] turns several far shares into the
-sentence a report states; [`plot_comparison`][recurrentkit.analysis.plot_comparison] draws
+[`analysis_tables`][recurrentkit.analysis.analysis_tables] sets several analyses side by
+side in Markdown tables; [`plot_comparison`][recurrentkit.analysis.plot_comparison] draws
 the heatmaps, decay curves and accuracy curves of several runs side by side.
 """
 
@@ -24,18 +24,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recurrentkit._validation import check_choice, check_int, check_real, describe, shape_str
+from recurrentkit._validation import check_choice, check_int, describe, shape_str
 from recurrentkit.analysis._model import check_ids
 from recurrentkit.analysis.context import ContextAccuracy, context_accuracy
 from recurrentkit.analysis.decay import ConnectivityDecay, connectivity_decay
 from recurrentkit.analysis.gradients import REDUCTIONS, connectivity
+from recurrentkit.analysis.plots import plot_connectivity, plot_context_accuracy, plot_decay
 from recurrentkit.errors import ConfigError, InputTypeError, ShapeError
 
 __all__ = [
     "RunAnalysis",
     "analyse_run",
     "analysis_tables",
-    "compare_reach",
     "fixed_subset",
     "plot_comparison",
 ]
@@ -216,7 +216,7 @@ def analyse_run(
             whose last target is predicted after at least 6 characters seen (column +
             ``first_position``), so the same name under either protocol; the row reaching
             furthest if none does.
-        vocab: id → label (e.g. ``recurrentkit.data.itos``) for the example's axes;
+        vocab: id → label (e.g. ``["<PAD>", ".", "a", ...]``) for the example's axes;
             ``None``: the ids as text.
         reduce: ``"norm"`` (default) or ``"sq_sum"``, as in
             [`connectivity`][recurrentkit.analysis.connectivity].
@@ -237,11 +237,18 @@ def analyse_run(
             no targets, ids the model cannot embed.
 
     Example:
-        >>> import torch, recurrentkit as rk
+        >>> import torch, torch.nn as nn, recurrentkit as rk
         >>> from recurrentkit.analysis import analyse_run
-        >>> from recurrentkit.lm import CharLM          # returns (logits, loss)
+        >>> class TokenLM(nn.Module):                   # (logits, loss), as makemore-style
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.embed = nn.Embedding(5, 4)
+        ...         self.rnn = rk.Stack([rk.GRUCell(4, 8)], batch_first=True)
+        ...         self.head = nn.Linear(8, 5)
+        ...     def forward(self, idx):                 # (B, T) -> ((B, T, V), no loss)
+        ...         return self.head(self.rnn(self.embed(idx))[0]), None
         >>> _ = torch.manual_seed(0)
-        >>> model = CharLM(rk.Stack([rk.GRUCell(4, 8)], batch_first=True), 5, 4)
+        >>> model = TokenLM()
         >>> x = torch.randint(1, 5, (20, 6))                       # (N, T)
         >>> y = torch.cat([x[:, 1:], torch.zeros(20, 1, dtype=torch.long)], 1)
         >>> a = analyse_run(model, x, y, names=8, far=2)
@@ -328,100 +335,6 @@ def _labeller(vocab: Sequence[str] | None) -> Any:
         return str(vocab[i]) if 0 <= i < len(vocab) else str(i)
 
     return label
-
-
-Share = float | tuple[float, float | None]
-
-
-def compare_reach(
-    far_shares: Mapping[str, Share],
-    *,
-    far: int,
-    future_shares: Mapping[str, float] | None = None,
-    tie: float = 0.01,
-    what: str = "policy",
-) -> str:
-    r"""One sentence saying which model reaches furthest back, from the numbers.
-
-    The model with the largest far share (share of connectivity at distance
-    $\ge$ ``far``) is named the furthest-reaching only if it is separated from the
-    runner-up: by non-overlapping 95% confidence intervals when both have one, else by
-    at least ``tie`` (an absolute share, 0.01 = one point). Otherwise the sentence says
-    that none clearly does. Models that put connectivity on *later* inputs
-    (``future_shares`` above zero) get a clause naming the leak.
-
-    Args:
-        far_shares: name → far share, or ``(mean, ci95 half-width or None)``; ``NaN``
-            shares are left out.
-        far: the distance the shares count from (for the text).
-        future_shares: name → share of connectivity on later inputs.
-        tie: the smallest difference that counts without confidence intervals.
-        what: what the names are, for the text (``"policy"``, ``"model"``).
-
-    Returns:
-        A sentence (Markdown; names in backticks).
-
-    Raises:
-        ConfigError: no finite share, a negative ``tie``.
-
-    Example:
-        >>> from recurrentkit.analysis import compare_reach
-        >>> print(compare_reach({"independent": 0.26, "handoff": 0.23}, far=3,
-        ...                     future_shares={"handoff": 0.33}))
-        `independent` reaches furthest back: 26.0% of its gradient connectivity lies 3 or more characters back, against 23.0% for `handoff` (no confidence intervals: 1 point or more count). `handoff` also puts 33.0% of its connectivity on later characters — inputs it reads under teacher forcing but a sampler never has (the leak).
-    """  # noqa: E501
-    check_int("far", far)
-    check_real("tie", tie, minimum=0.0)
-    stats: list[tuple[str, float, float | None]] = []
-    for name, value in far_shares.items():
-        mean, ci = value if isinstance(value, tuple) else (value, None)
-        if mean is not None and not math.isnan(float(mean)):
-            stats.append((str(name), float(mean), None if ci is None else float(ci)))
-    if not stats:
-        raise ConfigError("far_shares", "at least one finite far share", describe(far_shares))
-    stats.sort(key=lambda s: -s[1])
-
-    def pct(mean: float, ci: float | None) -> str:
-        return f"{100 * mean:.1f}%" + ("" if ci is None else f" ± {100 * ci:.1f}")
-
-    best = stats[0]
-    where = f"{far} or more characters back"
-    points = f"{100 * tie:g} point" + ("" if 100 * tie == 1 else "s")
-    if len(stats) == 1:
-        text = f"`{best[0]}`: {pct(best[1], best[2])} of its gradient connectivity lies {where}."
-    else:
-        second = stats[1]
-        others = ", ".join(f"{pct(m, c)} for `{n}`" for n, m, c in stats[1:])
-        with_ci = best[2] is not None and second[2] is not None
-        if with_ci:
-            clear = best[1] - (best[2] or 0.0) > second[1] + (second[2] or 0.0)
-            why = "their 95% confidence intervals overlap"
-        else:
-            clear = best[1] - second[1] >= tie
-            why = (
-                f"the top two differ by less than {points}, too little to "
-                "separate without confidence intervals"
-            )
-        if clear:
-            how = "" if with_ci else f" (no confidence intervals: {points} or more count)"
-            text = (
-                f"`{best[0]}` reaches furthest back: {pct(best[1], best[2])} of its gradient "
-                f"connectivity lies {where}, against {others}{how}."
-            )
-        else:
-            listed = ", ".join(f"`{n}` {pct(m, c)}" for n, m, c in stats)
-            text = (
-                f"No {what} clearly reaches furthest back ({why}): the share of gradient "
-                f"connectivity {where} is {listed}."
-            )
-    for name, share in (future_shares or {}).items():
-        if share is not None and share > 0:
-            text += (
-                f" `{name}` also puts {100 * share:.1f}% of its connectivity on later "
-                "characters — inputs it reads under teacher forcing but a sampler never has "
-                "(the leak)."
-            )
-    return text
 
 
 def analysis_tables(
@@ -530,12 +443,6 @@ def plot_comparison(
         InputTypeError: a value that is not a ``RunAnalysis``.
         ImportError: matplotlib is not installed.
     """
-    from recurrentkit.analysis.plots import (
-        plot_connectivity,
-        plot_context_accuracy,
-        plot_decay,
-    )
-
     if not isinstance(analyses, Mapping) or not analyses:
         raise ConfigError("analyses", "a non-empty mapping of name to RunAnalysis", analyses)
     for name, a in analyses.items():

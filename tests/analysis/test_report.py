@@ -1,4 +1,4 @@
-"""analyse_run() and its companions: a tiny model analysed, JSON round trips, the sentence."""
+"""analyse_run() and its companions: a tiny model analysed, JSON round trips, tables."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from recurrentkit import data
 from recurrentkit.analysis import (
     ConnectivityDecay,
     ContextAccuracy,
     RunAnalysis,
     analyse_run,
     analysis_tables,
-    compare_reach,
     connectivity,
     connectivity_decay,
     context_accuracy,
@@ -24,6 +22,7 @@ from recurrentkit.analysis import (
     plot_comparison,
 )
 from recurrentkit.errors import ConfigError, InputTypeError, ShapeError
+from recurrentkit.study import data
 
 NAMES = ["anna", "bob", "christopher", "emma", "alexandra", "li", "olivia", "sam", "isabella"]
 
@@ -123,23 +122,6 @@ def test_bad_input(lm) -> None:
         analyse_run(model, x, y, names=0)
     with pytest.raises(ConfigError, match="reduce"):
         analyse_run(model, x, y, reduce="max")
-
-
-def test_compare_reach_names_the_furthest_only_when_separated() -> None:
-    clear = compare_reach({"a": 0.30, "b": 0.20, "c": 0.25}, far=3)
-    assert clear.startswith("`a` reaches furthest back: 30.0%")
-    assert clear.index("25.0% for `c`") < clear.index("20.0% for `b`")
-    tie = compare_reach({"a": 0.300, "b": 0.295}, far=3)
-    assert tie.startswith("No policy clearly reaches furthest back") and "1 point" in tie
-    overlap = compare_reach({"a": (0.30, 0.05), "b": (0.27, 0.01)}, far=2, what="model")
-    assert overlap.startswith("No model clearly") and "intervals overlap" in overlap
-    apart = compare_reach({"a": (0.30, 0.01), "b": (0.27, 0.01)}, far=2)
-    assert apart.startswith("`a` reaches furthest back: 30.0% ± 1.0")
-    leak = compare_reach({"a": 0.3, "h": float("nan")}, far=3, future_shares={"a": 0.0, "h": 0.4})
-    assert leak.startswith("`a`: 30.0%") and "`h` also puts 40.0%" in leak
-    assert "`a` also" not in leak
-    with pytest.raises(ConfigError, match="far_shares"):
-        compare_reach({"a": float("nan")}, far=3)
 
 
 def test_tables_and_figures(lm, tmp_path: Path) -> None:

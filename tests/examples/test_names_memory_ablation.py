@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from recurrentkit.lm import count_parameters
+from recurrentkit.study.lm import count_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "names_memory_ablation.py"

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 import recurrentkit as rk
-from recurrentkit import data
-from recurrentkit.lm import CharLM
-from recurrentkit.study_cells import StudyGRUCell
-from recurrentkit.train import TrainConfig, fit
+from recurrentkit.study import data
+from recurrentkit.study.cells import StudyGRUCell
+from recurrentkit.study.lm import CharLM
+from recurrentkit.study.train import TrainConfig, fit
 
 
 def slow_writes(pause: float) -> None:

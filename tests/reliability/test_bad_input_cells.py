@@ -26,7 +26,7 @@ from torch import Tensor, nn
 import recurrentkit as rk
 from recurrentkit._validation import map_state
 from recurrentkit.cells import LSTMState, NestedLSTMState
-from recurrentkit.study_cells import StudyGRUCell
+from recurrentkit.study.cells import StudyGRUCell
 
 I, H = 3, 4
 KINDS = (

@@ -31,7 +31,7 @@ import recurrentkit as rk
 from recurrentkit._validation import map_state
 from recurrentkit.routing import POLICIES, CrossLayer, Shared
 from recurrentkit.stack import EXECUTORS
-from recurrentkit.study_cells import StudyGRUCell
+from recurrentkit.study.cells import StudyGRUCell
 
 I, H = 3, 4
 CELL_KINDS = ("rnn", "gru", "gru_before", "lstm", "lstm_proj", "nested", "study")

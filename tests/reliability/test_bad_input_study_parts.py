@@ -24,9 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import recurrentkit as rk
-from recurrentkit import data, metrics, sample
-from recurrentkit.lm import CharLM
-from recurrentkit.train import TrainConfig, fit, load_checkpoint
+from recurrentkit.study import data, metrics, sample
+from recurrentkit.study.lm import CharLM
+from recurrentkit.study.train import TrainConfig, fit, load_checkpoint
 
 TMP = Path(tempfile.mkdtemp(prefix="rk-reliability-"))
 atexit.register(shutil.rmtree, TMP, ignore_errors=True)

@@ -25,7 +25,7 @@ import torch
 from reliability_harness import add_figure
 
 from recurrentkit.errors import RecurrentKitError
-from recurrentkit.train import load_checkpoint
+from recurrentkit.study.train import load_checkpoint
 
 CHILD = Path(__file__).with_name("crash_child.py")
 KILLS = int(os.environ.get("RK_CRASH_KILLS", "12"))

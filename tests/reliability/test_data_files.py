@@ -14,7 +14,7 @@ import pytest
 from reliability_harness import add_figure
 
 import recurrentkit as rk
-from recurrentkit import data
+from recurrentkit.study import data
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "names_memory_ablation.py"
 

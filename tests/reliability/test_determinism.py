@@ -7,10 +7,10 @@ import torch
 from reliability_harness import add_figure
 
 import recurrentkit as rk
-from recurrentkit import data
-from recurrentkit.lm import CharLM
-from recurrentkit.study_cells import StudyGRUCell
-from recurrentkit.train import TrainConfig, fit
+from recurrentkit.study import data
+from recurrentkit.study.cells import StudyGRUCell
+from recurrentkit.study.lm import CharLM
+from recurrentkit.study.train import TrainConfig, fit
 
 WORDS = data.load_words()[:64]
 TRAIN, VAL = data.encode(WORDS[:48]), data.encode(WORDS[48:])

@@ -15,10 +15,10 @@ from reliability_harness import add_figure
 from torch import Tensor, nn
 
 import recurrentkit as rk
-from recurrentkit import data
-from recurrentkit.lm import CharLM
-from recurrentkit.study_cells import StudyGRUCell
-from recurrentkit.train import TrainConfig, TrainingDiverged, fit, load_checkpoint
+from recurrentkit.study import data
+from recurrentkit.study.cells import StudyGRUCell
+from recurrentkit.study.lm import CharLM
+from recurrentkit.study.train import TrainConfig, TrainingDiverged, fit, load_checkpoint
 
 WORDS = data.load_words()[:40]
 TRAIN, VAL = data.encode(WORDS[:32]), data.encode(WORDS[32:])  # 4 batches of 8 per epoch

@@ -17,10 +17,10 @@ import torch
 from reliability_harness import add_figure
 
 import recurrentkit as rk
-from recurrentkit import data
-from recurrentkit import train as train_module
-from recurrentkit.lm import CharLM
-from recurrentkit.train import TrainConfig, fit, load_checkpoint, save_checkpoint
+from recurrentkit.study import data
+from recurrentkit.study import train as train_module
+from recurrentkit.study.lm import CharLM
+from recurrentkit.study.train import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 WORDS = data.load_words()[:24]
 TRAIN, VAL = data.encode(WORDS[:16]), data.encode(WORDS[16:])

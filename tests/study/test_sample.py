@@ -1,4 +1,4 @@
-"""recurrentkit.sample: the sampler and the step-wise validation loss."""
+"""recurrentkit.study.sample: the sampler and the step-wise validation loss."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import recurrentkit as rk
-from recurrentkit import data
-from recurrentkit.lm import CharLM
-from recurrentkit.sample import generate, stepwise_loss, teacher_forced_loss
+from recurrentkit.study import data
+from recurrentkit.study.lm import CharLM
+from recurrentkit.study.sample import generate, stepwise_loss, teacher_forced_loss
 
 
 def make(routing: str = "independent", vocab: int = 28) -> CharLM:

@@ -1,4 +1,4 @@
-"""recurrentkit.metrics on hand-made samples whose answers are known."""
+"""recurrentkit.study.metrics on hand-made samples whose answers are known."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recurrentkit import metrics
 from recurrentkit.errors import ConfigError, InputTypeError
+from recurrentkit.study import metrics
 
 texts = st.lists(st.text(alphabet="abc", max_size=12), min_size=1, max_size=10)
 

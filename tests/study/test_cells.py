@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import recurrentkit as rk
-from recurrentkit.study_cells import StudyGRUCell
+from recurrentkit.study.cells import StudyGRUCell
 
 
 class Reference(nn.Module):

@@ -64,7 +64,7 @@ class StudyGRUCell(nn.Module):
 
     Example:
         >>> import torch, recurrentkit as rk
-        >>> from recurrentkit.study_cells import StudyGRUCell
+        >>> from recurrentkit.study.cells import StudyGRUCell
         >>> cell = StudyGRUCell(64, 128)
         >>> sum(p.numel() for p in cell.parameters())
         74368

@@ -7,9 +7,11 @@ sample metrics, the PAD measurements, ``history`` and ``analysis`` (the script's
 docstring lists every key). This module turns records into the report, and reads
 nothing else, so a report can be rendered again from a saved ``results.json``:
 
-- [`summarize_runs`][recurrentkit.study_report.summarize_runs] groups the seeds of each
+- [`summarize_runs`][recurrentkit.study.report.summarize_runs] groups the seeds of each
   (model, routing, protocol) into mean ± 95% CI;
-- a [`StudyReport`][recurrentkit.study_report.StudyReport] writes ``results.md`` (tables,
+- [`compare_reach`][recurrentkit.study.report.compare_reach] states which policy (or
+  model) reaches furthest back, from their far shares;
+- a [`StudyReport`][recurrentkit.study.report.StudyReport] writes ``results.md`` (tables,
   conclusions stated from the numbers) and draws the loss curves and the memory figures,
   in one of two layouts: ``compare="routing"``, the study's (routing policies compared
   per model, with the original study's reference figures and the PAD-start protocol),
@@ -27,17 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from recurrentkit._validation import check_choice, check_int, describe
-from recurrentkit.analysis import RunAnalysis, analysis_tables, compare_reach, plot_comparison
-from recurrentkit.data import PROTOCOLS
+from recurrentkit._validation import check_choice, check_int, check_real, describe
+from recurrentkit.analysis import RunAnalysis, analysis_tables, plot_comparison
 from recurrentkit.errors import ConfigError, InputTypeError
-from recurrentkit.metrics import mean_ci
+from recurrentkit.study.data import PROTOCOLS
+from recurrentkit.study.metrics import mean_ci
 
 __all__ = [
     "COMPARE",
     "SUMMARY_METRICS",
     "ModelInfo",
     "StudyReport",
+    "compare_reach",
     "format_stat",
     "summarize_runs",
 ]
@@ -70,7 +73,7 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "top2_accuracy",
     "top3_accuracy",
 )
-"""The run-record keys [`summarize_runs`][recurrentkit.study_report.summarize_runs]
+"""The run-record keys [`summarize_runs`][recurrentkit.study.report.summarize_runs]
 averages over seeds."""
 
 _RESULTS_KEYS = (
@@ -128,20 +131,20 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Args:
         runs: run records, each with ``model``, ``routing``, ``protocol``, ``seed``,
             ``layers``, ``params``, ``epochs``, ``status`` and every key of
-            [`SUMMARY_METRICS`][recurrentkit.study_report.SUMMARY_METRICS].
+            [`SUMMARY_METRICS`][recurrentkit.study.report.SUMMARY_METRICS].
 
     Returns:
         One entry per group, in order of first appearance: ``model``, ``routing``,
         ``protocol``, ``layers``, ``params``, ``epochs`` (of the group's first run),
         ``n_seeds``, ``seeds`` and, per metric, ``{"mean": m, "ci95": half_width}``
-        ([`mean_ci`][recurrentkit.metrics.mean_ci]: ``None`` with one seed).
+        ([`mean_ci`][recurrentkit.study.metrics.mean_ci]: ``None`` with one seed).
 
     Raises:
         InputTypeError: ``runs`` not a sequence of mappings.
         ConfigError: a completed run that lacks a key.
 
     Example:
-        >>> from recurrentkit.study_report import SUMMARY_METRICS, summarize_runs
+        >>> from recurrentkit.study.report import SUMMARY_METRICS, summarize_runs
         >>> base = {"model": "beta", "routing": "shared", "protocol": "seed", "layers": 2,
         ...         "params": 10, "epochs": 2, "status": "completed"}
         >>> runs = [{**base, **dict.fromkeys(SUMMARY_METRICS, v), "seed": s}
@@ -198,7 +201,7 @@ def format_stat(stat: Mapping[str, Any], digits: int = 3, *, pct: bool = False) 
         E.g. ``"1.9258"``, ``"1.926 ± 0.012"``, ``"22.2%"``, ``"22.2% ± 1.5"``.
 
     Example:
-        >>> from recurrentkit.study_report import format_stat
+        >>> from recurrentkit.study.report import format_stat
         >>> format_stat({"mean": 1.92583, "ci95": None}, 4)
         '1.9258'
         >>> format_stat({"mean": 0.2224, "ci95": 0.0151}, pct=True)
@@ -216,6 +219,100 @@ def _fmt_sci(stat: Mapping[str, Any]) -> str:
     mean, ci = stat["mean"], stat["ci95"]
     s = "0" if mean == 0 else f"{mean:.2e}"
     return s if ci is None else f"{s} ± {ci:.1e}"
+
+
+Share = float | tuple[float, float | None]
+
+
+def compare_reach(
+    far_shares: Mapping[str, Share],
+    *,
+    far: int,
+    future_shares: Mapping[str, float] | None = None,
+    tie: float = 0.01,
+    what: str = "policy",
+) -> str:
+    r"""One sentence saying which model reaches furthest back, from the numbers.
+
+    The model with the largest far share (share of connectivity at distance
+    $\ge$ ``far``) is named the furthest-reaching only if it is separated from the
+    runner-up: by non-overlapping 95% confidence intervals when both have one, else by
+    at least ``tie`` (an absolute share, 0.01 = one point). Otherwise the sentence says
+    that none clearly does. Models that put connectivity on *later* inputs
+    (``future_shares`` above zero) get a clause naming the leak.
+
+    Args:
+        far_shares: name → far share, or ``(mean, ci95 half-width or None)``; ``NaN``
+            shares are left out.
+        far: the distance the shares count from (for the text).
+        future_shares: name → share of connectivity on later inputs.
+        tie: the smallest difference that counts without confidence intervals.
+        what: what the names are, for the text (``"policy"``, ``"model"``).
+
+    Returns:
+        A sentence (Markdown; names in backticks).
+
+    Raises:
+        ConfigError: no finite share, a negative ``tie``.
+
+    Example:
+        >>> from recurrentkit.study.report import compare_reach
+        >>> print(compare_reach({"independent": 0.26, "handoff": 0.23}, far=3,
+        ...                     future_shares={"handoff": 0.33}))
+        `independent` reaches furthest back: 26.0% of its gradient connectivity lies 3 or more characters back, against 23.0% for `handoff` (no confidence intervals: 1 point or more count). `handoff` also puts 33.0% of its connectivity on later characters — inputs it reads under teacher forcing but a sampler never has (the leak).
+    """  # noqa: E501
+    check_int("far", far)
+    check_real("tie", tie, minimum=0.0)
+    stats: list[tuple[str, float, float | None]] = []
+    for name, value in far_shares.items():
+        mean, ci = value if isinstance(value, tuple) else (value, None)
+        if mean is not None and not math.isnan(float(mean)):
+            stats.append((str(name), float(mean), None if ci is None else float(ci)))
+    if not stats:
+        raise ConfigError("far_shares", "at least one finite far share", describe(far_shares))
+    stats.sort(key=lambda s: -s[1])
+
+    def pct(mean: float, ci: float | None) -> str:
+        return f"{100 * mean:.1f}%" + ("" if ci is None else f" ± {100 * ci:.1f}")
+
+    best = stats[0]
+    where = f"{far} or more characters back"
+    points = f"{100 * tie:g} point" + ("" if 100 * tie == 1 else "s")
+    if len(stats) == 1:
+        text = f"`{best[0]}`: {pct(best[1], best[2])} of its gradient connectivity lies {where}."
+    else:
+        second = stats[1]
+        others = ", ".join(f"{pct(m, c)} for `{n}`" for n, m, c in stats[1:])
+        with_ci = best[2] is not None and second[2] is not None
+        if with_ci:
+            clear = best[1] - (best[2] or 0.0) > second[1] + (second[2] or 0.0)
+            why = "their 95% confidence intervals overlap"
+        else:
+            clear = best[1] - second[1] >= tie
+            why = (
+                f"the top two differ by less than {points}, too little to "
+                "separate without confidence intervals"
+            )
+        if clear:
+            how = "" if with_ci else f" (no confidence intervals: {points} or more count)"
+            text = (
+                f"`{best[0]}` reaches furthest back: {pct(best[1], best[2])} of its gradient "
+                f"connectivity lies {where}, against {others}{how}."
+            )
+        else:
+            listed = ", ".join(f"`{n}` {pct(m, c)}" for n, m, c in stats)
+            text = (
+                f"No {what} clearly reaches furthest back ({why}): the share of gradient "
+                f"connectivity {where} is {listed}."
+            )
+    for name, share in (future_shares or {}).items():
+        if share is not None and share > 0:
+            text += (
+                f" `{name}` also puts {100 * share:.1f}% of its connectivity on later "
+                "characters — inputs it reads under teacher forcing but a sampler never has "
+                "(the leak)."
+            )
+    return text
 
 
 @dataclass(frozen=True)
@@ -236,9 +333,9 @@ class StudyReport:
 
     Attributes:
         models: model id (a run record's ``model``) → its
-            [`ModelInfo`][recurrentkit.study_report.ModelInfo].
+            [`ModelInfo`][recurrentkit.study.report.ModelInfo].
         description: the preset's description, for the header.
-        compare: the layout, one of [`COMPARE`][recurrentkit.study_report.COMPARE].
+        compare: the layout, one of [`COMPARE`][recurrentkit.study.report.COMPARE].
         split_seed: the seed of the train/validation split (stated in the header).
         analysis_names: validation names whose connectivity each run measured.
         far: the distance ``far_share`` counts from.
@@ -250,7 +347,7 @@ class StudyReport:
 
     Example:
         >>> from types import SimpleNamespace
-        >>> from recurrentkit.study_report import SUMMARY_METRICS, StudyReport, summarize_runs
+        >>> from recurrentkit.study.report import SUMMARY_METRICS, StudyReport, summarize_runs
         >>> tiny = SimpleNamespace(label="tiny", layers=2, embed=8, hidden=16, dropout=0.1,
         ...     optimizer="adam", lr=1e-2, epochs=2, original_params=None)
         >>> report = StudyReport({"tiny": tiny}, "a smoke test")
@@ -348,7 +445,7 @@ class StudyReport:
         with a caveat when a group has a single seed.
 
         Args:
-            summary: entries of [`summarize_runs`][recurrentkit.study_report.summarize_runs].
+            summary: entries of [`summarize_runs`][recurrentkit.study.report.summarize_runs].
             num_samples: samples drawn per run (for the text).
 
         Returns:
@@ -538,7 +635,7 @@ class StudyReport:
                 ``device``, ``torch``, ``threads``, ``world_size``, ``wall_seconds``,
                 ``data`` (``source``, ``train``, ``val``), ``num_samples``, ``runs``
                 (records), ``summary`` (of
-                [`summarize_runs`][recurrentkit.study_report.summarize_runs]), optionally
+                [`summarize_runs`][recurrentkit.study.report.summarize_runs]), optionally
                 ``plots``/``memory_plots`` (figure file names) and ``original`` (model id
                 → ``epoch20_val_loss``, ``last_val_loss``, ``last_epoch``).
 
@@ -571,7 +668,7 @@ class StudyReport:
         return "\n".join(L) + "\n"
 
     def write_markdown(self, path: str | os.PathLike[str], results: Mapping[str, Any]) -> None:
-        """Write [`markdown`][recurrentkit.study_report.StudyReport.markdown]'s text to
+        """Write [`markdown`][recurrentkit.study.report.StudyReport.markdown]'s text to
         ``path`` (UTF-8), atomically: a reader sees the old file or the new one, whole."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")

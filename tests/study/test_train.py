@@ -1,4 +1,4 @@
-"""recurrentkit.train: determinism, exact resume, atomic checkpoints, clean stops."""
+"""recurrentkit.study.train: determinism, exact resume, atomic checkpoints, clean stops."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import recurrentkit as rk
-from recurrentkit import data
-from recurrentkit.lm import CharLM
-from recurrentkit.study_cells import StudyGRUCell
-from recurrentkit.train import (
+from recurrentkit.study import data
+from recurrentkit.study.cells import StudyGRUCell
+from recurrentkit.study.lm import CharLM
+from recurrentkit.study.train import (
     TrainConfig,
     TrainingDiverged,
     fit,
@@ -221,7 +221,7 @@ def test_adamw_and_progress_bar_run(capsys: pytest.CaptureFixture[str]) -> None:
 def test_ctrl_c_during_validation_stops_at_the_epoch_boundary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import recurrentkit.train as train_module
+    import recurrentkit.study.train as train_module
 
     original = train_module.evaluate
 

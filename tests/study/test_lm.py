@@ -1,4 +1,4 @@
-"""recurrentkit.lm.CharLM: shapes, the loss, stepping, validation."""
+"""recurrentkit.study.lm.CharLM: shapes, the loss, stepping, validation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 from torch.nn import functional as F
 
 import recurrentkit as rk
-from recurrentkit import data
-from recurrentkit.lm import CharLM, count_parameters
-from recurrentkit.study_cells import StudyGRUCell
+from recurrentkit.study import data
+from recurrentkit.study.cells import StudyGRUCell
+from recurrentkit.study.lm import CharLM, count_parameters
 
 
 def make(routing: str = "independent", *, batch_first: bool = True, **kw: object) -> CharLM:

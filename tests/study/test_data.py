@@ -1,4 +1,4 @@
-"""recurrentkit.data: vocabulary, loading, the two protocols, the seeded split."""
+"""recurrentkit.study.data: vocabulary, loading, the two protocols, the seeded split."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recurrentkit import data
 from recurrentkit.errors import ConfigError, InputTypeError, RecurrentKitError
+from recurrentkit.study import data
 
 words_st = st.lists(st.text(alphabet=data.LETTERS, min_size=1, max_size=15), min_size=1, max_size=8)
 

@@ -1,4 +1,4 @@
-"""recurrentkit.study_report: summaries, results.md in both layouts, conclusions, figures.
+"""recurrentkit.study.report: summaries, results.md in both layouts, conclusions, figures.
 
 Every test renders hand-made run records (no training). The last tests check that the
 committed reports in docs/study/ are what the renderer makes of the committed results.
@@ -19,10 +19,11 @@ import torch
 
 from recurrentkit.analysis import ContextAccuracy, RunAnalysis, connectivity_decay
 from recurrentkit.errors import ConfigError, InputTypeError
-from recurrentkit.metrics import mean_ci
-from recurrentkit.study_report import (
+from recurrentkit.study.metrics import mean_ci
+from recurrentkit.study.report import (
     SUMMARY_METRICS,
     StudyReport,
+    compare_reach,
     format_stat,
     summarize_runs,
 )
@@ -158,6 +159,23 @@ def test_summaries_reject_what_is_not_a_list_of_records() -> None:
     incomplete = {k: v for k, v in record("beta", "shared").items() if k != "novelty"}
     with pytest.raises(ConfigError, match="novelty"):
         summarize_runs([incomplete])
+
+
+def test_compare_reach_names_the_furthest_only_when_separated() -> None:
+    clear = compare_reach({"a": 0.30, "b": 0.20, "c": 0.25}, far=3)
+    assert clear.startswith("`a` reaches furthest back: 30.0%")
+    assert clear.index("25.0% for `c`") < clear.index("20.0% for `b`")
+    tie = compare_reach({"a": 0.300, "b": 0.295}, far=3)
+    assert tie.startswith("No policy clearly reaches furthest back") and "1 point" in tie
+    overlap = compare_reach({"a": (0.30, 0.05), "b": (0.27, 0.01)}, far=2, what="model")
+    assert overlap.startswith("No model clearly") and "intervals overlap" in overlap
+    apart = compare_reach({"a": (0.30, 0.01), "b": (0.27, 0.01)}, far=2)
+    assert apart.startswith("`a` reaches furthest back: 30.0% ± 1.0")
+    leak = compare_reach({"a": 0.3, "h": float("nan")}, far=3, future_shares={"a": 0.0, "h": 0.4})
+    assert leak.startswith("`a`: 30.0%") and "`h` also puts 40.0%" in leak
+    assert "`a` also" not in leak
+    with pytest.raises(ConfigError, match="far_shares"):
+        compare_reach({"a": float("nan")}, far=3)
 
 
 @pytest.mark.parametrize(
@@ -366,6 +384,6 @@ def test_loss_and_memory_figures(tmp_path: Path) -> None:
 
 
 def test_matplotlib_is_imported_only_to_draw() -> None:
-    code = "import sys, recurrentkit.study_report; print('matplotlib' in sys.modules)"
+    code = "import sys, recurrentkit.study.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -18,7 +18,7 @@ Two protocols turn a name into an input/target pair of length ``max_len``:
   characters + ``.``; every character is predicted.
 
 Example:
-    >>> from recurrentkit import data
+    >>> from recurrentkit.study import data
     >>> x, y = data.encode(["ab"], protocol="seed", max_len=4)
     >>> x.tolist(), y.tolist()
     ([[2, 3, 0, 0]], [[3, 1, -100, -100]])
@@ -121,7 +121,7 @@ def load_words(path: str | Path | None = None) -> list[str]:
         (32033, ['emma', 'olivia', 'ava'])
     """
     if path is None:
-        text = importlib.resources.files("recurrentkit.data").joinpath("names.txt").read_text()
+        text = importlib.resources.files(__name__).joinpath("names.txt").read_text()
         where = "the packaged names.txt"
     else:
         if not isinstance(path, (str, Path)):

@@ -49,6 +49,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from recurrentkit._validation import check_bool, check_choice, check_int, describe
 from recurrentkit.errors import ConfigError, InputTypeError, RecurrentKitError, ShapeError
+from recurrentkit.study.data import IGNORE_INDEX
 
 __all__ = [
     "TrainConfig",
@@ -60,8 +61,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT = "recurrentkit.train/1"
-IGNORE_INDEX = -100
+FORMAT = "recurrentkit.train/1"  # the checkpoint format's name, kept: saved files carry it
 OPTIMIZERS = ("adam", "adamw")
 # Settings a resumed run must share with the checkpoint (epochs may grow).
 _RESUME_KEYS = ("batch_size", "lr", "optimizer", "weight_decay", "seed")
@@ -201,7 +201,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ConfigError("checkpoint", "an existing checkpoint file", f"{where} (not found)")
     damage = _damage(path)
     if damage is not None:
-        expected = "a complete checkpoint written by recurrentkit.train"
+        expected = "a complete checkpoint written by recurrentkit.study.train"
         raise ConfigError("checkpoint", expected, f"{where} ({damage})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -215,7 +215,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # torch raises several types for files it cannot read
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            "checkpoint", "a checkpoint written by recurrentkit.train", f"{where} ({first})"
+            "checkpoint", "a checkpoint written by recurrentkit.study.train", f"{where} ({first})"
         ) from None
 
 
@@ -413,8 +413,8 @@ def fit(
 
     Example:
         >>> import torch, recurrentkit as rk
-        >>> from recurrentkit.lm import CharLM
-        >>> from recurrentkit import data
+        >>> from recurrentkit.study.lm import CharLM
+        >>> from recurrentkit.study import data
         >>> x, y = data.encode(["anna", "bob", "eve", "otto"])
         >>> model = CharLM(rk.Stack([rk.GRUCell(8, 8)], batch_first=True), 28, 8)
         >>> result = fit(model, (x, y), (x, y), TrainConfig(epochs=2, batch_size=2))

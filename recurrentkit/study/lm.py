@@ -16,10 +16,9 @@ from torch.nn import functional as F
 from recurrentkit._validation import check_bool, check_int, describe, shape_str
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError
 from recurrentkit.stack import Stack
+from recurrentkit.study.data import IGNORE_INDEX
 
 __all__ = ["CharLM", "count_parameters"]
-
-IGNORE_INDEX = -100
 
 
 class CharLM(nn.Module):
@@ -53,7 +52,7 @@ class CharLM(nn.Module):
 
     Example:
         >>> import torch, recurrentkit as rk
-        >>> from recurrentkit.lm import CharLM
+        >>> from recurrentkit.study.lm import CharLM
         >>> stack = rk.Stack([rk.GRUCell(8, 16)], batch_first=True)
         >>> model = CharLM(stack, vocab_size=28, embed_dim=8)
         >>> idx = torch.randint(0, 28, (4, 10))

@@ -1,4 +1,4 @@
-r"""Sampling names from a :class:`~recurrentkit.lm.CharLM`, and the step-wise validation loss.
+r"""Sampling names from a :class:`~recurrentkit.study.lm.CharLM`, and the step-wise validation loss.
 
 Both feed the model one token at a time through :meth:`CharLM.step`, so the state is
 carried exactly as generation carries it. For a causal routing policy the step-wise
@@ -16,9 +16,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from recurrentkit._validation import check_int, describe
-from recurrentkit.data import END, IGNORE_INDEX, PAD, itos
 from recurrentkit.errors import ConfigError, InputTypeError, ShapeError
-from recurrentkit.lm import CharLM
+from recurrentkit.study.data import END, IGNORE_INDEX, PAD, itos
+from recurrentkit.study.lm import CharLM
 
 __all__ = ["Sample", "generate", "stepwise_loss", "teacher_forced_loss"]
 
@@ -90,7 +90,7 @@ def generate(
 
     Example:
         >>> import torch, recurrentkit as rk
-        >>> from recurrentkit.lm import CharLM
+        >>> from recurrentkit.study.lm import CharLM
         >>> _ = torch.manual_seed(0)
         >>> model = CharLM(rk.Stack([rk.GRUCell(8, 16)], batch_first=True), 28, 8)
         >>> samples = generate(model, 3, max_steps=5, seed=0)
@@ -165,7 +165,7 @@ def _generate_batch(
 
 def _check_model(model: object) -> None:
     if not isinstance(model, CharLM):
-        raise InputTypeError("model", "a recurrentkit.lm.CharLM", describe(model))
+        raise InputTypeError("model", "a recurrentkit.study.lm.CharLM", describe(model))
 
 
 def _check_xy(x: object, y: object) -> None:
@@ -214,8 +214,8 @@ def stepwise_loss(model: CharLM, x: Tensor, y: Tensor, *, batch_size: int = 1024
 
     Example:
         >>> import torch, recurrentkit as rk
-        >>> from recurrentkit.lm import CharLM
-        >>> from recurrentkit import data
+        >>> from recurrentkit.study.lm import CharLM
+        >>> from recurrentkit.study import data
         >>> model = CharLM(rk.Stack([rk.GRUCell(8, 8)], batch_first=True), 28, 8)
         >>> x, y = data.encode(["anna", "bob"])
         >>> abs(stepwise_loss(model, x, y) - teacher_forced_loss(model, x, y)) < 1e-5

@@ -1,0 +1,94 @@
+"""recurrentkit.study.ablation as package code: run specs, the data, strict results files.
+
+The whole study (presets end to end, resume, torchrun, the command line) is tested through
+its script in tests/examples/test_names_memory_ablation.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from recurrentkit.errors import ConfigError
+from recurrentkit.study import ablation, data
+
+
+def test_run_specs_take_the_override_then_the_preset_then_the_spec() -> None:
+    quick = ablation.PRESETS["quick"]
+    keys = ablation.plan_runs(quick)
+    specs = ablation.run_specs(quick, keys)
+    assert list(specs) == ["alpha", "beta"]
+    assert (specs["alpha"].epochs, specs["beta"].epochs) == (3, 2)  # the preset's
+    assert specs["beta"].hidden == ablation.SPECS["beta"].hidden
+    assert {s.epochs for s in ablation.run_specs(quick, keys, epochs=7).values()} == {7}
+    seed = ablation.PRESETS["seed"]
+    gamma = ablation.run_specs(seed, ablation.plan_runs(seed, models=("gamma",)))
+    assert gamma["gamma"].epochs == ablation.SPECS["gamma"].epochs  # the spec's own
+
+
+def test_load_data_splits_encodes_and_is_seeded(tmp_path: Path) -> None:
+    sets = ablation.load_data(None, ("seed", "fixed"), max_names=50)
+    assert sets["data"] == {"source": "packaged names.txt", "train": 40, "val": 10}
+    for p in ("seed", "fixed"):
+        x, y = sets[p]["train"]
+        assert x.shape == y.shape == (40, ablation.MAX_LEN)
+        assert sets[p]["val"][0].shape == (10, ablation.MAX_LEN)
+    again = ablation.load_data(None, ("fixed",), max_names=50)
+    assert torch.equal(again["fixed"]["train"][0], sets["fixed"]["train"][0])
+    names = sets["names"]
+    assert len(names["train_names"]) <= 40
+    assert not names["heldout_names"] & names["train_names"]
+    assert math.isclose(sum(names["first_letters"].values()), 1.0)
+    words = tmp_path / "words.txt"
+    words.write_text("anna\nbob\ncarl\ndora\neve\n")
+    own = ablation.load_data(words, ("seed",))
+    assert own["data"] == {"source": str(words), "train": 4, "val": 1}
+    assert "fixed" not in own
+
+
+def test_load_data_names_what_is_wrong(tmp_path: Path) -> None:
+    one = tmp_path / "one.txt"
+    one.write_text("anna\n")
+    with pytest.raises(ConfigError, match="at least 2 names") as err:
+        ablation.load_data(one)
+    assert err.value.argument == "path"
+    with pytest.raises(ConfigError) as err:
+        ablation.load_data(tmp_path / "missing.txt")
+    assert err.value.argument == "path"
+    long = tmp_path / "long.txt"
+    long.write_text("anna\n" + "a" * (ablation.MAX_LEN + 1) + "\n")
+    with pytest.raises(ConfigError, match="at most 16 characters") as err:
+        ablation.load_data(long, ("seed",))
+    assert err.value.argument.startswith("words[")
+
+
+def test_results_files_are_strict_json_and_the_report(tmp_path: Path) -> None:
+    run = {
+        "run": "tiny-handoff-seed-s0", "model": "tiny", "routing": "handoff", "protocol": "seed",
+        "seed": 0, "status": "interrupted", "best_val_loss": math.nan,
+    }  # fmt: skip
+    results = {
+        "schema": ablation.SCHEMA, "command": "python examples/names_memory_ablation.py",
+        "preset": "tiny", "device": "cpu", "torch": torch.__version__, "threads": 1,
+        "world_size": 1, "data": {"source": "x", "train": 4, "val": 1}, "num_samples": 2,
+        "original": ablation.ORIGINAL, "runs": [run],
+        "summary": [], "wall_seconds": 0.0,
+    }  # fmt: skip
+    ablation.write_results(tmp_path, results, time.perf_counter())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"][0]["best_val_loss"] is None and saved["summary"] == []
+    assert not (tmp_path / "results.json.tmp").exists()
+    md = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert md == ablation.make_report("tiny").markdown(saved)
+
+
+def test_the_study_module_is_reached_from_the_subpackage() -> None:
+    import recurrentkit.study as study
+
+    assert study.ablation is ablation and study.data is data
+    assert ablation.rank() == 0  # no process group here
