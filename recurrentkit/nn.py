@@ -96,6 +96,11 @@ class RecurrentBase(nn.Module):
     """
 
     mode: str
+    # the parts that run it, kept out of _modules (see _build_parts)
+    _cells: list[CellBase]
+    _bindings: list[tuple[CellBase, list[tuple[str, str]]]]
+    _stack: Stack | None
+    _bi_layers: tuple[Bidirectional, ...]
 
     def __init__(
         self,

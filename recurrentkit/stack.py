@@ -9,7 +9,7 @@ never see them. Every public argument is checked here (raising
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from recurrentkit._validation import (
     param_like,
     shape_str,
 )
-from recurrentkit.cells.protocol import CellState, StackState
+from recurrentkit.cells.protocol import Cell, CellState, StackState
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError, StateError
 from recurrentkit.executors.fast import FastExecutor, step_layers
 from recurrentkit.executors.packing import schedule_packed
@@ -81,6 +81,9 @@ class Stack(nn.Module):
         >>> y_t, state = stack.step(torch.randn(4, 8), state)  # one step
     """
 
+    cells: nn.ModuleList
+    routing: RoutingPolicy
+
     def __init__(
         self,
         cells: Sequence[nn.Module],
@@ -113,7 +116,7 @@ class Stack(nn.Module):
         self.batch_first = batch_first
         self.cells = nn.ModuleList(cells)
         policy = resolve(routing)
-        policy.bind(self.cells, [c.initial_state(1) for c in cells])
+        policy.bind(tuple(self.cells), [cast(Cell, c).initial_state(1) for c in cells])
         self.routing = policy
         self.executor = executor
         self._step_token = object()  # marks the states this stack's step has checked
@@ -161,7 +164,9 @@ class Stack(nn.Module):
             A tuple of ``L`` cell states.
         """
         check_int("batch_size", batch_size)
-        return tuple(c.initial_state(batch_size, device=device, dtype=dtype) for c in self.cells)
+        return tuple(
+            cast(Cell, c).initial_state(batch_size, device=device, dtype=dtype) for c in self.cells
+        )
 
     # -- running -----------------------------------------------------------------------
 
@@ -204,7 +209,7 @@ class Stack(nn.Module):
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
             self._check_input("x (PackedSequence data)", packed.data, ranks=(2,))
             states = self._check_state(state, int(packed.batch_sizes[0]), packed.data, False)
-            layers = self._layers()
+            layers = self._make_executor()
             direct = self._run_packed(layers, packed, states)
             if direct is not None:  # ran on the packed rows themselves
                 return direct
@@ -352,7 +357,7 @@ class Stack(nn.Module):
                 "the plain loop: the policy's step (or its run) over the cells' own calls, "
                 "the definition every other path is tested against",
             )
-        layers = self._layers()
+        layers = self._make_executor()
         assert isinstance(layers, FastExecutor)
         plan, why, per_layer = layers.explain(
             self.routing, steps, lengths, packed=packed, step=step
@@ -361,13 +366,12 @@ class Stack(nn.Module):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _layers(self) -> ReferenceExecutor | FastExecutor:
+    def _make_executor(self) -> ReferenceExecutor | FastExecutor:
         """The executor for this call, as :attr:`executor` selects."""
+        cells = tuple(self.cells)
         if self._executor == "reference":
-            return ReferenceExecutor(self.cells, self.dropout, self.training)
-        return FastExecutor(
-            self.cells, self.dropout, self.training, torch_ops=self._executor == "auto"
-        )
+            return ReferenceExecutor(cells, self.dropout, self.training)
+        return FastExecutor(cells, self.dropout, self.training, torch_ops=self._executor == "auto")
 
     def _run(
         self,
@@ -376,7 +380,7 @@ class Stack(nn.Module):
         lengths: Tensor | None,
         layers: ReferenceExecutor | FastExecutor | None = None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
-        layers = layers if layers is not None else self._layers()
+        layers = layers if layers is not None else self._make_executor()
         if isinstance(layers, FastExecutor):
             out, states = layers.run(self.routing, x_tm, states, lengths)
         else:
@@ -403,10 +407,12 @@ class Stack(nn.Module):
 
     def _run_step(self, x_t: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
         if self._executor == "reference":
-            layers: ReferenceExecutor | FastExecutor = self._layers()
+            layers: ReferenceExecutor | FastExecutor = self._make_executor()
         else:  # kept between steps without autograd (sampling)
             auto = self._executor == "auto"
-            layers = step_layers(self, self.cells, self.dropout, self.training, torch_ops=auto)
+            layers = step_layers(
+                self, tuple(self.cells), self.dropout, self.training, torch_ops=auto
+            )
         if isinstance(layers, FastExecutor):
             y, states = layers.step(self.routing, x_t, states)
             return y, _owned(states)
@@ -484,7 +490,7 @@ class Stack(nn.Module):
             )
         out = []
         for k, (cell, s) in enumerate(zip(self.cells, state)):
-            template = cell.initial_state(B, device="meta", dtype=x.dtype)
+            template = cast(Cell, cell).initial_state(B, device="meta", dtype=x.dtype)
             if unbatched:
                 template = map_state(lambda t: t[0], template)
             s = check_state(f"state[{k}]", s, template, device=x.device)

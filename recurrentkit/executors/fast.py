@@ -161,8 +161,9 @@ class FastExecutor:
         if layer == 0 and x is self._x_t:
             assert self._gi_t is not None
             return kern.step(cell, self._gi_t, state, linear)
-        if self.torch_cell_step(layer) and not _grad(cell):
-            return torch_cell(cell, self.modes[layer], x, state)  # inference: one torch op
+        mode = self.modes[layer]
+        if mode is not None and self.torch_cell_step(layer) and not _grad(cell):
+            return torch_cell(cell, mode, x, state)  # inference: one fused torch op
         tied = self._tied_step(layer, x, state, linear)
         if tied is not None:
             return tied

@@ -40,8 +40,15 @@ class Executor(Protocol):
         training: whether the stack is in training mode.
     """
 
-    cells: Sequence[nn.Module]
-    training: bool
+    @property
+    def cells(self) -> Sequence[nn.Module]:
+        """The stack's cells, bottom first."""
+        ...
+
+    @property
+    def training(self) -> bool:
+        """Whether the stack is in training mode."""
+        ...
 
     def cell(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         """One step of layer ``layer``: ``x (B, I_l)`` → ``(y (B, O_l), state)``."""

@@ -35,6 +35,7 @@ RUN_PAGES = [
     "concepts/routing.md",
     "concepts/interop.md",
     "guides/custom-cell.md",
+    "guides/fast-cell.md",
     "guides/custom-policy.md",
     "guides/connectivity.md",
 ]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib.resources
 import numbers
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,7 +94,7 @@ def _show(word: str, limit: int = 40) -> str:
     return f"{word[:limit]!r}... ({len(word)} characters)"
 
 
-def load_words(path: str | Path | None = None) -> list[str]:
+def load_words(path: str | os.PathLike[str] | None = None) -> list[str]:
     """Read a newline-separated word list (default: the packaged 32,033 names).
 
     The file is UTF-8 text, one word per line. Lines end with ``\\n``, ``\\r\\n``
