@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -109,7 +109,7 @@ def check_choice(name: str, value: object, choices: Sequence[T]) -> T:
     if value not in choices:
         listed = ", ".join(repr(c) for c in choices)
         raise ConfigError(name, f"one of {listed}", repr(value))
-    return value  # type: ignore[return-value]
+    return cast("T", value)  # (one of the choices)
 
 
 def check_real(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:

@@ -437,7 +437,8 @@ class Stack(nn.Module):
         check_tensor(
             name, x, ranks=ranks, size_last=self.input_size, like=param_like(self), layout=layout
         )
-        check_params_like(name, x, self)  # type: ignore[arg-type]
+        assert isinstance(x, Tensor)  # (check_tensor raised otherwise)
+        check_params_like(name, x, self)
 
     def _check_lengths(self, lengths: object, x_tm: Tensor, unbatched: bool) -> Tensor:
         T, B = x_tm.shape[0], x_tm.shape[1]

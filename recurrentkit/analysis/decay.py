@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -84,7 +84,7 @@ class ConnectivityDecay:
 
 def _nan(x: object) -> float:
     """``None`` → ``NaN``; a number → float."""
-    return math.nan if x is None else float(x)  # type: ignore[arg-type]
+    return math.nan if x is None else float(cast(float, x))
 
 
 def _nan_list(xs: Iterable[object]) -> list[float]:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Protocol, TypeAlias, Union, runtime_checkable
+from typing import Any, Protocol, TypeAlias, Union, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -108,7 +108,7 @@ def takes_linear(cell: object) -> bool:
     kind = type(cell)
     hit = _TAKES_LINEAR.get(kind)
     if hit is None:
-        params = inspect.signature(cell.step_projected).parameters  # type: ignore[attr-defined]
+        params = inspect.signature(cast(Any, cell).step_projected).parameters
         hit = _TAKES_LINEAR[kind] = "linear" in params
     return hit
 

@@ -176,7 +176,8 @@ class FastExecutor:
         self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
     ) -> tuple[Tensor, Any]:
         plan = choose(plans.LAYER, self, layer, x.shape[0], lengths)
-        return plan.run(self, layer, x, state, lengths)  # type: ignore[misc]
+        assert plan.run is not None  # (every LAYER plan has a runner)
+        return plan.run(self, layer, x, state, lengths)
 
     # -- entry points ----------------------------------------------------------------
 
@@ -191,7 +192,8 @@ class FastExecutor:
         on the first plan of :data:`.plans.WHOLE_RUN` that applies."""
         self._tie = not self.plain
         plan = choose(plans.WHOLE_RUN, self, policy, lengths)
-        return plan.run(self, policy, x, states, lengths)  # type: ignore[misc]
+        assert plan.run is not None  # (every WHOLE_RUN plan has a runner)
+        return plan.run(self, policy, x, states, lengths)
 
     def run_packed(
         self, policy: RoutingPolicy, data: Tensor, sched: Schedule, states: tuple[Any, ...]
