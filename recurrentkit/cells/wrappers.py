@@ -476,13 +476,20 @@ class WeightDrop(nn.Module):
         if not self.training or self.p == 0.0:
             return self.module(*args, **kwargs)
         module = self.module
-        dropped = {
-            n: F.dropout(module.get_parameter(n), self.p, training=True) for n in self.targets
-        }
+        dropped = {n: F.dropout(_tensor(module, n), self.p, training=True) for n in self.targets}
         return functional_call(module, dropped, args, kwargs)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, weights={self.weights!r}"
+
+
+def _tensor(module: nn.Module, name: str) -> Tensor:
+    """Parameter ``name`` of ``module`` as it is now: the ``nn.Parameter``, or the tensor
+    an enclosing ``functional_call`` put in its place (``get_parameter`` accepts only
+    the former)."""
+    path, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(path) if path else module
+    return owner._parameters[leaf]  # type: ignore[return-value]
 
 
 def _matches(name: str, wanted: str) -> bool:
