@@ -97,12 +97,9 @@ class CoupledLSTMCell(CellBase):
         through ``linear``."""
         h, c = state
         gates = gi + linear(h, self.weight_hh)  # (B, 3H)
-        H = self.hidden_size
-        f = torch.sigmoid(gates[:, :H])
-        g = torch.tanh(gates[:, H : 2 * H])
-        o = torch.sigmoid(gates[:, 2 * H :])
-        c = torch.lerp(g, c, f)  # f c + (1 - f) g
-        h = o * torch.tanh(c)
+        f, g, o = gates.split(self.hidden_size, dim=1)  # (one backward node, not three)
+        c = torch.lerp(torch.tanh(g), c, torch.sigmoid(f))  # σ(f) c + (1 - σ(f)) tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
         return h, LSTMState(h, c)
 
     def _step(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:

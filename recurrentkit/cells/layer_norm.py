@@ -120,8 +120,10 @@ class LayerNormGRUCell(CellBase):
             ln.weight,
             _plus(ln.bias, self.bias_hh),
         )  # (B, 3H)
-        r, z = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H]).chunk(2, dim=1)
-        n = torch.tanh(torch.addcmul(gi[:, 2 * H :], r, gh[:, 2 * H :]))
+        i_rz, i_n = gi.split([2 * H, H], dim=1)
+        h_rz, h_n = gh.split([2 * H, H], dim=1)  # (one backward node per split)
+        r, z = torch.sigmoid(i_rz + h_rz).chunk(2, dim=1)
+        n = torch.tanh(torch.addcmul(i_n, r, h_n))
         h = torch.lerp(n, state, z)  # (1 - z) n + z h
         return h, h
 
@@ -241,11 +243,11 @@ class LayerNormLSTMCell(CellBase):
         gates = gi + F.layer_norm(
             linear(h, self.weight_hh), ln.normalized_shape, ln.weight, ln.bias
         )
-        i, f = torch.sigmoid(gates[:, : 2 * H]).chunk(2, dim=1)
-        g = torch.tanh(gates[:, 2 * H : 3 * H])
-        o = torch.sigmoid(gates[:, 3 * H :])
-        c = torch.addcmul(f * c, i, g)  # f c + i g
-        h = o * torch.tanh(F.layer_norm(c, ln_c.normalized_shape, ln_c.weight, ln_c.bias))
+        if_, g, o = gates.split([2 * H, H, H], dim=1)  # (one backward node)
+        i, f = torch.sigmoid(if_).chunk(2, dim=1)
+        c = torch.addcmul(f * c, i, torch.tanh(g))  # σ(f) c + σ(i) tanh(g)
+        c_n = F.layer_norm(c, ln_c.normalized_shape, ln_c.weight, ln_c.bias)
+        h = torch.sigmoid(o) * torch.tanh(c_n)
         return h, LSTMState(h, c)
 
     def _step(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:

@@ -256,7 +256,7 @@ class Zoneout(_CellWrapper):
             return new
         if not self.training:
             return torch.lerp(new, old, p)  # p old + (1 - p) new
-        keep = torch.empty_like(new).bernoulli_(p)  # 1: the unit keeps its old value
+        keep = torch.rand_like(new).lt_(p)  # 1 where the unit keeps its old value, else 0
         return torch.lerp(new, old, keep)
 
     def extra_repr(self) -> str:
