@@ -483,3 +483,14 @@ def test_the_mgu_without_a_run_linear_slices_its_rows() -> None:
     y_views, _ = cell.step_projected(gi, h, linear=keeps)
     assert keeps.asked == [(0, 4), (4, 8)]
     assert torch.equal(y_views, cell.step_projected(gi, h)[0])
+
+
+def test_the_layer_norm_cells_compute_the_same_in_training_and_eval_mode() -> None:
+    """Layer normalisation has no running statistics: train() and eval() agree."""
+    torch.manual_seed(8)
+    for cell in (rk.LayerNormGRUCell(I, H, dtype=D), rk.LayerNormLSTMCell(I, H, dtype=D)):
+        x, s = torch.randn(B, I, dtype=D), random_state(randomise(cell))
+        y_train, _ = cell.train()(x, s)
+        y_eval, _ = cell.eval()(x, s)
+        assert torch.equal(y_train, y_eval)
+        assert not any(True for _ in cell.buffers())
