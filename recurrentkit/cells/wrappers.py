@@ -113,7 +113,7 @@ class _CellWrapper(nn.Module):
                 describe(cell),
             )
         self.cell = cell
-        probe = cell.initial_state(1)
+        probe = cell.initial_state(1)  # type: ignore[operator]
         if _state_h(probe) is None:
             raise ConfigError(
                 "cell",
@@ -151,7 +151,7 @@ class _CellWrapper(nn.Module):
     def _initial_like(self, x: Tensor) -> Any:
         """The initial state for ``x`` (batched or not), as ``initial_state`` gives it."""
         batch = 1 if x.dim() == 1 else x.shape[0]
-        state = self.initial_state(batch, device=x.device, dtype=x.dtype)  # type: ignore[attr-defined]
+        state = self.initial_state(batch, device=x.device, dtype=x.dtype)  # type: ignore[operator]
         return map_state(lambda t: t.squeeze(0), state) if x.dim() == 1 else state
 
 
@@ -290,6 +290,10 @@ class RecurrentDropout(_CellWrapper):
 
     Routing policies that hand one layer's state to another (``shared``, ``handoff``)
     hand its mask along with it: the layers that share a memory share its mask.
+
+    With :class:`Zoneout`, put zoneout outside (``Zoneout(RecurrentDropout(cell), p)``):
+    it then keeps units of the state as the cell returned it. Inside, it would keep units
+    of the dropped ``h`` it was fed (zeroed or scaled by ``1 / (1 - p)`` at every step).
 
     Args:
         cell: the wrapped cell (any cell whose state is a tensor or has an ``h``).
