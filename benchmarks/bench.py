@@ -24,6 +24,16 @@ character model (embedding, recurrent stack, linear head over a vocabulary of 28
 - **flops**: ``cross_layer``'s arithmetic over ``nn.GRU``'s or ``nn.LSTM``'s (recurrent
   part, forward; backward scales alike), printed beside its ratio.
 
+``--rows backbones`` measures the backbones issue's rows instead (``--rows all``: both):
+each new cell in a one-policy (independent) ``Stack`` against the torch.nn module it
+stands in for (``MGUCell`` and ``LayerNormGRUCell`` against ``nn.GRU``,
+``CoupledLSTMCell`` and ``LayerNormLSTMCell`` against ``nn.LSTM``, ``IndRNNCell``
+against ``nn.RNN(nonlinearity="relu")``), and each regulariser (``Zoneout``,
+``RecurrentDropout`` around every layer, ``WeightDrop`` around the stack) against the
+bare stack it wraps, around ``CoupledLSTMCell`` and around the built-in ``LSTMCell``
+(whose bare stack runs torch's op under ``"auto"``); sampling is compared with the same
+row as training. Their goals are the issue's training-step ratios.
+
 Every measurement runs at torch's default thread count (``torch.get_num_threads()`` when
 the script starts: what a user gets) and at one thread, each ratio taken between runs at
 the same count; ``--threads`` names the counts instead (``--threads 1``, ``--threads
@@ -130,6 +140,8 @@ class Impl:
     flops: float | None = None
     compiled: bool = False
     results: dict[str, Any] = field(default_factory=dict)
+    sample_baseline: str | None = None  # the row sampling is compared with (default: by cell)
+    train_goal: float | None = None  # the backbones rows' goal (--rows backbones)
 
 
 def stack_builder(cell: str, routing: str, executor: str) -> Callable:
@@ -147,7 +159,115 @@ def stack_builder(cell: str, routing: str, executor: str) -> Callable:
     return build
 
 
-def implementations(with_compile: bool) -> list[Impl]:
+BACKBONE_CELLS: dict[str, Callable[[int, int], nn.Module]] = {
+    "MGU": lambda i, h: rk.MGUCell(i, h),
+    "CoupledLSTM": lambda i, h: rk.CoupledLSTMCell(i, h),
+    "IndRNN": lambda i, h: rk.IndRNNCell(i, h),
+    "LayerNormGRU": lambda i, h: rk.LayerNormGRUCell(i, h),
+    "LayerNormLSTM": lambda i, h: rk.LayerNormLSTMCell(i, h),
+    "LSTM": lambda i, h: rk.LSTMCell(i, h),
+}
+"""The cells of the backbones rows (``--rows backbones``), by name."""
+
+REGULARISERS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "Zoneout": lambda cell: rk.Zoneout(cell, 0.1, p_cell=0.05),
+    "RecurrentDropout": lambda cell: rk.RecurrentDropout(cell, 0.25),
+}
+"""The cell wrappers of the backbones rows, with the probabilities they are timed at."""
+
+
+def backbone_builder(cell: str, wrap: str | None = None) -> Callable:
+    """An independent ``Stack`` (executor ``"auto"``) of ``cell``, each layer wrapped in
+    ``wrap`` (a key of :data:`REGULARISERS`, or ``"WeightDrop"``: the whole stack in
+    ``WeightDrop(p=0.25)``)."""
+
+    def build(E: int, H: int, L: int) -> tuple[nn.Module, str]:
+        cells = [BACKBONE_CELLS[cell](E if k == 0 else H, H) for k in range(L)]
+        if wrap in REGULARISERS:
+            cells = [REGULARISERS[wrap](c) for c in cells]
+        stack = rk.Stack(cells, "independent")
+        if wrap == "WeightDrop":  # called as module(x, state), as torch.nn is
+            return rk.WeightDrop(stack, 0.25), "torch"
+        return stack, "stack"
+
+    return build
+
+
+def backbone_rows() -> list[Impl]:
+    """The backbones issue's rows: each new cell against the torch.nn module it stands
+    in for, each regulariser against the bare cell it wraps (issue goals as
+    ``train_goal``)."""
+    rows = [
+        Impl(
+            "nn.RNN (relu)",
+            "RNN",
+            "-",
+            "torch",
+            lambda E, H, L: (nn.RNN(E, H, L, nonlinearity="relu"), "torch"),
+            "nn.RNN (relu)",
+        )
+    ]
+    for cell, base, goal in (
+        ("MGU", "nn.GRU", 0.85),
+        ("CoupledLSTM", "nn.LSTM", 1.0),
+        ("IndRNN", "nn.RNN (relu)", 1.0),
+        ("LayerNormGRU", "nn.GRU", 1.4),
+        ("LayerNormLSTM", "nn.LSTM", 1.5),
+    ):
+        rows.append(
+            Impl(
+                f"Stack {cell}",
+                cell,
+                "independent",
+                "auto",
+                backbone_builder(cell),
+                base,
+                sample_baseline=base,
+                train_goal=goal,
+            )
+        )
+    # the regularisers around a split-step cell (CIFG: an h and a c to zone) and around
+    # the built-in LSTM cell (torch's op when bare; its call on the split plan wrapped)
+    for cell in ("CoupledLSTM", "LSTM"):
+        bare = f"Stack {cell}"
+        for wrap, goal in (("Zoneout", 1.2), ("RecurrentDropout", 1.2), ("WeightDrop", 1.1)):
+            rows.append(
+                Impl(
+                    f"{wrap} {cell}",
+                    cell,
+                    "independent",
+                    "auto",
+                    backbone_builder(cell, wrap),
+                    bare,
+                    sample_baseline=bare,
+                    train_goal=goal,
+                )
+            )
+    return rows
+
+
+ROW_SETS = ("speed", "backbones", "all")
+"""``--rows``: the speed issue's rows (the default), the backbones issue's (with the
+torch.nn and bare-cell rows they are compared with), or both."""
+
+
+def implementations(with_compile: bool, rows: str = "speed") -> list[Impl]:
+    """The rows of ``rows`` (one of :data:`ROW_SETS`)."""
+    speed = speed_rows(with_compile)
+    if rows == "speed":
+        return speed
+    if rows == "all":
+        return speed + backbone_rows()
+    keep = {"nn.GRU", "nn.LSTM", "nn.LSTM (oneDNN off)"}
+    base = [
+        i
+        for i in speed
+        if i.name in keep or (i.name == "Stack LSTM" and i.executor == "auto")  # bare LSTM
+    ]
+    return base + backbone_rows()
+
+
+def speed_rows(with_compile: bool) -> list[Impl]:
     no_onednn = lambda: torch.backends.mkldnn.flags(enabled=False)  # noqa: E731
     rows = [
         Impl("nn.GRU", "GRU", "-", "torch", lambda E, H, L: (nn.GRU(E, H, L), "torch"), "nn.GRU"),
@@ -438,6 +558,8 @@ def goals_of(impl: Impl) -> list[Goal]:
     """
     if impl.executor in ("torch", "torch native") or impl.compiled:
         return []
+    if impl.train_goal is not None:  # the backbones rows: their issue's training goal only
+        return [Goal("train_ratio", impl.train_goal)]
     handbuilt = impl.executor == "handbuilt"
     gru_cross = impl.cell == "GRU" and impl.routing == "cross_layer"
     goals: list[Goal] = []
@@ -579,13 +701,14 @@ def measure_rows(
             "train_ratio": train[k] / train[base],
             "baseline": impl.baseline,
         }
-        if impl.cell == "LSTM" or impl.cell == "NestedLSTM":
+        if impl.cell in ("LSTM", "NestedLSTM", "CoupledLSTM", "LayerNormLSTM"):
             native = row_key_by_name(impls, "nn.LSTM (oneDNN off)")
             row["train_ratio_vs_native_lstm"] = train[k] / train[native]
         if impl.routing == "cross_layer":
             row["flop_ratio"] = cross_layer_flop_ratio(E, H, L, 4 if impl.cell == "LSTM" else 3)
         if (k, 1) in sample:
-            sbase = row_key_by_name(impls, "nn.GRU" if impl.cell == "GRU" else "nn.LSTM")
+            sname = impl.sample_baseline or ("nn.GRU" if impl.cell == "GRU" else "nn.LSTM")
+            sbase = row_key_by_name(impls, sname)
             for b in (1, BATCH):
                 row[f"sample_b{b}_ms"] = sample[(k, b)]
                 row[f"sample_b{b}_ratio"] = sample[(k, b)] / sample[(sbase, b)]
@@ -853,6 +976,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd stacks (slow)")
     parser.add_argument(
+        "--rows",
+        choices=ROW_SETS,
+        default="speed",
+        help=(
+            "which rows: the speed issue's (default), the backbones issue's (new cells vs "
+            "torch.nn, regularisers vs the bare cell), or all"
+        ),
+    )
+    parser.add_argument(
         "--compile-mode",
         choices=["default", "reduce-overhead", "max-autotune"],
         default="default",
@@ -896,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"--sizes: expected names among {', '.join(SIZES)}, got {', '.join(unknown)}")
-    impls = implementations(args.compile)
+    impls = implementations(args.compile, args.rows)
     out = sys.stdout
     if args.json:
         sys.stdout = sys.stderr  # progress lines go to stderr, the document to stdout

@@ -1,7 +1,11 @@
 """Hand-built recurrent cells: one time step each, torch.nn's parameter names."""
 
+from recurrentkit.cells.coupled_lstm import CoupledLSTMCell
 from recurrentkit.cells.gru import GRUCell
+from recurrentkit.cells.indrnn import IndRNNCell
+from recurrentkit.cells.layer_norm import LayerNormGRUCell, LayerNormLSTMCell
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
+from recurrentkit.cells.mgu import MGUCell
 from recurrentkit.cells.nested_lstm import NestedLSTMCell, NestedLSTMState
 from recurrentkit.cells.protocol import (
     Cell,
@@ -12,18 +16,33 @@ from recurrentkit.cells.protocol import (
     takes_linear,
 )
 from recurrentkit.cells.rnn import RNNCell
+from recurrentkit.cells.wrappers import (
+    RecurrentDropout,
+    RecurrentDropoutState,
+    WeightDrop,
+    Zoneout,
+)
 
 __all__ = [
     "Cell",
     "CellBase",
     "CellState",
+    "CoupledLSTMCell",
     "GRUCell",
+    "IndRNNCell",
     "LSTMCell",
     "LSTMState",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
+    "MGUCell",
     "NestedLSTMCell",
     "NestedLSTMState",
     "RNNCell",
+    "RecurrentDropout",
+    "RecurrentDropoutState",
     "StackState",
+    "WeightDrop",
+    "Zoneout",
     "splits_step",
     "takes_linear",
 ]

@@ -152,3 +152,36 @@ def test_cuda_without_a_gpu_is_a_clear_usage_error(
         bench.main(["--device", "cuda"])
     assert err.value.code == 2
     assert "--device: expected cpu" in capsys.readouterr().err
+
+
+def test_the_backbones_rows_compare_new_cells_with_torch_and_regularisers_with_the_bare_cell(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--threads", "1", "--rows", "backbones", *TINY, "--json"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads(capsys.readouterr().out)
+    rows = doc["by_threads"]["1"]["sizes"][0]["rows"]
+    by_name = {r["implementation"]: r for r in rows}
+    goals = {
+        "Stack MGU": ("nn.GRU", 0.85),
+        "Stack CoupledLSTM": ("nn.LSTM", 1.0),
+        "Stack IndRNN": ("nn.RNN (relu)", 1.0),
+        "Stack LayerNormGRU": ("nn.GRU", 1.4),
+        "Stack LayerNormLSTM": ("nn.LSTM", 1.5),
+    }
+    for cell in ("CoupledLSTM", "LSTM"):
+        for wrap, goal in (("Zoneout", 1.2), ("RecurrentDropout", 1.2), ("WeightDrop", 1.1)):
+            goals[f"{wrap} {cell}"] = (f"Stack {cell}", goal)
+    for name, (base, goal) in goals.items():
+        r = by_name[name]
+        assert r["baseline"] == base
+        assert r["train_ratio"] == pytest.approx(r["train_ms"] / by_name[base]["train_ms"])
+        for b in (1, 64):
+            want = r[f"sample_b{b}_ms"] / by_name[base][f"sample_b{b}_ms"]
+            assert r[f"sample_b{b}_ratio"] == pytest.approx(want)
+        assert set(r["goals"]) == {"train_ratio"} and r["goals"]["train_ratio"]["goal"] == goal
+    assert "Stack GRU" not in by_name  # the speed issue's rows are not in this set
+    assert {"nn.GRU", "nn.LSTM", "nn.RNN (relu)", "Stack LSTM"} <= set(by_name)
