@@ -258,10 +258,18 @@ def quantize_dynamic(
 
     Args:
         model: the float model.
-        qconfig_spec, dtype, mapping, inplace: as torch's ``quantize_dynamic``.
+        qconfig_spec: as torch's: a set of module types or names, or a dict of them to
+            qconfigs; ``None``: torch's default (``nn.Linear``, ``nn.LSTM``, ``nn.GRU``
+            and the cells).
+        dtype: as torch's (``torch.qint8`` or ``torch.float16`` for recurrent layers).
+        mapping: as torch's (``None``: its dynamic-quantization mapping).
+        inplace: quantize ``model`` itself instead of a deep copy.
 
     Returns:
         The quantized model (``model`` itself if ``inplace``).
+
+    Raises:
+        InputTypeError: ``model`` is not an ``nn.Module``.
 
     Example:
         >>> import torch, recurrentkit as rk

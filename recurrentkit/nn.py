@@ -790,7 +790,13 @@ class RNN(RecurrentBase):
     Raises:
         ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
             unknown ``nonlinearity``, ``proj_size != 0``.
-        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``;
+            each is also the class torch.nn raises for the mistake, with torch's words
+            (a wrong feature size or ``T = 0``: :class:`~recurrentkit.ShapeRuntimeError`;
+            ``hx``: :class:`~recurrentkit.StateRuntimeError`; see
+            :mod:`recurrentkit.errors`). An empty batch (``B = 0``) is not an error.
+        UnsupportedError: ``torch.jit.script`` (use ``torch.export`` or
+            ``torch.jit.trace``).
 
     Example:
         >>> import torch, recurrentkit as rk
@@ -901,7 +907,13 @@ class GRU(RecurrentBase):
     Raises:
         ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
             ``proj_size != 0``.
-        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``;
+            each is also the class torch.nn raises for the mistake, with torch's words
+            (a wrong feature size or ``T = 0``: :class:`~recurrentkit.ShapeRuntimeError`;
+            ``hx``: :class:`~recurrentkit.StateRuntimeError`; see
+            :mod:`recurrentkit.errors`). An empty batch (``B = 0``) is not an error.
+        UnsupportedError: ``torch.jit.script`` (use ``torch.export`` or
+            ``torch.jit.trace``).
 
     Example:
         >>> import torch, recurrentkit as rk
@@ -1007,7 +1019,13 @@ class LSTM(RecurrentBase):
     Raises:
         ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
             ``proj_size >= hidden_size``.
-        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``;
+            each is also the class torch.nn raises for the mistake, with torch's words
+            (a wrong feature size or ``T = 0``: :class:`~recurrentkit.ShapeRuntimeError`;
+            ``hx``: :class:`~recurrentkit.StateRuntimeError`; see
+            :mod:`recurrentkit.errors`). An empty batch (``B = 0``) is not an error.
+        UnsupportedError: ``torch.jit.script`` (use ``torch.export`` or
+            ``torch.jit.trace``).
 
     Example:
         >>> import torch, recurrentkit as rk

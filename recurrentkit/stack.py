@@ -330,6 +330,9 @@ class Stack(nn.Module):
             An :class:`~recurrentkit.executors.plans.Explanation`: ``plan`` (the whole
             stack's plan), ``why``, and ``layers`` (each layer's plan where the plan
             runs layer by layer, else ``None``); ``str()`` of it reads as a report.
+            For an empty batch (``B = 0``) the plan is ``"empty_batch"``: one row of
+            zeros runs and none of it is returned; ``why`` names that row's plan and
+            ``layers`` are its layers' plans.
 
         Raises:
             ShapeError, InputTypeError, DeviceError, ConfigError: as :meth:`forward` (or

@@ -726,3 +726,21 @@ def test_compile_fullgraph_works_where_torchs_module_is_refused(name) -> None:
     torch.testing.assert_close(compiled(x), theirs(x), rtol=0, atol=1e-10)
     with pytest.raises(Exception, match="RNN, GRU, or LSTM"):
         torch.compile(nn.Sequential(theirs), fullgraph=True, backend="eager")(x)
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_a_module_pickled_by_version_0_1_still_loads(name) -> None:
+    """0.1's drop-ins were plain nn.Modules: their pickled state names the flat order
+    ``_flat_names`` and has no ``_flat_weights``; loading it gives a working module."""
+    module, theirs = pair(name, dict(num_layers=2, batch_first=False, bidirectional=True))
+    old = dict(module.__dict__)
+    old["_flat_names"] = old.pop("_flat_weights_names")
+    for key in ("_flat_weights", "_flat_weight_refs", "_slots"):
+        old.pop(key)
+    loaded = type(module).__new__(type(module))
+    loaded.__setstate__(old)  # what unpickling does
+    x = torch.randn(4, 2, I, dtype=D64)
+    assert loaded._flat_weights_names == theirs._flat_weights_names
+    torch.testing.assert_close(loaded(x), theirs(x), rtol=0, atol=1e-10)
+    loaded.executor = "handbuilt"
+    torch.testing.assert_close(loaded(x), theirs(x), rtol=0, atol=1e-10)
