@@ -471,7 +471,7 @@ class RecurrentBase(nn.RNNBase):
     def _bind(self, weights: list[Tensor]) -> None:
         """Point every cell's parameters at ``weights`` (cheap; before each use)."""
         for cell, kind, i in self._slots:
-            cell._parameters[kind] = weights[i]
+            cell._parameters[kind] = weights[i]  # type: ignore[assignment]  # plain ones too
 
     # -- validation ---------------------------------------------------------------------
 
