@@ -277,7 +277,7 @@ def param_like(module: torch.nn.Module) -> Tensor | None:
     return None
 
 
-def allocate(name: str, shape: Sequence[int], make: Callable[[], Tensor]) -> Tensor:
+def allocate(name: str, shape: Sequence[int], make: Callable[[], T]) -> T:
     """``make()``, with a size too large to allocate reported as a :class:`ConfigError`.
 
     ``name`` is the argument that set the size (e.g. ``"batch_size"``); any other

@@ -9,12 +9,17 @@
   :class:`~recurrentkit.LSTM` (any direction count); defined beside the drop-ins in
   :mod:`recurrentkit.nn` (their ``from_torch``/``to_torch``) and re-exported here.
 
+- :func:`quantize_dynamic`: ``torch.ao.quantization.quantize_dynamic`` for models that
+  hold drop-ins (torch's own function matches exact types: it leaves them, like any
+  subclass of ``nn.LSTM``, unquantized).
+
 Every conversion keeps dtype, device, ``batch_first``, ``dropout`` and the training
 mode; the result owns copies of the weights (changing one side leaves the other alone).
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -25,7 +30,11 @@ from recurrentkit._validation import describe
 from recurrentkit.cells import GRUCell, LSTMCell, RNNCell
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError
 from recurrentkit.nn import (
+    GRU,
+    LSTM,
     PARAMETER_KINDS,
+    RNN,
+    RecurrentBase,
     dropin_from_torch,
     dropin_to_torch,
     mode_of,
@@ -33,7 +42,13 @@ from recurrentkit.nn import (
 from recurrentkit.routing import Independent
 from recurrentkit.stack import Stack
 
-__all__ = ["dropin_from_torch", "dropin_to_torch", "stack_from_torch", "stack_to_torch"]
+__all__ = [
+    "dropin_from_torch",
+    "dropin_to_torch",
+    "quantize_dynamic",
+    "stack_from_torch",
+    "stack_to_torch",
+]
 
 
 def stack_from_torch(module: nn.Module) -> Stack:
@@ -213,3 +228,92 @@ def _copy_layer(cell: nn.Module, module: nn.Module, k: int, *, to_cell: bool) ->
             if ours is None or theirs is None:
                 continue
             (ours if to_cell else theirs).copy_(theirs if to_cell else ours)
+
+
+_TORCH_OF: dict[type, type[nn.Module]] = {RNN: nn.RNN, GRU: nn.GRU, LSTM: nn.LSTM}
+
+
+def quantize_dynamic(
+    model: nn.Module,
+    qconfig_spec: Any = None,
+    dtype: torch.dtype = torch.qint8,
+    mapping: Any = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """``torch.ao.quantization.quantize_dynamic`` for a model that holds drop-ins.
+
+    torch's function picks the modules to quantize by their exact type
+    (``type(m) is nn.LSTM``, and ``nn.quantized.dynamic.LSTM.from_float`` asserts it), so
+    it leaves a :class:`recurrentkit.LSTM` — or any subclass of ``nn.LSTM`` — as it is.
+    This function takes the same arguments and gives what torch gives for the same
+    model built from ``nn.RNN``/``nn.GRU``/``nn.LSTM``: each drop-in is first replaced by
+    its ``torch.nn`` module (:func:`dropin_to_torch`, the weights it runs with, its hooks
+    and ``qconfig``), torch's function runs, and every replaced module that torch did not
+    quantize (an ``RNN``, a module outside ``qconfig_spec``) is the drop-in again. A
+    ``qconfig_spec`` naming ``recurrentkit.GRU``/``LSTM``/``RNN`` means their torch
+    classes.
+
+    As with torch's function, only submodules are replaced: a drop-in passed as the
+    model itself is returned as it is (wrap it, e.g. in ``nn.Sequential``).
+
+    Args:
+        model: the float model.
+        qconfig_spec: as torch's: a set of module types or names, or a dict of them to
+            qconfigs; ``None``: torch's default (``nn.Linear``, ``nn.LSTM``, ``nn.GRU``
+            and the cells).
+        dtype: as torch's (``torch.qint8`` or ``torch.float16`` for recurrent layers).
+        mapping: as torch's (``None``: its dynamic-quantization mapping).
+        inplace: quantize ``model`` itself instead of a deep copy.
+
+    Returns:
+        The quantized model (``model`` itself if ``inplace``).
+
+    Raises:
+        InputTypeError: ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> import torch, recurrentkit as rk
+        >>> model = torch.nn.Sequential(rk.LSTM(3, 4), )
+        >>> q = quantize_dynamic(model, {torch.nn.LSTM})
+        >>> type(q[0]).__module__
+        'torch.ao.nn.quantized.dynamic.modules.rnn'
+        >>> type(model[0]).__name__     # not inplace: the model is untouched
+        'LSTM'
+    """
+    from torch.ao.quantization import quantize_dynamic as torch_quantize_dynamic
+
+    if not isinstance(model, nn.Module):
+        raise InputTypeError("model", "an nn.Module", describe(model))
+    if not inplace:
+        model = copy.deepcopy(model)
+    if isinstance(qconfig_spec, (set, dict)):
+        spec = [(_TORCH_OF.get(k, k) if isinstance(k, type) else k) for k in qconfig_spec]
+        if isinstance(qconfig_spec, dict):
+            qconfig_spec = dict(zip(spec, qconfig_spec.values()))
+        else:
+            qconfig_spec = set(spec)
+    replaced = []
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, RecurrentBase):
+                twin = _torch_twin(child)
+                parent._modules[name] = twin
+                replaced.append((parent, name, twin, child))
+    with warnings.catch_warnings():  # torch.ao.quantization warns that it is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch_quantize_dynamic(model, qconfig_spec, dtype=dtype, mapping=mapping, inplace=True)
+    for parent, name, twin, child in replaced:
+        if parent._modules[name] is twin:  # not quantized: the drop-in goes back
+            parent._modules[name] = child
+    return model
+
+
+def _torch_twin(dropin: RecurrentBase) -> nn.Module:
+    """The drop-in's torch.nn module, with its hooks and ``qconfig`` (which torch's
+    quantization reads and carries over to the quantized module)."""
+    twin = dropin_to_torch(dropin)
+    twin._forward_pre_hooks.update(dropin._forward_pre_hooks)
+    twin._forward_hooks.update(dropin._forward_hooks)
+    if "qconfig" in dropin.__dict__:
+        twin.qconfig = dropin.qconfig
+    return twin

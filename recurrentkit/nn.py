@@ -7,23 +7,33 @@ as ``torch.nn.RNN``/``GRU``/``LSTM``, so
 
 How it is built:
 
-- The drop-in owns torch-named parameters (``weight_ih_l0``, ``weight_hh_l1_reverse``,
-  ...), registered in torch's order and initialised as torch does (one uniform pass,
-  so the same seed gives the same weights as torch.nn).
-- How it runs is its :attr:`~RecurrentBase.executor`: under ``"auto"`` (the default) the
+- The drop-ins are ``torch.nn.RNNBase`` modules: torch's own base class creates the
+  torch-named parameters (``weight_ih_l0``, ``weight_hh_l1_reverse``, ...) in torch's
+  order and initialises them as torch does (one uniform pass, so the same seed gives the
+  same weights as torch.nn), and keeps torch's ``_flat_weights`` /
+  ``_flat_weights_names``, ``all_weights``, ``flatten_parameters``, ``.to()`` and pickling
+  behaviour. They are *not* subclasses of ``nn.RNN``/``nn.GRU``/``nn.LSTM``: TorchDynamo
+  refuses every instance of those (``torch.compile(fullgraph=True)`` would fail on them and
+  on any model holding them), and torch's quantization matches exact types anyway (see
+  :func:`recurrentkit.interop.quantize_dynamic`).
+- What runs is what torch.nn's forward runs, ``_flat_weights`` (updated as torch updates
+  it, so weight-drop implementations, ``weight_norm`` and ``functional_call`` act on it),
+  by the drop-in's :attr:`~RecurrentBase.executor`: under ``"auto"`` (the default) the
   whole module is one call of torch's fused multi-layer op (``torch._VF.gru`` & co., what
-  ``torch.nn.GRU.forward`` calls) with these parameters; under ``"handbuilt"`` or
-  ``"reference"`` it runs library parts that it does *not* register as submodules (so the
-  state_dict has torch's keys only): a unidirectional drop-in runs one
-  :class:`~recurrentkit.Stack` with independent routing over
-  ``RNNCell``/``GRUCell``/``LSTMCell``; a bidirectional one runs, per layer, a
-  :class:`~recurrentkit.bidirectional.Bidirectional` of two one-layer stacks, with
+  ``torch.nn.GRU.forward`` calls); under ``"handbuilt"`` or ``"reference"`` it runs library
+  parts that it does *not* register as submodules (so the state_dict has torch's keys
+  only): a unidirectional drop-in runs one :class:`~recurrentkit.Stack` with independent
+  routing over ``RNNCell``/``GRUCell``/``LSTMCell``; a bidirectional one runs, per layer,
+  a :class:`~recurrentkit.bidirectional.Bidirectional` of two one-layer stacks, with
   inter-layer dropout between layers. ``torch.compile`` tracing and torch.func transforms
   run the parts (plain autograd ops) whatever the executor; so does ``"auto"`` where
   torch's op refuses the input (bfloat16 LSTM on a CPU without AVX-512).
-- Before the parts run, the cells' parameters are pointed at the drop-in's (a dictionary
+- Before the parts run, the cells' parameters are pointed at those weights (a dictionary
   write per tensor), so ``.to()``, ``.double()``, ``load_state_dict(assign=True)``,
   ``copy.deepcopy`` and ``torch.func.functional_call`` all act on what runs.
+- Bad input raises recurrentkit errors that are also the class torch.nn raises for the
+  same mistake (a :class:`~recurrentkit.errors.ShapeRuntimeError` for a wrong feature
+  size, ...), with torch's own message in parentheses (see :mod:`recurrentkit.errors`).
 
 Inside, everything is time-major; ``batch_first`` and unbatched input are converted once,
 at this boundary (packed sequences go to torch's packed op as they are under ``"auto"``
@@ -34,7 +44,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, overload
+from typing import Any, NoReturn, overload
 
 import torch
 from torch import Tensor, nn
@@ -42,13 +52,10 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from recurrentkit._validation import (
+    allocate,
     check_bool,
     check_choice,
     check_int,
-    check_nonempty,
-    check_params_like,
-    check_probability,
-    check_tensor,
     describe,
     factory_kwargs,
     shape_str,
@@ -56,7 +63,19 @@ from recurrentkit._validation import (
 from recurrentkit.bidirectional import Bidirectional
 from recurrentkit.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from recurrentkit.cells.protocol import CellBase
-from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, StateError
+from recurrentkit.errors import (
+    ConfigError,
+    DeviceError,
+    DeviceRuntimeError,
+    InputTypeError,
+    InputTypeRuntimeError,
+    InputTypeValueError,
+    RecurrentKitError,
+    ShapeError,
+    ShapeRuntimeError,
+    StateRuntimeError,
+    UnsupportedError,
+)
 from recurrentkit.executors.fast import plain_mode
 from recurrentkit.executors.torch_ops import refused, try_fused
 from recurrentkit.stack import EXECUTORS, Stack, repack
@@ -76,12 +95,19 @@ PARAMETER_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 """One layer's parameter names in torch's registration order (``weight_ih_l{k}`` & co.
 are these with the layer suffix); the built-in cells use the same names."""
 _NONLINEARITIES = ("tanh", "relu")
+_DROPOUT_WORDS = (
+    "dropout should be a number in range [0, 1] representing the probability of an "
+    "element being zeroed"
+)
+_EMPTY_SEQUENCE_WORDS = "Expected sequence length to be larger than 0 in RNN"
 
 
-class RecurrentBase(nn.Module):
-    """What the drop-ins share: torch-named parameters, validation, the run.
+class RecurrentBase(nn.RNNBase):
+    """What the drop-ins share: torch's ``RNNBase``, validation, the run.
 
     Not instantiated directly: use :class:`RNN`, :class:`GRU` or :class:`LSTM`.
+    ``isinstance(m, torch.nn.RNNBase)`` holds for them, as for torch's modules; to tell
+    the kinds apart in code that must accept both, read ``m.mode`` (``"GRU"``, ...).
 
     Attributes:
         mode: torch's mode string: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"GRU"``, ``"LSTM"``.
@@ -93,12 +119,17 @@ class RecurrentBase(nn.Module):
         dropout: inter-layer dropout probability.
         bidirectional: ``D = 2`` if true.
         proj_size: ``P`` (LSTM only; 0 means none).
+        _flat_weights_names: torch's: every parameter's name, in torch's flat order.
+        _flat_weights: torch's: the tensors a forward runs with, in that order (kept in
+            step with the attributes by torch's ``RNNBase``; ``weight_norm`` and
+            weight-drop implementations put plain tensors there).
     """
 
     mode: str
     # the parts that run it, kept out of _modules (see _build_parts)
     _cells: list[CellBase]
     _bindings: list[tuple[CellBase, list[tuple[str, str]]]]
+    _slots: list[tuple[CellBase, str, int]]
     _stack: Stack | None
     _bi_layers: tuple[Bidirectional, ...]
 
@@ -117,25 +148,13 @@ class RecurrentBase(nn.Module):
         dtype: torch.dtype | None,
         executor: str = "auto",
     ) -> None:
-        super().__init__()
-        self.mode = mode
-        self.input_size = check_int("input_size", input_size)
-        self.hidden_size = check_int("hidden_size", hidden_size)
-        self.num_layers = check_int("num_layers", num_layers)
-        self.bias = check_bool("bias", bias)
-        self.batch_first = check_bool("batch_first", batch_first)
-        self.dropout = check_probability("dropout", dropout)
-        self.bidirectional = check_bool("bidirectional", bidirectional)
-        self.proj_size = check_int("proj_size", proj_size, minimum=0)
-        if mode != "LSTM" and proj_size != 0:
-            raise ConfigError(
-                "proj_size", "0 (projections exist only for LSTM, as in torch.nn)", proj_size
-            )
-        if proj_size >= hidden_size:
-            raise ConfigError(
-                "proj_size", f"0 (no projection) or an int < hidden_size={hidden_size}", proj_size
-            )
-        if self.dropout > 0 and num_layers == 1:
+        _check_config(
+            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size,
+        )  # fmt: skip
+        factory = factory_kwargs(device, dtype)
+        executor = check_choice("executor", executor, EXECUTORS)
+        if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "
                 f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
@@ -143,26 +162,27 @@ class RecurrentBase(nn.Module):
                 UserWarning,
                 stacklevel=3,
             )
-        factory = factory_kwargs(device, dtype)
-        self._executor = check_choice("executor", executor, EXECUTORS)
+        gates = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden_size
+        with warnings.catch_warnings():  # torch's RNNBase would warn again, at this line
+            warnings.filterwarnings("ignore", "dropout option adds dropout", UserWarning)
+            allocate(
+                "input_size, hidden_size",
+                (gates, max(input_size, hidden_size)),
+                lambda: super(RecurrentBase, self).__init__(
+                    mode, input_size, hidden_size, num_layers, bias, batch_first,
+                    float(dropout), bidirectional, proj_size, **factory,
+                ),
+            )  # fmt: skip
+        self._executor = executor
         self._build_parts()
-        for cell, pairs in self._bindings:
-            for kind, name in pairs:
-                template = cell._parameters[kind]
-                assert template is not None
-                self.register_parameter(name, nn.Parameter(torch.empty(template.shape, **factory)))
-        self._all_weights = [[name for _, name in pairs] for _, pairs in self._bindings]
-        self._flat_names = [name for names in self._all_weights for name in names]
-        self._bind()
-        self.reset_parameters()
 
     def _build_parts(self) -> None:
         """Build the cells and the stacks that run them, not as submodules.
 
         Cells are created on the meta device (no memory, no random numbers drawn); their
-        parameters are pointed at this module's torch-named ones by :meth:`_bind`
-        before every use. ``object.__setattr__`` keeps the parts out of ``_modules``,
-        so the state_dict holds torch's keys only.
+        parameters are pointed at this module's weights by :meth:`_bind` before every
+        use. ``object.__setattr__`` keeps the parts out of ``_modules``, so the state_dict
+        holds torch's keys only.
         """
         D = 2 if self.bidirectional else 1
         out = self.proj_size or self.hidden_size
@@ -180,6 +200,8 @@ class RecurrentBase(nn.Module):
                 ]
                 cells.append(cell)
                 bindings.append((cell, pairs))
+        index = {name: i for i, name in enumerate(self._flat_weights_names)}
+        slots = [(cell, kind, index[name]) for cell, pairs in bindings for kind, name in pairs]
         stack: Stack | None = None
         layers: tuple[Bidirectional, ...] = ()
         if self.bidirectional:
@@ -192,6 +214,7 @@ class RecurrentBase(nn.Module):
         for name, value in (
             ("_cells", cells),
             ("_bindings", bindings),
+            ("_slots", slots),
             ("_stack", stack),
             ("_bi_layers", layers),
         ):
@@ -204,6 +227,27 @@ class RecurrentBase(nn.Module):
         replica = super()._replicate_for_data_parallel()
         replica._build_parts()
         return replica
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_flat_weights_names" not in state and "_flat_names" in state:
+            # pickled by recurrentkit 0.1, whose drop-ins were plain nn.Modules
+            state = dict(state)
+            names = state.pop("_flat_names")
+            state["_flat_weights_names"] = names
+            state["_flat_weights"] = [state["_parameters"].get(n) for n in names]
+        super().__setstate__(state)
+        if "_slots" not in state:
+            self._build_parts()
+
+    def __prepare_scriptable__(self) -> NoReturn:
+        """``torch.jit.script`` calls this first: refuse, naming what works instead."""
+        raise UnsupportedError(
+            "torch.jit.script",
+            "torch.export.export(module, args) or torch.jit.trace(module, example_inputs), "
+            "which record what the module runs (TorchScript cannot compile recurrentkit's "
+            "Python executors; module.to_torch() is the torch.nn module with these weights)",
+            f"torch.jit.script on {self._name()}({self.extra_repr()})",
+        )
 
     # -- what a subclass supplies -------------------------------------------------------
 
@@ -223,25 +267,17 @@ class RecurrentBase(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     @property
-    def all_weights(self) -> list[list[nn.Parameter]]:
-        """Parameters per layer and direction, as torch.nn's ``all_weights``."""
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    def flatten_parameters(self) -> None:
-        """Does nothing; kept so code written for torch.nn (which calls it) runs."""
-
-    @property
     def stack(self) -> Stack | None:
         """The :class:`~recurrentkit.Stack` a unidirectional drop-in runs (``None`` if
         bidirectional). Time-major; it shares this module's parameters."""
-        self._bind()
+        self._bind(self._weights())
         return self._stack
 
     @property
     def bidirectional_layers(self) -> tuple[Bidirectional, ...]:
         """The per-layer :class:`~recurrentkit.bidirectional.Bidirectional` parts a
         bidirectional drop-in runs (empty if unidirectional)."""
-        self._bind()
+        self._bind(self._weights())
         return self._bi_layers
 
     def to_torch(self) -> nn.Module:
@@ -301,27 +337,33 @@ class RecurrentBase(nn.Module):
     def _run(self, input: Tensor | PackedSequence, hx: Any) -> tuple[Any, Any]:
         """Shared body of ``forward``: ``(output, h_n)``, ``h_n`` a tensor or ``(h_n, c_n)``
         in torch's layout."""
+        weights = self._weights()
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
-            self._check_input("input.data (PackedSequence)", packed.data, (2,), "(N, I)")
+            self._check_input("input.data (PackedSequence)", packed.data, weights, packed=True)
             x = packed.data  # (N, I)
             B, unbatched = int(packed.batch_sizes[0]), False
         else:
-            self._check_input("input", input, (2, 3), self._layout())
+            self._check_input("input", input, weights, packed=False)
             assert isinstance(input, Tensor)
             unbatched = input.dim() == 2
+            time_axis = 1 if self.batch_first and not unbatched else 0
+            if input.shape[time_axis] == 0:
+                raise ShapeRuntimeError(
+                    "input",
+                    "a non-empty time dimension (T >= 1; an empty batch, B = 0, is fine)",
+                    shape_str(input.shape),
+                    torch_message=_EMPTY_SEQUENCE_WORDS,
+                )
             if unbatched:
-                check_nonempty("input", input, [0], ["time"])
                 x = input.unsqueeze(1)  # (T, 1, I)
             else:
-                axes = ["batch", "time"] if self.batch_first else ["time", "batch"]
-                check_nonempty("input", input, [0, 1], axes)
                 x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
             B = x.shape[1]
-        h0 = self._check_hx(hx, B, x, unbatched)  # (D L, B, ·) tensors, or None
+        h0 = self._check_hx(hx, B, x, unbatched, packed is not None)  # (D L, B, ·) or None
         fused = None
         if self._executor == "auto" and not plain_mode():
-            fused = self._run_fused(x, packed, h0)  # None where torch's op refuses
+            fused = self._run_fused(x, packed, h0, weights)  # None where torch's op refuses
         if fused is not None:
             y, h_n = fused  # packed: (N, D H_out)
             if packed is not None:
@@ -332,7 +374,7 @@ class RecurrentBase(nn.Module):
             lengths = None
             if packed is not None:
                 x, lengths = pad_packed_sequence(packed)  # (T, B, I), the caller's order
-            y, h_n = self._run_parts(x, h0, lengths)  # (T, B, D H_out)
+            y, h_n = self._run_parts(x, h0, lengths, weights)  # (T, B, D H_out)
             if packed is not None:
                 assert lengths is not None
                 return repack(y, lengths, packed), h_n
@@ -342,7 +384,7 @@ class RecurrentBase(nn.Module):
         return (y.transpose(0, 1) if self.batch_first else y), h_n
 
     def _run_fused(
-        self, x: Tensor, packed: PackedSequence | None, h0: Any
+        self, x: Tensor, packed: PackedSequence | None, h0: Any, weights: list[Tensor]
     ) -> tuple[Tensor, Any] | None:
         """The whole module on torch's fused op: ``x`` is ``(T, B, I)``, or the packed
         data ``(N, I)`` of ``packed``; ``h0`` in the caller's batch order or ``None``.
@@ -361,9 +403,9 @@ class RecurrentBase(nn.Module):
             h0 = tuple(h.index_select(1, order) for h in h0) if lstm else h0.index_select(1, order)
         config = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         if packed is None:
-            done = try_fused(self.mode, x, h0, self._weights(), *config, False)
+            done = try_fused(self.mode, x, h0, weights, *config, False)
         else:
-            done = try_fused(self.mode, x, packed.batch_sizes, h0, self._weights(), *config)
+            done = try_fused(self.mode, x, packed.batch_sizes, h0, weights, *config)
         if done is None:
             return None
         y, h_n = done
@@ -373,16 +415,22 @@ class RecurrentBase(nn.Module):
         return y, h_n
 
     def _weights(self) -> list[Tensor]:
-        """The parameters in torch's flat order (``_flat_weights``)."""
-        params = self._parameters
-        try:
-            return [params[name] for name in self._flat_names]  # type: ignore[misc]
-        except KeyError:  # a DataParallel replica holds its weights as plain attributes
-            return [getattr(self, name) for name in self._flat_names]
+        """What a forward runs with, in torch's flat order: ``_flat_weights``, brought up
+        to date as ``torch.nn.GRU.forward`` brings it (``functional_call`` & co.).
 
-    def _run_parts(self, x: Tensor, h0: Any, lengths: Tensor | None) -> tuple[Tensor, Any]:
+        While tracing (``torch.compile``, torch.func) the attributes themselves, which
+        is what an update would give, without torch's weak references.
+        """
+        if plain_mode():
+            return [getattr(self, name) for name in self._flat_weights_names]
+        self._update_flat_weights()
+        return self._flat_weights  # type: ignore[return-value]
+
+    def _run_parts(
+        self, x: Tensor, h0: Any, lengths: Tensor | None, weights: list[Tensor]
+    ) -> tuple[Tensor, Any]:
         """The library's Stack / Bidirectional parts over ``x (T, B, I)``."""
-        self._bind()
+        self._bind(weights)
         states: list[Any] | None = None
         if h0 is not None:
             if self.mode == "LSTM":
@@ -420,11 +468,10 @@ class RecurrentBase(nn.Module):
             u = y if k == last else y.to(x.dtype)
         return u, finals
 
-    def _bind(self) -> None:
-        """Point every cell's parameters at this module's (cheap; before each use)."""
-        for cell, pairs in self._bindings:
-            for kind, name in pairs:
-                cell._parameters[kind] = getattr(self, name)
+    def _bind(self, weights: list[Tensor]) -> None:
+        """Point every cell's parameters at ``weights`` (cheap; before each use)."""
+        for cell, kind, i in self._slots:
+            cell._parameters[kind] = weights[i]  # type: ignore[assignment]  # plain ones too
 
     # -- validation ---------------------------------------------------------------------
 
@@ -432,37 +479,84 @@ class RecurrentBase(nn.Module):
         I = self.input_size  # noqa: E741
         return f"(B, T, {I}) or (T, {I})" if self.batch_first else f"(T, B, {I}) or (T, {I})"
 
-    def _check_input(self, name: str, x: object, ranks: tuple[int, ...], layout: str) -> None:
-        weights = self._weights()
-        check_tensor(
-            name, x, ranks=ranks, size_last=self.input_size, like=weights[0], layout=layout
-        )
-        assert isinstance(x, Tensor)
-        check_params_like(name, x, zip(self._flat_names[1:], weights[1:]))
+    def _torch_name(self) -> str:
+        return "RNN" if self.mode.startswith("RNN") else self.mode
 
-    def _check_hx_tensor(
-        self, name: str, t: object, shape: tuple[int, ...], layout: str, x: Tensor
-    ) -> Tensor:
-        if not isinstance(t, Tensor):
-            raise InputTypeError(name, f"a tensor of shape {layout}", describe(t))
-        if not t.is_floating_point():
-            raise InputTypeError(name, "a floating-point tensor", t.dtype)
-        if tuple(t.shape) != shape:
-            raise StateError(name, f"shape {layout} = {shape_str(shape)}", shape_str(t.shape))
-        if t.dtype != x.dtype:
-            raise DeviceError(name, f"dtype {x.dtype} (the input's)", t.dtype)
-        if t.device != x.device:
-            raise DeviceError(name, f"device {x.device} (the input's)", t.device)
-        return t
+    def _check_input(self, name: str, x: object, weights: list[Tensor], *, packed: bool) -> None:
+        """``input`` (or a PackedSequence's data) against this module, each mistake raised
+        as the class torch.nn raises for it, with torch's wording."""
+        I = self.input_size  # noqa: E741
+        layout = f"(N, {I}) (packed rows)" if packed else self._layout()
+        ref = weights[0]
+        if not isinstance(x, Tensor):
+            raise InputTypeError(name, f"a tensor of shape {layout}", describe(x))
+        if not x.is_floating_point():
+            raise InputTypeValueError(
+                name,
+                "a floating-point tensor (token ids go through an nn.Embedding first)",
+                x.dtype,
+                torch_message=_dtype_words(x, ref),
+            )
+        if packed and x.dim() != 2:
+            raise ShapeRuntimeError(
+                name,
+                f"shape {layout}",
+                shape_str(x.shape),
+                torch_message=f"input must have 2 dimensions, got {x.dim()}",
+            )
+        if x.dim() not in (2, 3):
+            tensor = " tensor" if self._torch_name() == "RNN" else ""
+            raise ShapeError(
+                name,
+                f"shape {layout}",
+                shape_str(x.shape),
+                torch_message=f"{self._torch_name()}: Expected input to be 2D or 3D, got "
+                f"{x.dim()}D{tensor} instead",
+            )
+        if x.shape[-1] != I:
+            raise ShapeRuntimeError(
+                name,
+                f"shape {layout} with last dim {I}",
+                shape_str(x.shape),
+                torch_message="input.size(-1) must be equal to input_size. "
+                f"Expected {I}, got {x.shape[-1]}",
+            )
+        if x.dtype != ref.dtype:
+            raise DeviceError(
+                name,
+                f"dtype {ref.dtype} (the module's parameters)",
+                x.dtype,
+                torch_message=_dtype_words(x, ref),
+            )
+        if x.device != ref.device:
+            raise DeviceRuntimeError(
+                name,
+                f"device {ref.device} (the module's parameters)",
+                x.device,
+                torch_message="Input and parameter tensors are not at the same device, found "
+                f"input tensor at {x.device} and parameter tensor at {ref.device}",
+            )
+        for pname, p in zip(self._flat_weights_names[1:], weights[1:]):
+            if p.dtype != x.dtype or p.device != x.device:
+                raise DeviceRuntimeError(
+                    pname,
+                    f"the input's dtype {x.dtype} and device {x.device} (all parameters of "
+                    f"the module must share them; {name} has them)",
+                    f"{p.dtype} on {p.device}",
+                )
 
-    def _check_hx(self, hx: object, B: int, x: Tensor, unbatched: bool) -> Any:
-        """``hx`` checked, as ``(D L, B, ·)`` tensors (a pair for LSTM); ``None`` stays."""
+    def _check_hx(self, hx: object, B: int, x: Tensor, unbatched: bool, packed: bool) -> Any:
+        """``hx`` checked, as ``(D L, B, ·)`` tensors (a pair for LSTM); ``None`` stays.
+
+        Each mistake is raised as the class torch.nn raises for it (all
+        :class:`RuntimeError` but a non-tensor ``hx``), with torch's wording."""
         if hx is None:
             return None
         D = 2 if self.bidirectional else 1
+        rank = 2 if unbatched else 3
+        out = self.proj_size or self.hidden_size
         lead = (D * self.num_layers,) if unbatched else (D * self.num_layers, B)
         dims = "(D*num_layers, {})" if unbatched else "(D*num_layers, B, {})"
-        out = self.proj_size or self.hidden_size
         if self.mode != "LSTM":
             if not isinstance(hx, Tensor):
                 raise InputTypeError(
@@ -470,22 +564,91 @@ class RecurrentBase(nn.Module):
                     f"a tensor of shape {dims.format('H')} ({self._name()}'s state is one tensor)",
                     describe(hx),
                 )
-            h = self._check_hx_tensor("hx", hx, (*lead, out), dims.format("H"), x)
-            return h.unsqueeze(1) if unbatched else h  # (D L, B, H)
-        if isinstance(hx, Tensor) or not isinstance(hx, (tuple, list)):
-            raise InputTypeError(
-                "hx", "a tuple (h_0, c_0) (an LSTM's state is two tensors)", describe(hx)
+            if hx.dim() != rank and not packed:
+                raise StateRuntimeError(
+                    "hx",
+                    f"a {rank}-D tensor of shape {dims.format('H')} for "
+                    f"{'unbatched 2-D' if unbatched else 'batched 3-D'} input",
+                    shape_str(hx.shape),
+                    torch_message=f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} "
+                    f"input, hx should also be {rank}-D but got {hx.dim()}-D tensor",
+                )
+            h = self._check_hx_tensor(
+                "hx", hx, (*lead, out), dims.format("H"), x, unbatched, "hidden"
             )
+            return h.unsqueeze(1) if unbatched else h  # (D L, B, H)
+        if not isinstance(hx, (tuple, list)):
+            error = InputTypeRuntimeError if isinstance(hx, Tensor) else InputTypeError
+            raise error("hx", "a tuple (h_0, c_0) (an LSTM's state is two tensors)", describe(hx))
         if len(hx) != 2:
-            raise StateError("hx", "a tuple (h_0, c_0) of 2 tensors", f"{len(hx)} elements")
+            raise StateRuntimeError(
+                "hx",
+                "a tuple (h_0, c_0) of 2 tensors",
+                f"{len(hx)} elements",
+                torch_message="lstm expects two hidden states",
+            )
         h_name = "H_out" if self.proj_size else "H"
-        h = self._check_hx_tensor("hx[0] (h_0)", hx[0], (*lead, out), dims.format(h_name), x)
+        if all(isinstance(t, Tensor) for t in hx) and not packed:
+            if hx[0].dim() != rank or hx[1].dim() != rank:
+                kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                raise StateRuntimeError(
+                    "hx",
+                    f"two {rank}-D tensors for {kind} input",
+                    f"{shape_str(hx[0].shape)} and {shape_str(hx[1].shape)}",
+                    torch_message=f"For {kind} input, hx and cx should also be {rank}-D but "
+                    f"got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors",
+                )
+        h = self._check_hx_tensor(
+            "hx[0] (h_0)", hx[0], (*lead, out), dims.format(h_name), x, unbatched, "hidden[0]"
+        )
         c = self._check_hx_tensor(
-            "hx[1] (c_0)", hx[1], (*lead, self.hidden_size), dims.format("H"), x
+            "hx[1] (c_0)",
+            hx[1],
+            (*lead, self.hidden_size),
+            dims.format("H"),
+            x,
+            unbatched,
+            "hidden[1]",
         )
         if unbatched:
             h, c = h.unsqueeze(1), c.unsqueeze(1)  # (D L, 1, ·)
         return h, c
+
+    def _check_hx_tensor(
+        self,
+        name: str,
+        t: object,
+        shape: tuple[int, ...],
+        layout: str,
+        x: Tensor,
+        unbatched: bool,
+        torch_name: str,
+    ) -> Tensor:
+        if not isinstance(t, Tensor):
+            raise InputTypeError(name, f"a tensor of shape {layout}", describe(t))
+        if not t.is_floating_point():
+            raise InputTypeRuntimeError(name, "a floating-point tensor", t.dtype)
+        if tuple(t.shape) != shape:
+            # torch words it after adding the batch axis to unbatched input and hx
+            want = (shape[0], 1, shape[1]) if unbatched else shape
+            got = list(t.unsqueeze(1).shape) if unbatched and t.dim() == 2 else list(t.shape)
+            raise StateRuntimeError(
+                name,
+                f"shape {layout} = {shape_str(shape)}",
+                shape_str(t.shape),
+                torch_message=f"Expected {torch_name} size {tuple(want)}, got {got}",
+            )
+        if t.dtype != x.dtype:
+            raise DeviceRuntimeError(name, f"dtype {x.dtype} (the input's)", t.dtype)
+        if t.device != x.device:
+            raise DeviceRuntimeError(
+                name,
+                f"device {x.device} (the input's)",
+                t.device,
+                torch_message="Input and hidden tensors are not at the same device, found "
+                f"input tensor at {x.device} and hidden tensor at {t.device}",
+            )
+        return t
 
     def _name(self) -> str:
         return type(self).__name__
@@ -505,6 +668,83 @@ class RecurrentBase(nn.Module):
         if self.bidirectional is not False:
             s += f", bidirectional={self.bidirectional}"
         return s
+
+
+def _dtype_words(x: Tensor, ref: Tensor) -> str:
+    """torch.nn's message for an input whose dtype is not the weights'."""
+    return (
+        f"RNN input dtype ({x.dtype}) does not match weight dtype ({ref.dtype}). "
+        f"Convert input: input.to({ref.dtype}), or convert model: model.to({x.dtype})"
+    )
+
+
+def _check_config(
+    mode: str,
+    input_size: object,
+    hidden_size: object,
+    num_layers: object,
+    bias: object,
+    batch_first: object,
+    dropout: object,
+    bidirectional: object,
+    proj_size: object,
+) -> None:
+    """The constructor's arguments, each mistake raised as the class torch.nn raises for
+    it, with torch's wording."""
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputTypeError(
+                name,
+                "an int >= 1",
+                describe(value),
+                torch_message=f"{name} should be of type int, got: {type(value).__name__}",
+            )
+        if value < 1:
+            raise ConfigError(
+                name, "an int >= 1", value, torch_message=f"{name} must be greater than zero"
+            )
+    words = "num_layers must be greater than zero"
+    _worded(ConfigError, words, check_int, "num_layers", num_layers)
+    for name, value in (("bias", bias), ("batch_first", batch_first)):
+        words = f"{name} should be of type bool, got: {type(value).__name__}"
+        _worded(InputTypeError, words, check_bool, name, value)
+    check_bool("bidirectional", bidirectional)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise InputTypeValueError(
+            "dropout", "a float in [0, 1]", describe(dropout), torch_message=_DROPOUT_WORDS
+        )
+    if not 0.0 <= float(dropout) <= 1.0:
+        raise ConfigError("dropout", "a float in [0, 1]", dropout, torch_message=_DROPOUT_WORDS)
+    if mode != "LSTM":
+        if not (type(proj_size) is int and proj_size == 0):
+            raise ConfigError(
+                "proj_size",
+                "0 (projections exist only for LSTM, as in torch.nn)",
+                describe(proj_size) if not isinstance(proj_size, int) else proj_size,
+                torch_message="proj_size argument is only supported for LSTM, not RNN or GRU",
+            )
+        return
+    words = "proj_size should be a positive integer or zero to disable projections"
+    _worded(ConfigError, words, check_int, "proj_size", proj_size, minimum=0)
+    assert isinstance(proj_size, int) and isinstance(hidden_size, int)
+    if proj_size >= hidden_size:
+        raise ConfigError(
+            "proj_size",
+            f"0 (no projection) or an int < hidden_size={hidden_size}",
+            proj_size,
+            torch_message="proj_size has to be smaller than hidden_size",
+        )
+
+
+def _worded(kind: type[RecurrentKitError], words: str, check: Any, *args: Any, **kw: Any) -> Any:
+    """``check(*args, **kw)``; an error of exactly class ``kind`` it raises gets torch's
+    ``words``."""
+    try:
+        return check(*args, **kw)
+    except kind as error:
+        if type(error) is not kind:
+            raise
+        raise kind(error.argument, error.expected, error.got, torch_message=words) from None
 
 
 class RNN(RecurrentBase):
@@ -550,7 +790,13 @@ class RNN(RecurrentBase):
     Raises:
         ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
             unknown ``nonlinearity``, ``proj_size != 0``.
-        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``;
+            each is also the class torch.nn raises for the mistake, with torch's words
+            (a wrong feature size or ``T = 0``: :class:`~recurrentkit.ShapeRuntimeError`;
+            ``hx``: :class:`~recurrentkit.StateRuntimeError`; see
+            :mod:`recurrentkit.errors`). An empty batch (``B = 0``) is not an error.
+        UnsupportedError: ``torch.jit.script`` (use ``torch.export`` or
+            ``torch.jit.trace``).
 
     Example:
         >>> import torch, recurrentkit as rk
@@ -576,7 +822,9 @@ class RNN(RecurrentBase):
         proj_size: int = 0,
         executor: str = "auto",
     ) -> None:
-        self.nonlinearity = check_choice("nonlinearity", nonlinearity, _NONLINEARITIES)
+        words = f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+        _worded(ConfigError, words, check_choice, "nonlinearity", nonlinearity, _NONLINEARITIES)
+        self.nonlinearity = nonlinearity
         super().__init__(
             "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU",
             input_size, hidden_size, num_layers, bias, batch_first, dropout,
@@ -659,7 +907,13 @@ class GRU(RecurrentBase):
     Raises:
         ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
             ``proj_size != 0``.
-        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``;
+            each is also the class torch.nn raises for the mistake, with torch's words
+            (a wrong feature size or ``T = 0``: :class:`~recurrentkit.ShapeRuntimeError`;
+            ``hx``: :class:`~recurrentkit.StateRuntimeError`; see
+            :mod:`recurrentkit.errors`). An empty batch (``B = 0``) is not an error.
+        UnsupportedError: ``torch.jit.script`` (use ``torch.export`` or
+            ``torch.jit.trace``).
 
     Example:
         >>> import torch, recurrentkit as rk
@@ -765,7 +1019,13 @@ class LSTM(RecurrentBase):
     Raises:
         ConfigError: non-positive sizes, ``num_layers=0``, dropout outside ``[0, 1]``,
             ``proj_size >= hidden_size``.
-        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``.
+        ShapeError, StateError, InputTypeError, DeviceError: bad ``input`` or ``hx``;
+            each is also the class torch.nn raises for the mistake, with torch's words
+            (a wrong feature size or ``T = 0``: :class:`~recurrentkit.ShapeRuntimeError`;
+            ``hx``: :class:`~recurrentkit.StateRuntimeError`; see
+            :mod:`recurrentkit.errors`). An empty batch (``B = 0``) is not an error.
+        UnsupportedError: ``torch.jit.script`` (use ``torch.export`` or
+            ``torch.jit.trace``).
 
     Example:
         >>> import torch, recurrentkit as rk
@@ -904,8 +1164,10 @@ def mode_of(module: object) -> str:
 
 
 def _convert(module: Any, cls: type[nn.Module], mode: str) -> nn.Module:
-    """Build ``cls`` with ``module``'s configuration and load a copy of its weights."""
-    ref = next(module.parameters())
+    """Build ``cls`` with ``module``'s configuration and load a copy of its weights (what
+    its forward runs with: a ``weight_norm``-ed weight as computed, say)."""
+    current = {name: getattr(module, name).detach() for name in module._flat_weights_names}
+    ref = current[module._flat_weights_names[0]]
     kwargs: dict[str, Any] = {
         "num_layers": module.num_layers,
         "bias": module.bias,
@@ -922,5 +1184,5 @@ def _convert(module: Any, cls: type[nn.Module], mode: str) -> nn.Module:
     with warnings.catch_warnings():  # dropout with one layer warns; the source already did
         warnings.simplefilter("ignore", UserWarning)
         made = cls(module.input_size, module.hidden_size, **kwargs)
-    made.load_state_dict(module.state_dict())
+    made.load_state_dict(current)
     return made.train(module.training)

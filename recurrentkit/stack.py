@@ -28,6 +28,7 @@ from recurrentkit._validation import (
     map_state,
     param_like,
     shape_str,
+    zip_state,
 )
 from recurrentkit.cells.protocol import Cell, CellState, StackState
 from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError, StateError
@@ -156,17 +157,21 @@ class Stack(nn.Module):
         """Each layer's initial state, bottom first.
 
         Args:
-            batch_size: ``B >= 1``.
+            batch_size: ``B >= 0`` (``0``: empty states, what an empty batch starts from).
             device: defaults to each cell's parameters' device.
             dtype: defaults to each cell's parameters' dtype.
 
         Returns:
             A tuple of ``L`` cell states.
         """
-        check_int("batch_size", batch_size)
-        return tuple(
-            cast(Cell, c).initial_state(batch_size, device=device, dtype=dtype) for c in self.cells
+        check_int("batch_size", batch_size, minimum=0)
+        states = tuple(
+            cast(Cell, c).initial_state(max(batch_size, 1), device=device, dtype=dtype)
+            for c in self.cells
         )
+        if batch_size == 0:  # cells make states for B >= 1: one row, none of it kept
+            states = tuple(map_state(lambda t: t[:0], s) for s in states)
+        return states
 
     # -- running -----------------------------------------------------------------------
 
@@ -202,6 +207,12 @@ class Stack(nn.Module):
             ``(outputs, state)``: the top layer's outputs (packed if ``x`` was) and each
             layer's last state (yours: where autograd records it, a copy, so changing
             it in place leaves the backward intact, as with torch.nn's modules).
+
+        An empty batch (``B = 0``) is accepted, as torch.nn accepts it: the outputs
+        ``(T, 0, O)`` and states are empty, and connected to the parameters, so a
+        backward through them gives every parameter a gradient of zeros (see
+        :meth:`explain`, plan ``"empty_batch"``). An empty sequence (``T = 0``) is a
+        :class:`~recurrentkit.ShapeError`.
         """
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
@@ -223,7 +234,7 @@ class Stack(nn.Module):
             x_tm = x.unsqueeze(1)  # (T, 1, I)
         else:
             x_tm = x.transpose(0, 1) if self.batch_first else x  # (T, B, I)
-        check_nonempty("x", x, range(x.dim() - 1), self._axes(x.dim())[:-1])
+        check_nonempty("x", x, [self._time_axis(x.dim())], ["time"])
         if lengths is not None:
             lengths = self._check_lengths(lengths, x_tm, unbatched)
             # Padding is never read; zeroing it keeps its gradient exactly zero even
@@ -231,7 +242,10 @@ class Stack(nn.Module):
             mask = length_mask(lengths, x_tm.shape[0], x_tm.device)  # (T, B, 1)
             x_tm = torch.where(mask, x_tm, x_tm.new_zeros(()))
         states = self._check_state(state, x_tm.shape[1], x_tm, unbatched)
-        out, states = self._run(x_tm, states, lengths)  # (T, B, O)
+        if x_tm.shape[1] == 0:
+            out, states = self._run_empty(x_tm, states, lengths)  # (T, 0, O)
+        else:
+            out, states = self._run(x_tm, states, lengths)  # (T, B, O)
         if unbatched:
             return out.squeeze(1), tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
         return (out.transpose(0, 1) if self.batch_first else out), states
@@ -245,7 +259,7 @@ class Stack(nn.Module):
         through a sequence gives exactly what one :meth:`forward` call gives.
 
         Args:
-            x_t: ``(B, I)`` or ``(I,)``.
+            x_t: ``(B, I)`` (``B = 0`` included: empty output and states) or ``(I,)``.
             state: a tuple of ``L`` per-layer states; ``None`` means the initial state.
 
         Returns:
@@ -261,8 +275,6 @@ class Stack(nn.Module):
             except RuntimeError:
                 pass  # something changed since (a converted layer, ...): check everything
         self._check_input("x_t", x_t, ranks=(1, 2))
-        if x_t.dim() == 2:
-            check_nonempty("x_t", x_t, [0], ["batch"])  # the message shows x_t's own shape
         x_tm = x_t.reshape(1, 1, -1) if x_t.dim() == 1 else x_t.unsqueeze(0)  # (1, B, I)
         states = self._check_state(state, x_tm.shape[1], x_tm, x_t.dim() == 1)
         if x_t.dim() == 1:
@@ -273,6 +285,10 @@ class Stack(nn.Module):
         self, x_t: Tensor, states: tuple[Any, ...], stamp: Any
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """:meth:`step` on checked arguments (unbatched ones without their batch axis)."""
+        if x_t.dim() == 2 and x_t.shape[0] == 0:  # an empty batch: one row, none kept
+            padded = self._pad_states(states, x_t)
+            y, states = self._run_step(torch.cat([x_t, x_t.new_zeros(1, x_t.shape[1])]), padded)
+            return y[:0].clone(), _StepState(_none_of(states), stamp)
         if x_t.dim() == 1:
             states = tuple(map_state(lambda t: t.unsqueeze(0), s) for s in states)
             y, states = self._run_step(x_t.unsqueeze(0), states)  # (1, O)
@@ -314,6 +330,9 @@ class Stack(nn.Module):
             An :class:`~recurrentkit.executors.plans.Explanation`: ``plan`` (the whole
             stack's plan), ``why``, and ``layers`` (each layer's plan where the plan
             runs layer by layer, else ``None``); ``str()`` of it reads as a report.
+            For an empty batch (``B = 0``) the plan is ``"empty_batch"``: one row of
+            zeros runs and none of it is returned; ``why`` names that row's plan and
+            ``layers`` are its layers' plans.
 
         Raises:
             ShapeError, InputTypeError, DeviceError, ConfigError: as :meth:`forward` (or
@@ -330,11 +349,14 @@ class Stack(nn.Module):
             ('layer_by_layer', ('kernel', 'kernel'))
         """
         packed = isinstance(x, PackedSequence)
+        empty = False
         if step:
             self._check_input("x_t", x, ranks=(1, 2))
             if lengths is not None:
                 raise ConfigError("lengths", "None for one step", describe(lengths))
             steps = 1
+            assert isinstance(x, Tensor)
+            empty = x.dim() == 2 and x.shape[0] == 0
         elif isinstance(x, PackedSequence):
             if lengths is not None:
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
@@ -346,10 +368,14 @@ class Stack(nn.Module):
             assert isinstance(x, Tensor)
             unbatched = x.dim() == 2
             x_tm = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
-            check_nonempty("x", x, range(x.dim() - 1), self._axes(x.dim())[:-1])
+            check_nonempty("x", x, [self._time_axis(x.dim())], ["time"])
             if lengths is not None:
                 lengths = self._check_lengths(lengths, x_tm, unbatched)
             steps = x_tm.shape[0]
+            empty = x_tm.shape[1] == 0
+        if empty:
+            assert isinstance(x, Tensor)
+            return self._explain_empty(x, lengths, step)
         if self._executor == "reference":
             return Explanation(
                 "reference",
@@ -365,6 +391,52 @@ class Stack(nn.Module):
         return Explanation(self._executor, plan, why, per_layer)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _time_axis(self, rank: int) -> int:
+        """The time axis of a forward input of ``rank`` in this stack's layout."""
+        return 1 if rank == 3 and self.batch_first else 0
+
+    def _pad_states(self, states: tuple[Any, ...], like: Tensor) -> tuple[Any, ...]:
+        """Empty-batch states with one initial-state row appended (batch ``0 -> 1``)."""
+        one = self.initial_state(1, device=like.device, dtype=like.dtype)
+        return tuple(zip_state(lambda s, o: torch.cat([s, o]), s, o) for s, o in zip(states, one))
+
+    def _run_empty(
+        self, x_tm: Tensor, states: tuple[Any, ...], lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """An empty batch, ``x_tm (T, 0, I)``: one row of zeros (starting from the initial
+        state, of length ``T``) runs on the stack's own plan and none of it is returned.
+
+        Cells and kernels are written for ``B >= 1``; running one row keeps every policy,
+        cell and executor on its usual path. The empty outputs ``(T, 0, O)`` and states
+        are slices of that run, so a backward through them reaches every parameter that
+        the run used, with zeros.
+        """
+        T = x_tm.shape[0]
+        x_one = torch.cat([x_tm, x_tm.new_zeros(T, 1, x_tm.shape[2])], dim=1)  # (T, 1, I)
+        lengths_one = None
+        if lengths is not None:
+            lengths_one = torch.cat([lengths, lengths.new_full((1,), T)])
+        out, finals = self._run(x_one, self._pad_states(states, x_tm), lengths_one)
+        return out[:, :0].clone(), _none_of(finals)  # (T, 0, O)
+
+    def _explain_empty(self, x: Tensor, lengths: Tensor | None, step: bool) -> Explanation:
+        """:meth:`explain` for an empty batch: the plan of the one-row run it makes."""
+        axis = 0 if step or self.batch_first else 1
+        shape = list(x.shape)
+        shape[axis] = 1
+        x_one = torch.cat([x, x.new_zeros(shape)], dim=axis)
+        lengths_one = None
+        if lengths is not None:
+            T = x.shape[1 if self.batch_first else 0]
+            lengths_one = torch.cat([lengths, lengths.new_full((1,), T)])
+        inner = self.explain(x_one, lengths_one, step=step)
+        why = (
+            "an empty batch (B = 0): one row of zeros runs and none of it is returned, so "
+            "outputs and states are empty and connected to the parameters (a backward gives "
+            f"them zero gradients); the row runs as {inner.plan!r}: {inner.why}"
+        )
+        return Explanation(inner.executor, "empty_batch", why, inner.layers)
 
     def _make_executor(self) -> ReferenceExecutor | FastExecutor:
         """The executor for this call, as :attr:`executor` selects."""
@@ -418,11 +490,6 @@ class Stack(nn.Module):
             return y, _owned(states)
         out, states = self.routing.run(layers, x_t.unsqueeze(0), states, None)  # (1, B, O)
         return out[0], _owned(states)
-
-    def _axes(self, rank: int) -> list[str]:
-        if rank == 2:
-            return ["time", "feature"]
-        return ["batch", "time", "feature"] if self.batch_first else ["time", "batch", "feature"]
 
     def _check_input(self, name: str, x: object, ranks: tuple[int, ...]) -> None:
         I = self.input_size if self.input_size is not None else "I"  # noqa: E741
@@ -491,7 +558,9 @@ class Stack(nn.Module):
             )
         out = []
         for k, (cell, s) in enumerate(zip(self.cells, state)):
-            template = cast(Cell, cell).initial_state(B, device="meta", dtype=x.dtype)
+            template = cast(Cell, cell).initial_state(max(B, 1), device="meta", dtype=x.dtype)
+            if B == 0:  # cells make states for B >= 1
+                template = map_state(lambda t: t[:0], template)
             if unbatched:
                 template = map_state(lambda t: t[0], template)
             s = check_state(f"state[{k}]", s, template, device=x.device)
@@ -573,6 +642,12 @@ class _StepState(tuple):
 
     def __reduce__(self) -> Any:  # pickles and copies as the plain tuple it is
         return (tuple, (tuple(self),))
+
+
+def _none_of(states: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Per-layer states with their batch emptied (``[:0]``), each its own tensor (a
+    copy, so an in-place change never reaches what the backward saved)."""
+    return tuple(map_state(lambda t: t[:0].clone(), s) for s in states)
 
 
 def _owned(states: tuple[Any, ...]) -> tuple[Any, ...]:

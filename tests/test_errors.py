@@ -356,11 +356,13 @@ def test_stack_empty_sequence() -> None:
         two_layer()(torch.randn(0, I))
 
 
-def test_stack_empty_batch() -> None:
-    with expect(rk.ShapeError, "x", "non-empty batch dimension", "got (3, 0, 4)"):
-        two_layer()(torch.randn(T, 0, I))
-    with expect(rk.ShapeError, "x", "non-empty batch dimension", "got (0, 3, 4)"):
-        rk.Stack([gru()], batch_first=True)(torch.randn(0, T, I))
+def test_stack_empty_batch_is_not_an_error() -> None:
+    # B = 0 is accepted (as torch.nn accepts it); tests/test_nn_torch_compat.py checks
+    # every policy, executor and path. Only T = 0 stays an error (above).
+    y, state = two_layer()(torch.randn(T, 0, I))
+    assert y.shape == (T, 0, H) and state[1].shape == (0, H)
+    y, _ = rk.Stack([gru()], batch_first=True)(torch.randn(0, T, I))
+    assert y.shape == (0, T, H)
 
 
 def test_stack_input_dtype_mismatch() -> None:
@@ -392,8 +394,8 @@ def test_step_input_rank_and_size() -> None:
         two_layer().step(torch.randn(T, B, I))
     with expect(rk.ShapeError, "x_t", "last dim 4", "got (2, 3)"):
         two_layer().step(torch.randn(B, 3))
-    with expect(rk.ShapeError, "x_t", "non-empty batch", "got (0, 4)"):
-        two_layer().step(torch.randn(0, I))
+    y, _ = two_layer().step(torch.randn(0, I))  # B = 0: accepted, empty
+    assert y.shape == (0, H)
 
 
 # -- Stack: state -------------------------------------------------------------------------
@@ -441,8 +443,9 @@ def test_stack_state_dtype_and_device() -> None:
 
 
 def test_stack_initial_state_arguments() -> None:
-    with expect(rk.ConfigError, "batch_size", "int >= 1", "got 0"):
-        two_layer().initial_state(0)
+    with expect(rk.ConfigError, "batch_size", "int >= 0", "got -1"):
+        two_layer().initial_state(-1)
+    assert two_layer().initial_state(0)[0].shape == (0, H)  # B = 0: empty states
     with expect(rk.ConfigError, "dtype", "floating-point", "torch.int64"):
         two_layer().initial_state(2, dtype=torch.long)
 

@@ -98,7 +98,13 @@ def judge_error(e: RecurrentKitError, names: Iterable[str]) -> str | None:
     argument, expected, got = e.argument, e.expected, e.got
     if not argument or not expected or str(got).strip() == "":
         return f"a part of 'argument: expected X, got Y' is empty: {msg!r}"
-    if msg != f"{argument}: expected {expected}, got {got}":
+    form = f"{argument}: expected {expected}, got {got}"
+    torch_words = getattr(e, "torch_message", None)
+    if torch_words is not None:  # torch.nn's own wording of the mistake, in parentheses
+        if not torch_words.strip() or "\n" in torch_words:
+            return f"torch.nn's wording is empty or spans lines: {msg!r}"
+        form += f" (torch.nn: {torch_words})"
+    if msg != form:
         return f"not of the form 'argument: expected X, got Y': {msg!r}"
     if "\n" in msg:
         return f"message spans {msg.count(chr(10)) + 1} lines: {msg[:200]!r}"

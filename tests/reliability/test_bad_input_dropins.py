@@ -119,9 +119,13 @@ def fuzz_dropin_forward(where: str, mutation: str, data: st.DataObject) -> None:
             bad = x[None]
         elif m == "last dim":
             bad = torch.randn(*x.shape[:2], I + 1, dtype=torch.float64)
+        elif m == "empty batch":  # legal, as in torch.nn: empty outputs and states
+            bad = x[:0] if bf else x[:, :0]
+            hx = (h0[:, :0], c0[:, :0]) if lstm else h0[:, :0]
+            check = like_torch(theirs, bad, hx)
         elif m.startswith("empty"):
             shape = list(x.shape)
-            axis = {"empty time": 1 if bf else 0, "empty batch": 0 if bf else 1}.get(m, 2)
+            axis = {"empty time": 1 if bf else 0}.get(m, 2)
             shape[axis] = 0
             bad = torch.randn(*shape, dtype=torch.float64)
             hx = None

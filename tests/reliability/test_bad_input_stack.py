@@ -160,9 +160,18 @@ def fuzz_stack_forward(where: str, mutation: str, data: st.DataObject) -> None:
         elif m == "last dim":
             bad = torch.randn(*x.shape[:2], I + 1, dtype=torch.float64)
             probe(m, lambda: stack(bad))
+        elif m == "empty batch":  # legal (as in torch.nn): empty outputs and states
+            empty = x[:0] if bf else x[:, :0]
+
+            def none_of(result: Any) -> Any:  # the full batch's result, no rows of it
+                out, st_ = result
+                out = out[:0] if bf else out[:, :0]
+                return out, tuple(map_state(lambda t: t[:0], s) for s in st_)
+
+            probe(m, lambda: stack(empty), expect_forward(stack, x, None, None, reshape=none_of))
         elif m.startswith("empty"):
             shape = list(x.shape)
-            axis = {"empty time": 1 if bf else 0, "empty batch": 0 if bf else 1}.get(m, 2)
+            axis = {"empty time": 1 if bf else 0}.get(m, 2)
             shape[axis] = 0
             bad = torch.randn(*shape, dtype=torch.float64)
             probe(m, lambda: stack(bad, state if m == "empty time" else None))
@@ -410,8 +419,8 @@ def fuzz_stack_step(mutation: str, data: st.DataObject) -> None:
         call = lambda: fn(x_t[None], state)  # noqa: E731
     elif m == "last dim":
         call = lambda: fn(torch.randn(B, I + 2, dtype=torch.float64), state)  # noqa: E731
-    elif m == "empty batch":
-        call = lambda: fn(torch.randn(0, I, dtype=torch.float64))  # noqa: E731
+    elif m == "empty batch":  # legal (as in torch.nn): an empty output and states
+        call, check = (lambda: fn(x_t[:0], None)), expect(x_t[:0], None)
     elif m == "dtype":
         m, bad = odd_dtype(data, x_t)
         call = lambda: fn(bad, state)  # noqa: E731
@@ -479,7 +488,7 @@ def fuzz_stack_initial_state(arg: str, data: st.DataObject) -> None:
     names = ("batch_size", "device", "dtype")
     name = describe_stack(stack)
     if arg == "batch_size":
-        bad = data.draw(st.sampled_from([0, -2, False, 1.0, "1", None, 2**62]))
+        bad = data.draw(st.sampled_from([-1, -2, False, 1.0, "1", None, 2**62]))
         LEDGER.probe(f"{name}: batch_size={bad!r}", lambda: stack.initial_state(bad), names=names)
     elif arg == "device":
         bad = data.draw(st.sampled_from(["tpu", 2.0, "cuda:123", ["cpu"]]))
@@ -492,12 +501,12 @@ def fuzz_stack_initial_state(arg: str, data: st.DataObject) -> None:
             f"{name}: dtype={bad!r}", lambda: stack.initial_state(1, dtype=bad), names=names
         )
     else:
-        B = data.draw(st.integers(1, 3))
+        B = data.draw(st.integers(0, 3))  # 0: the empty states an empty batch starts from
 
         def check(states: Any) -> None:
             assert isinstance(states, tuple) and len(states) == stack.num_layers
             for cell, s in zip(stack.cells, states):
-                same(s, cell.initial_state(B))
+                same(s, map_state(lambda t: t[:B], cell.initial_state(max(B, 1))))
 
         LEDGER.probe(
             f"{name}: initial_state({B})",

@@ -254,7 +254,13 @@ def lm_cases() -> list[tuple[str, tuple[str, ...], Any, Any]]:
             None,
         ),  # noqa: E501
         ("step(state a tensor)", ("state",), lambda: LM.step(idx[:, 0], torch.zeros(2, 6)), None),
-        ("initial_state(0)", ("batch_size",), lambda: LM.initial_state(0), None),
+        ("initial_state(-1)", ("batch_size",), lambda: LM.initial_state(-1), None),
+        (  # B = 0: the Stack's empty states (legal since Stack accepts empty batches)
+            "initial_state(0)",
+            ("batch_size",),
+            lambda: LM.initial_state(0),
+            lambda s: all(t.shape[0] == 0 for t in s),
+        ),
     ]
 
 
