@@ -55,8 +55,8 @@ from torch.nn import functional as F
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
 from recurrentkit.cells import GRUCell, LSTMCell, RNNCell
-from recurrentkit.executors import cross_run
-from recurrentkit.executors.cross_mix import cross_step
+from recurrentkit.executors.cross_layer import run as cross_run
+from recurrentkit.executors.cross_layer.mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
 from recurrentkit.executors.kernels.base import Linear

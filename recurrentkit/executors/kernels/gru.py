@@ -27,12 +27,12 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.executors.deferred import Slot, weight_grads
+from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, rows
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
-from recurrentkit.executors.layout import affine, transposed
-from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule, chunk_steps
+from recurrentkit.executors.products import affine, transposed
 
 __all__ = ["GRUKernel"]
 
@@ -140,7 +140,7 @@ def _step_after(
 
 class _GRUStepAfter(Function):
     r"""One reset-after GRU step: ``gi (B, 3H)``, ``h (B, H)`` → ``h' (B, H)``; ``w_t``:
-    the recurrent weight transposed for the forward product (see :mod:`..layout`).
+    the recurrent weight transposed for the forward product (see :mod:`..products`).
 
     The equations of :class:`_GRUAfter` for one step, for step-major loops: one
     ``addmm`` and four gate kernels forward, a hand-written backward; the weight
@@ -165,7 +165,7 @@ class _GRUStepAfter(Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         h, w_hh, G, n = ctx.saved_tensors
         (B, H), need = h.shape, ctx.needs_input_grad
@@ -215,7 +215,7 @@ class _GRUAfter(Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         h0, w_hh, out, G, n = ctx.saved_tensors
         sched: Schedule = ctx.sched
@@ -314,7 +314,7 @@ class _GRUBefore(Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         h0, w_hh, out, RZ, Q, n = ctx.saved_tensors
         sched: Schedule = ctx.sched

@@ -22,10 +22,10 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.executors.deferred import Slot, weight_grads
+from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
-from recurrentkit.executors.layout import transposed
-from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule
+from recurrentkit.executors.products import transposed
 
 __all__ = ["LSTMKernel"]
 
@@ -87,7 +87,7 @@ def _step(
 class _LSTMStep(Function):
     r"""One LSTM step without projection: ``gi (B, 4H)`` (``W_ih x + b_ih``), ``h``,
     ``c (B, H)`` → ``(h', c')``; ``w_t``: the recurrent weight transposed for the
-    forward product (see :mod:`..layout`).
+    forward product (see :mod:`..products`).
 
     The equations of :class:`_LSTM` for one step, for step-major loops: one ``addmm``
     and six gate kernels forward, a hand-written backward; the weight gradients go to
@@ -113,7 +113,7 @@ class _LSTMStep(Function):
         return h_new, c_new
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dh_new: Tensor, dc_new: Tensor) -> tuple[Tensor | None, ...]:
         h, c, w_hh, G, c_new = ctx.saved_tensors
         H, need = c.shape[1], ctx.needs_input_grad
@@ -183,7 +183,7 @@ class _LSTM(Function):
         return out, C
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor, dC: Tensor) -> tuple[Tensor | None, ...]:
         h0, c0, w_hh, w_hr, G, C, TC, M, out = ctx.saved_tensors
         sched: Schedule = ctx.sched

@@ -1,4 +1,4 @@
-r"""The cell steps of :mod:`.cross_run`'s whole-run op: a reset-after GRU layer and an
+r"""The cell steps of :mod:`.run`'s whole-run op: a reset-after GRU layer and an
 LSTM layer without projection.
 
 Each part holds one layer's buffers and per-step views for one call of the op, and does
@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 
 from recurrentkit.executors.kernels.base import split_steps as _split
-from recurrentkit.executors.layout import affine, transposed
+from recurrentkit.executors.products import affine, transposed
 
 __all__ = ["CellPart", "GRUPart", "LSTMPart", "previous_per_step", "rows_per_step", "step_views"]
 
 PerStep = Callable[[Tensor], list[Tensor]]
-"""A chunk-sized buffer's views for every step (see :func:`.cross_run`'s backward)."""
+"""A chunk-sized buffer's views for every step (see :mod:`.run`'s backward)."""
 
 
 def rows_per_step(buf: Tensor, sizes: Sequence[int]) -> list[Tensor]:
