@@ -50,7 +50,6 @@ from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.executors.cross_layer.mix import _blocks
 from recurrentkit.executors.cross_layer.parts import (
-    PARTS,
     CellPart,
     previous_per_step,
     rows_per_step,
@@ -59,6 +58,8 @@ from recurrentkit.executors.cross_layer.parts import (
 from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import folded_bias
 from recurrentkit.executors.kernels.base import split_steps as _split
+from recurrentkit.executors.kernels.gru import GRUPart
+from recurrentkit.executors.kernels.lstm import LSTMPart
 from recurrentkit.executors.packing import Schedule, chunk_steps
 from recurrentkit.executors.products import transposed
 from recurrentkit.routing.cross_layer import CrossLayer
@@ -66,6 +67,9 @@ from recurrentkit.routing.cross_layer import CrossLayer
 __all__ = ["applies", "cross_run"]
 
 _PER_LAYER = 7  # w_ih, b_ih, w_hh, b_hh, and the policy's U, w_gate_in, w_gate_state
+
+PARTS: dict[str, type[CellPart]] = {"gru": GRUPart, "lstm": LSTMPart}
+"""Each cell kind's part (:func:`_kind`), in its kernel's file."""
 
 
 def _kind(cell: nn.Module) -> str | None:

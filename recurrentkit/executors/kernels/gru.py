@@ -18,6 +18,7 @@ steps run on plain ops.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from torch.autograd import Function
 from torch.nn import functional as F
 
 from recurrentkit.cells.gru import GRUCell
+from recurrentkit.executors.cross_layer.parts import CellPart, PerStep, rows_per_step, step_views
 from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, rows
@@ -34,7 +36,7 @@ from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
 from recurrentkit.executors.packing import Schedule, chunk_steps
 from recurrentkit.executors.products import affine, transposed
 
-__all__ = ["GRUKernel"]
+__all__ = ["GRUKernel", "GRUPart"]
 
 
 class GRUKernel(CellKernel):
@@ -361,3 +363,120 @@ class _GRUBefore(Function):
         if ctx.has_bias and ctx.needs_input_grad[3]:
             db = torch.cat([dr.sum(0), dz.sum(0), da.sum(0)])
         return dgi, dh_buf, dw, db, None
+
+
+class GRUPart(CellPart):
+    r"""A reset-after GRU layer in :mod:`~recurrentkit.executors.cross_layer.run`'s
+    whole-run op: ``G = W_hh h̃ + b_hh``, ``r, z = σ(gi_{rz} + G_{rz})``,
+    ``n = tanh(gi_n + r G_n)``, ``h' = n + z (h̃ - n)``.
+
+    Its columns of the op's gradient rows ``D``: ``[dn | dr | dz | dgn]`` (``[dr | dz |
+    dgn]`` is the recurrent product's gradient in ``W_hh``'s row order)."""
+
+    gates = 3
+
+    def start(self, gi: Tensor | None, weights: Sequence[Tensor | None], c0: Tensor | None) -> None:
+        H, B, N, sizes, like = self.H, self.B, self.N, self.sizes, self.like
+        w_ih, self.b_ih, w_hh, self.b_hh = weights
+        # W_hh h̃ + b_hh → [r | z | W_n h̃ + b_n] → (for the backward) [r | z | c], c = gn r(1-r)
+        self.GG = like.new_empty(N if self.grad else B, 3 * H)  # (a scratch without grad)
+        # for the backward: [(1-z)(1-n²) | (h̃-n) z(1-z)]
+        self.P1 = like.new_empty(N if self.grad else 0, 2 * H)
+        self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
+        self.GG_s, self.R_s, self.Z_s, self.RZ_s, self.GN_s = (
+            step_views(self.GG[:, lo * H : hi * H], sizes, self.grad)
+            for lo, hi in ((0, 3), (0, 1), (1, 2), (0, 2), (2, 3))
+        )
+        self.Zu_s = step_views(self.GG[:, H : 2 * H].unsqueeze(1), sizes, self.grad)
+        if self.first:
+            assert gi is not None
+            self.GI_s = None
+            self.GI_RZ_s, self.GI_N_s = _split(gi[:, : 2 * H], sizes), _split(gi[:, 2 * H :], sizes)
+        else:
+            up = like.new_empty(B, 3 * H)  # W_ih u + b_ih
+            self.w_ih_t = transposed(w_ih, B)  # type: ignore[arg-type]
+            self.GI_s = rows_per_step(up, sizes)
+            self.GI_RZ_s = rows_per_step(up[:, : 2 * H], sizes)
+            self.GI_N_s = rows_per_step(up[:, 2 * H :], sizes)
+        self.n_s = rows_per_step(like.new_empty(B, H), sizes)
+        if self.grad:
+            self.P1a_s, self.P1b_s = (
+                _split(self.P1[:, i * H : (i + 1) * H], sizes) for i in (0, 1)
+            )
+            self.P1v_s = _split(self.P1.view(N, 2, H), sizes)
+            self.ones_s = rows_per_step(like.new_ones(B, H), sizes)
+
+    def step(self, t: int, u: Tensor, ht: Tensor, out: Tensor) -> Tensor:
+        if self.GI_s is not None:
+            affine(self.b_ih, u, self.w_ih_t, self.GI_s[t])
+        affine(self.b_hh, ht, self.w_hh_t, self.GG_s[t])
+        # the gates as kernels.gru._gates_after computes them, on views made before the loop
+        r = self.R_s[t]
+        self.RZ_s[t].add_(self.GI_RZ_s[t]).sigmoid_()
+        n = torch.addcmul(self.GI_N_s[t], r, self.GN_s[t], out=self.n_s[t]).tanh_()
+        h = torch.lerp(n, ht, self.Z_s[t], out=out)
+        if self.grad:  # the backward's factors, in place: c = gn r(1-r) over gn
+            torch.addcmul(self.ones_s[t], n, n, value=-1, out=self.P1a_s[t])
+            torch.sub(h, n, out=self.P1b_s[t])  # z (h̃ - n)
+            pairs = self.P1v_s[t]
+            pairs.addcmul_(pairs, self.Zu_s[t], value=-1)  # both times (1 - z)
+            c = self.GN_s[t]
+            c.mul_(r)
+            c.addcmul_(c, r, value=-1)
+        return h
+
+    def saved(self) -> list[Tensor]:
+        return [self.GG, self.P1]
+
+    def restore(
+        self,
+        saved: Sequence[Tensor],
+        weights: Sequence[Tensor | None],
+        D: Tensor,
+        per_step: PerStep,
+        dc_out: Tensor | None,
+    ) -> None:
+        H, sizes = self.H, self.sizes
+        GG, P1 = saved
+        w_ih, _, self.w_hh, _ = weights
+        self.R_s, self.Z_s, self.C_s = (_split(GG[:, i * H : (i + 1) * H], sizes) for i in range(3))
+        self.P1a_s, self.P1b_s = (_split(P1[:, i * H : (i + 1) * H], sizes) for i in range(2))
+        # D's columns [dn | dr | dz | dgn]
+        self.DN_s, self.DR_s, self.DZ_s, self.DGN_s = (
+            per_step(D[:, i * H : (i + 1) * H]) for i in range(4)
+        )
+        self.DG_s = per_step(D[:, H:])  # [dr | dz | dgn]
+        self.DRZ_s = per_step(D[:, H : 3 * H])  # [dr | dz]
+        self.w_n = None if w_ih is None else w_ih[2 * H :]
+        self.w_rz = None if w_ih is None else w_ih[: 2 * H]
+
+    def back(self, t: int, dh: Tensor, dht: Tensor) -> None:
+        dn = torch.mul(dh, self.P1a_s[t], out=self.DN_s[t])
+        torch.mul(dh, self.P1b_s[t], out=self.DZ_s[t])
+        torch.mul(dn, self.C_s[t], out=self.DR_s[t])
+        torch.mul(dn, self.R_s[t], out=self.DGN_s[t])
+        torch.addmm(dh * self.Z_s[t], self.DG_s[t], self.w_hh, out=dht)  # type: ignore[arg-type]
+
+    def down(self, t: int, below: Tensor) -> None:
+        below.addmm_(self.DN_s[t], self.w_n)  # type: ignore[arg-type]
+        below.addmm_(self.DRZ_s[t], self.w_rz)  # type: ignore[arg-type]
+
+    def add_grads(self, D: Tensor, ht: Tensor, u: Tensor | None, grads: list[Any]) -> None:
+        H = self.H
+        d_w_ih, d_b_ih, d_w_hh, d_b_hh = grads
+        dG = D[:, H:]  # [dr | dz | dgn]: W_hh's row order
+        if d_w_hh is not None:
+            d_w_hh.addmm_(dG.t(), ht)
+        if d_b_hh is not None:
+            d_b_hh.add_(dG.sum(0))
+        if d_w_ih is not None:  # rows r | z from [dr | dz], rows n from dn
+            d_w_ih[: 2 * H].addmm_(D[:, H : 3 * H].t(), u)
+            d_w_ih[2 * H :].addmm_(D[:, :H].t(), u)
+        if d_b_ih is not None:
+            d_b_ih[: 2 * H].add_(D[:, H : 3 * H].sum(0))
+            d_b_ih[2 * H :].add_(D[:, :H].sum(0))
+
+    def input_grad(self, D: Tensor, out: Tensor) -> None:
+        H = self.H
+        out[:, : 2 * H].copy_(D[:, H : 3 * H])  # [dr | dz]
+        out[:, 2 * H :].copy_(D[:, :H])  # dn

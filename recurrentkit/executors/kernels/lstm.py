@@ -13,6 +13,7 @@ projection, plain ops.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,13 +22,20 @@ from torch.autograd import Function
 from torch.nn import functional as F
 
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
+from recurrentkit.executors.cross_layer.parts import (
+    CellPart,
+    PerStep,
+    previous_per_step,
+    rows_per_step,
+    step_views,
+)
 from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
 from recurrentkit.executors.packing import Schedule
-from recurrentkit.executors.products import transposed
+from recurrentkit.executors.products import affine, transposed
 
-__all__ = ["LSTMKernel"]
+__all__ = ["LSTMKernel", "LSTMPart"]
 
 
 class LSTMKernel(AdditiveKernel):
@@ -227,3 +235,135 @@ class _LSTM(Function):
         dw = prev_mm(dG, sched.previous_blocks(h0, out)) if need[3] else None
         dw_hr = DH.t() @ M if (DH is not None and M is not None and need[4]) else None
         return dG if need[0] else None, dh_buf, dc_buf, dw, dw_hr, None
+
+
+class LSTMPart(CellPart):
+    r"""An LSTM layer without projection in
+    :mod:`~recurrentkit.executors.cross_layer.run`'s whole-run op: ``[i | f | g | o] =
+    gi + W_hh h̃ + b_hh``, ``c' = σ(f) c + σ(i) tanh(g)``, ``h' = σ(o) tanh(c')``. The
+    bottom layer's ``gi`` carries both biases.
+
+    Its columns of the op's gradient rows ``D``: ``[di | df | dg | do]``, both the
+    input's and the recurrent product's gradient."""
+
+    gates = 4
+    states = 2
+
+    def start(self, gi: Tensor | None, weights: Sequence[Tensor | None], c0: Tensor | None) -> None:
+        H, B, N, sizes, like = self.H, self.B, self.N, self.sizes, self.like
+        w_ih, b_ih, w_hh, b_hh = weights
+        assert c0 is not None
+        # the gates, activated in place (a scratch without grad)
+        self.G = like.new_empty(N if self.grad else B, 4 * H)
+        self.CC = like.new_empty(B + N, H)  # [c0 | c after step 1 | …]
+        self.CC[:B].copy_(c0)
+        self.c_prev = previous_per_step(self.CC, B, sizes)
+        self.c_s = split_steps(self.CC[B:], sizes)
+        self.tc_s = rows_per_step(like.new_empty(B, H), sizes)  # tanh(c')
+        self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
+        self.G_s, self.IF_s, self.Gg_s, self.O_s, self.I_s, self.F_s = (
+            step_views(self.G[:, lo * H : hi * H], sizes, self.grad)
+            for lo, hi in ((0, 4), (0, 2), (2, 3), (3, 4), (0, 1), (1, 2))
+        )
+        if self.first:  # gi carries both biases
+            assert gi is not None and b_hh is None
+            self.gi_s: list[Tensor] | tuple[Tensor, ...] = split_steps(gi, sizes)
+        else:
+            self.w_ih_t = transposed(w_ih, B)  # type: ignore[arg-type]
+            self.bias = None if b_ih is None else b_ih + b_hh  # (a built-in cell has both or none)
+        # for the backward: [g σ'(i) | c σ'(f) | σ(i) tanh'(g) | tanh(c') σ'(o)] and
+        # σ(o) tanh'(c'), i.e. each gate's pre-activation gradient per unit of dc' (dh)
+        self.P = like.new_empty(N if self.grad else 0, 4 * H)
+        self.Pc = like.new_empty(N if self.grad else 0, H)
+        if self.grad:
+            self.Pi_s, self.Pf_s, self.Pg_s, self.Po_s = (
+                split_steps(self.P[:, i * H : (i + 1) * H], sizes) for i in range(4)
+            )
+            self.Pc_s = split_steps(self.Pc, sizes)
+
+    def step(self, t: int, u: Tensor, ht: Tensor, out: Tensor) -> Tensor:
+        G = self.G_s[t]
+        if self.first:
+            torch.addmm(self.gi_s[t], ht, self.w_hh_t, out=G)
+        else:
+            affine(self.bias, u, self.w_ih_t, G).addmm_(ht, self.w_hh_t)
+        i, f, g, o = self.I_s[t], self.F_s[t], self.Gg_s[t], self.O_s[t]
+        self.IF_s[t].sigmoid_()
+        g.tanh_()
+        o.sigmoid_()
+        c_prev = self.c_prev[t]
+        c = torch.mul(f, c_prev, out=self.c_s[t]).addcmul_(i, g)
+        tc = torch.tanh(c, out=self.tc_s[t])
+        h = torch.mul(o, tc, out=out)
+        if self.grad:
+            pi = torch.mul(g, i, out=self.Pi_s[t])
+            pi.addcmul_(pi, i, value=-1)
+            pf = torch.mul(c_prev, f, out=self.Pf_s[t])
+            pf.addcmul_(pf, f, value=-1)
+            pg = torch.mul(g, g, out=self.Pg_s[t])
+            torch.addcmul(i, i, pg, value=-1, out=pg)
+            po = torch.mul(tc, o, out=self.Po_s[t])
+            po.addcmul_(po, o, value=-1)
+            pc = torch.mul(tc, tc, out=self.Pc_s[t])
+            torch.addcmul(o, o, pc, value=-1, out=pc)
+        return h
+
+    def saved(self) -> list[Tensor]:
+        return [self.G, self.P, self.Pc]  # (the c sequence is an output, not needed here)
+
+    def outputs(self) -> list[Tensor]:
+        return [self.CC[self.B :]]
+
+    def restore(
+        self,
+        saved: Sequence[Tensor],
+        weights: Sequence[Tensor | None],
+        D: Tensor,
+        per_step: PerStep,
+        dc_out: Tensor | None,
+    ) -> None:
+        H, B, sizes = self.H, self.B, self.sizes
+        G, P, Pc = saved
+        self.w_ih, _, self.w_hh, _ = weights
+        self.F_s = split_steps(G[:, H : 2 * H], sizes)
+        self.Pifg_s = split_steps(P[:, : 3 * H].view(-1, 3, H), sizes)
+        self.Po_s, self.Pc_s = split_steps(P[:, 3 * H :], sizes), split_steps(Pc, sizes)
+        self.Difg_s = per_step(D[:, : 3 * H].view(-1, 3, H))  # type: ignore[arg-type]
+        self.Do_s, self.DG_s = per_step(D[:, 3 * H :]), per_step(D)
+        # the gradient of c after the step being processed, and before it: swapped
+        self.dc = [self.like.new_zeros(B, H), self.like.new_zeros(B, H)]
+        self.dc_s = [rows_per_step(d, sizes) for d in self.dc]
+        self.dc_out = None if dc_out is None else split_steps(dc_out, sizes)
+        self.cur = 0
+
+    def back(self, t: int, dh: Tensor, dht: Tensor) -> None:
+        dc = self.dc_s[self.cur][t]
+        if self.dc_out is not None:
+            dc.add_(self.dc_out[t])
+        dc.addcmul_(dh, self.Pc_s[t])  # dc' in full
+        torch.mul(dc.unsqueeze(1), self.Pifg_s[t], out=self.Difg_s[t])  # [di | df | dg]
+        torch.mul(dh, self.Po_s[t], out=self.Do_s[t])
+        torch.mul(dc, self.F_s[t], out=self.dc_s[1 - self.cur][t])
+        torch.mm(self.DG_s[t], self.w_hh, out=dht)  # type: ignore[arg-type]
+        self.cur = 1 - self.cur
+
+    def down(self, t: int, below: Tensor) -> None:
+        below.addmm_(self.DG_s[t], self.w_ih)  # type: ignore[arg-type]
+
+    def add_grads(self, D: Tensor, ht: Tensor, u: Tensor | None, grads: list[Any]) -> None:
+        d_w_ih, d_b_ih, d_w_hh, d_b_hh = grads
+        if d_w_hh is not None:
+            d_w_hh.addmm_(D.t(), ht)
+        if d_w_ih is not None:
+            d_w_ih.addmm_(D.t(), u)
+        if d_b_ih is not None or d_b_hh is not None:
+            db = D.sum(0)
+            for d in (d_b_ih, d_b_hh):
+                if d is not None:
+                    d.add_(db)
+
+    def input_grad(self, D: Tensor, out: Tensor) -> None:
+        out.copy_(D)
+
+    def c0_grad(self) -> Tensor | None:
+        return self.dc[self.cur].clone()
