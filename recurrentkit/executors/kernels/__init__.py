@@ -2,7 +2,10 @@
 
 One file per cell holds all of that cell's fast forms — its step on projected input,
 its whole-sequence op and backward, its fused step op, and (GRU, LSTM) its part in
-``cross_layer``'s whole-run op (:mod:`recurrentkit.executors.cross_layer.run`).
+``cross_layer``'s whole-run op (:mod:`recurrentkit.executors.cross_layer.run`) — and
+they share one gate helper per form (on autograd ops, in place, backward factors), so
+the cell's arithmetic is written once; the autograd form sits beside the reference
+equations in :mod:`recurrentkit.cells`.
 
 Only the built-in classes themselves get a kernel: a subclass may change the
 equations, so it runs on the reference loop — unless it (or any user cell) declares
