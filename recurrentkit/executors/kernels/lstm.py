@@ -254,10 +254,10 @@ class _LSTM(Function):
         I_s, F_s, Gg_s, O_s = (split_steps(G[:, k * H : (k + 1) * H], sizes) for k in range(4))
         gi_s, C_s, TC_s, out_s = (split_steps(v, sizes) for v in (gi, C, TC, out))
         M_s = split_steps(M, sizes) if M is not None else out_s
-        h, c = h0, c0
+        h, c, rows = h0, c0, sizes[0]
         for t, bs in enumerate(sizes):
-            if h.shape[0] != bs:
-                h, c = h[:bs], c[:bs]
+            if bs != rows:  # (an int, not h.shape: this pays for the call of _gates)
+                h, c, rows = h[:bs], c[:bs], bs
             torch.addmm(gi_s[t], h, w_t, out=G_s[t])
             h, c = _gates(IF_s[t], I_s[t], F_s[t], Gg_s[t], O_s[t], c, C_s[t], TC_s[t], M_s[t])
             if w_hr_t is not None:
