@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -83,23 +84,58 @@ class GRUCell(CellBase):
     def _step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         H = self.hidden_size
         gi = F.linear(x, self.weight_ih, self.bias_ih)  # (B, 3H)
-        i_r, i_z, i_n = gi.split(H, dim=1)
+        i_rz, i_n = gi.split_with_sizes((2 * H, H), dim=1)
         if self.reset == "after":
             gh = F.linear(state, self.weight_hh, self.bias_hh)  # (B, 3H)
-            h_r, h_z, h_n = gh.split(H, dim=1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
+            h_rz, h_n = gh.split_with_sizes((2 * H, H), dim=1)
+            h = gru_gates(i_rz + h_rz, i_n, state, h_n)
         else:
             w_rz, w_n = self.weight_hh[: 2 * H], self.weight_hh[2 * H :]
             b_rz = None if self.bias_hh is None else self.bias_hh[: 2 * H]
             b_n = None if self.bias_hh is None else self.bias_hh[2 * H :]
-            h_r, h_z = F.linear(state, w_rz, b_rz).split(H, dim=1)  # (B, H) each
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + F.linear(r * state, w_n, b_n))
-        h = n + z * (state - n)  # = (1 - z) * n + z * h
+            h = gru_gates(i_rz + F.linear(state, w_rz, b_rz), i_n, state, None, w_n, b_n)
         return h, h
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, reset={self.reset!r}, bias={self.bias}"
+
+
+def gru_gates(
+    a_rz: Tensor,
+    i_n: Tensor,
+    h: Tensor,
+    h_n: Tensor | None,
+    w_n: Tensor | None = None,
+    b_n: Tensor | None = None,
+    linear: Callable[..., Tensor] = F.linear,
+) -> Tensor:
+    """A GRU step's new state from its pre-activations, on plain autograd ops: the
+    :class:`GRUCell` equations after the products that read ``x`` and ``h``.
+
+    Args:
+        a_rz: ``(B, 2H)``, the reset and update gates before the sigmoid: rows
+            ``r | z`` of ``W_ih x + b_ih + W_hh h + b_hh``.
+        i_n: ``(B, H)``, ``W_in x + b_in``.
+        h: ``(B, H)``, the previous state.
+        h_n: ``(B, H)``, ``W_hn h + b_hn`` (reset-after); ``None`` for reset-before,
+            whose ``W_hn (r ⊙ h) + b_hn`` is made here as ``linear(r * h, w_n, b_n)``.
+        w_n, b_n: reset-before only: ``W_hn`` ``(H, H)`` and ``b_hn`` (or ``None``).
+        linear: ``F.linear``'s signature, for that product (the fast executor passes
+            its deferred linear in step loops).
+
+    Returns:
+        ``h' = n + z ⊙ (h - n)`` ``(B, H)``.
+
+    The one place these gates are written on differentiable ops: :class:`GRUCell`'s
+    step (the reference) and the fast executor's GRU step on projected input
+    (:class:`~recurrentkit.executors.kernels.gru.GRUKernel`, step loops, ``torch.compile``)
+    both call it. It lives here, beside the equations, because it needs nothing but
+    autograd ops; the fast executor's in-place forms (no autograd) are in
+    :mod:`recurrentkit.executors.kernels.gru`.
+    """
+    r, z = torch.sigmoid(a_rz).chunk(2, dim=1)  # (B, H) each
+    if h_n is None:  # reset-before: W_hn (r ⊙ h) + b_hn
+        n = torch.tanh(i_n + linear(r * h, w_n, b_n))
+    else:  # reset-after: r ⊙ (W_hn h + b_hn)
+        n = torch.tanh(i_n + r * h_n)
+    return n + z * (h - n)  # = (1 - z) * n + z * h

@@ -109,9 +109,7 @@ class LSTMCell(CellBase):
         gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(
             h, self.weight_hh, self.bias_hh
         )  # (B, 4H)
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (B, H)
-        h = torch.sigmoid(o) * torch.tanh(c)  # (B, H)
+        h, c = lstm_gates(gates, c)  # (B, H) each
         if self.weight_hr is not None:
             h = F.linear(h, self.weight_hr)  # (B, P)
         return h, LSTMState(h, c)
@@ -119,3 +117,27 @@ class LSTMCell(CellBase):
     def extra_repr(self) -> str:
         proj = f", proj_size={self.proj_size}" if self.proj_size else ""
         return f"{super().extra_repr()}{proj}, bias={self.bias}"
+
+
+def lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """An LSTM step from its pre-activations, on plain autograd ops: the
+    :class:`LSTMCell` equations after the products that read ``x`` and ``h``.
+
+    Args:
+        gates: ``(B, 4H)``, ``W_ih x + b_ih + W_hh h + b_hh``, rows ``i | f | g | o``.
+        c: ``(B, H)``, the previous memory.
+
+    Returns:
+        ``(σ(o) ⊙ tanh(c'), c')``, both ``(B, H)``, with
+        ``c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g)`` (the projection, if any, is the caller's).
+
+    The one place these gates are written on differentiable ops: :class:`LSTMCell`'s
+    step (the reference) and the fast executor's LSTM step on projected input
+    (:class:`~recurrentkit.executors.kernels.lstm.LSTMKernel`) both call it. It lives
+    here, beside the equations, because it needs nothing but autograd ops; the fast
+    executor's in-place forms (no autograd) are in
+    :mod:`recurrentkit.executors.kernels.lstm`.
+    """
+    i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each, before activation
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (B, H)
+    return torch.sigmoid(o) * torch.tanh(c), c

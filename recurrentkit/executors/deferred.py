@@ -13,7 +13,7 @@ Weights below :data:`MIN_NUMEL` elements are not worth the gathering: their uses
 step, no separate addition), which the tap hands over.
 
 Ops with a backward of their own (the fused steps of :mod:`.kernels`, the cross-layer
-mixing of :mod:`.cross_mix`) take part through :meth:`DeferredLinear.tap` and
+mixing of :mod:`.cross_layer.mix`) take part through :meth:`DeferredLinear.tap` and
 :func:`weight_grads`: they take the tapped weight as an input and record their pairs.
 
 Pairs and sums are kept per backward pass (graph task) and only when that pass will reach the
@@ -31,8 +31,8 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.nn import functional as F
 
-from recurrentkit.executors.layout import MIN_ROWS, affine, transposed
-from recurrentkit.executors.once import once_differentiable
+from recurrentkit.executors.first_order import first_order_backward
+from recurrentkit.executors.products import MIN_ROWS, affine, transposed
 
 __all__ = ["MIN_NUMEL", "DeferredLinear", "Slot", "weight_grads"]
 
@@ -59,7 +59,7 @@ class DeferredLinear:
         self._transposed: dict[int, tuple[Tensor, Tensor]] = {}
         self.whole_run = False
         """Set by a step loop: each weight serves every step, so a contiguous copy of its
-        transpose (:func:`~recurrentkit.executors.layout.transposed`) is made once and
+        transpose (:func:`~recurrentkit.executors.products.transposed`) is made once and
         kept for the run."""
 
     def rows(self, t: Tensor, start: int, stop: int) -> Tensor:
@@ -92,7 +92,7 @@ class DeferredLinear:
 
     def transposed(self, weight: Tensor, rows: int) -> Tensor:
         """``weight.t()`` for a product over ``rows`` rows: in a whole run, the
-        contiguous copy of :func:`~recurrentkit.executors.layout.transposed`, made once
+        contiguous copy of :func:`~recurrentkit.executors.products.transposed`, made once
         per weight; otherwise the view. Not differentiable."""
         if not self.whole_run or rows < MIN_ROWS:
             return weight.t()
@@ -181,7 +181,7 @@ class _Tap(Function):
         return weight.view_as(weight), (bias.view_as(bias) if bias is not None else None)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, *_: Any) -> tuple[Tensor | None, ...]:
         got = ctx.slot.gradients()
         if got is None:
@@ -203,7 +203,7 @@ class _Linear(Function):
         return affine(bias, x, w_t)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         ctx.slot.record(dy, x)

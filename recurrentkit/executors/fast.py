@@ -28,8 +28,9 @@ from torch.nn import functional as F
 from recurrentkit._scan import scan
 from recurrentkit._validation import map_state
 from recurrentkit.cells import GRUCell, LSTMCell, RNNCell
-from recurrentkit.executors import cross_run, plans
-from recurrentkit.executors.cross_mix import cross_step
+from recurrentkit.executors import plans
+from recurrentkit.executors.cross_layer import run as cross_run
+from recurrentkit.executors.cross_layer.mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
 from recurrentkit.executors.kernels.base import Linear
@@ -414,7 +415,7 @@ class FastExecutor:
         states: tuple[Any, ...],
         lengths: Tensor | None,
     ) -> tuple[Tensor, tuple[Any, ...]]:
-        """``cross_layer`` over GRU/LSTM layers as one op (:mod:`.cross_run`)."""
+        """``cross_layer`` over GRU/LSTM layers as one op (:mod:`.cross_layer.run`)."""
         sched = schedule(x, lengths)
         y, seqs = cross_run.cross_run(
             policy,  # type: ignore[arg-type]  # (wiring "cross_layer": CrossLayer's weights)
@@ -467,7 +468,7 @@ class FastExecutor:
 
     def _policy_step(self, policy: RoutingPolicy) -> Callable[[Tensor, Any], Any]:
         """``(x_t, states) → (y_t, states)``: the policy's own ``step``, or for
-        ``cross_layer`` wiring in eager mode :func:`~.cross_mix.cross_step` (its mixing
+        ``cross_layer`` wiring in eager mode :func:`~.cross_layer.mix.cross_step` (its mixing
         as one op per layer and step)."""
         linear = self._linear
         if (

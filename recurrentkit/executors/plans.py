@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from recurrentkit.executors import cross_run
+from recurrentkit.executors.cross_layer import run as cross_run
 from recurrentkit.executors.torch_ops import fusable
 from recurrentkit.routing.base import RoutingPolicy
 

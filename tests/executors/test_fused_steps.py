@@ -14,7 +14,9 @@ from torch import Tensor
 from torch.autograd import Function
 
 import recurrentkit as rk
-from recurrentkit.executors import cross_mix, cross_run, deferred
+from recurrentkit.executors import deferred
+from recurrentkit.executors.cross_layer import mix as cross_mix
+from recurrentkit.executors.cross_layer import run as cross_run
 from recurrentkit.executors.kernels import gru as gru_kernels
 from recurrentkit.executors.kernels import lstm as lstm_kernels
 
@@ -79,7 +81,7 @@ def test_step_loops_on_fused_ops_equal_reference(
     x, state = checks.inputs(ref)
     lengths = torch.tensor([3, 6, 1, 5]) if ragged else None
     if routing == "cross_layer":
-        checks.same_run(ref, fast, x, state, lengths)  # the whole-run op (test_cross_run.py)
+        checks.same_run(ref, fast, x, state, lengths)  # the whole-run op (cross_layer/test_run.py)
         assert calls["cross_run"] == 1 and calls["gru_step"] == calls["lstm_step"] == 0
         assert calls["mix"] == 0
         force_step_loop(monkeypatch)

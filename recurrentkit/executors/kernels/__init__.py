@@ -1,5 +1,12 @@
 """Hand-built fast kernels for the built-in cells, chosen by exact cell type.
 
+One file per cell holds all of that cell's fast forms — its step on projected input,
+its whole-sequence op and backward, its fused step op, and (GRU, LSTM) its part in
+``cross_layer``'s whole-run op (:mod:`recurrentkit.executors.cross_layer.run`) — and
+they share one gate helper per form (on autograd ops, in place, backward factors), so
+the cell's arithmetic is written once; the autograd form sits beside the reference
+equations in :mod:`recurrentkit.cells`.
+
 Only the built-in classes themselves get a kernel: a subclass may change the
 equations, so it runs on the reference loop — unless it (or any user cell) declares
 the protocol's split step, which :func:`split_kernel_for` adapts (:class:`.split.SplitKernel`).

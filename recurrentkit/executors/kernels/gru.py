@@ -13,11 +13,22 @@ the reset-before backward, over the whole sequence at once.
 
 In step-major loops (eager, ``linear`` a :class:`~recurrentkit.executors.deferred.DeferredLinear`)
 a reset-after step is one op of the same kind (:class:`_GRUStepAfter`); reset-before
-steps run on plain ops.
+steps run on plain ops. A reset-after layer's part in ``cross_layer``'s whole-run op is
+:class:`GRUPart`.
+
+Every fast form of the GRU is in this file, and each form writes the gates once: on
+autograd ops, :func:`~recurrentkit.cells.gru.gru_gates` (beside the cell's equations;
+the reference cell calls it too); in place without autograd, ``_gates_after`` (the
+fused step op, sampling, the reset-after sequence forward, :class:`GRUPart`); the
+factors of a hand-written backward, ``_backward_factors`` (both sequence backwards,
+:class:`GRUPart`). The reset-before sequence forward keeps its gates inline (the
+product of ``r ⊙ h`` sits between them) and the one-step op's backward multiplies the
+incoming gradient in as it builds its factors (nothing to amortise buffers over).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,16 +36,17 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.nn import functional as F
 
-from recurrentkit.cells.gru import GRUCell
+from recurrentkit.cells.gru import GRUCell, gru_gates
+from recurrentkit.executors.cross_layer.parts import CellPart, PerStep, rows_per_step, step_views
 from recurrentkit.executors.deferred import Slot, weight_grads
+from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, rows
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
-from recurrentkit.executors.layout import affine, transposed
-from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule, chunk_steps
+from recurrentkit.executors.products import affine, transposed
 
-__all__ = ["GRUKernel"]
+__all__ = ["GRUKernel", "GRUPart"]
 
 
 class GRUKernel(CellKernel):
@@ -56,11 +68,14 @@ class GRUKernel(CellKernel):
         i_rz, i_n = gi[:, : 2 * H], gi[:, 2 * H :]
         if cell.reset == "after":
             h_rz, h_n = linear(state, cell.weight_hh, cell.bias_hh).split([2 * H, H], dim=1)
-            return _finish(cell, i_rz + h_rz, i_n, h_n, state, linear)
+            h = gru_gates(i_rz + h_rz, i_n, state, h_n)
+            return h, h
         w, b = cell.weight_hh, cell.bias_hh
         b_rz = None if b is None else rows(linear, b, 0, 2 * H)
         h_rz = linear(state, rows(linear, w, 0, 2 * H), b_rz)
-        return _finish(cell, i_rz + h_rz, i_n, None, state, linear)
+        b_n = None if b is None else rows(linear, b, 2 * H, 3 * H)
+        h = gru_gates(i_rz + h_rz, i_n, state, None, rows(linear, w, 2 * H, 3 * H), b_n, linear)
+        return h, h
 
     def tied_weights(self, cell: GRUCell) -> tuple[Tensor, Tensor | None] | None:  # type: ignore[override]
         """``[W_ir + W_hr; W_iz + W_hz; W_in; (W_hn)]``: ``(4H, H)`` reset-after, ``(3H, H)``
@@ -80,8 +95,14 @@ class GRUKernel(CellKernel):
         self, cell: GRUCell, gates: Tensor, state: Tensor, linear: Linear = F.linear
     ) -> tuple[Tensor, Tensor]:
         H = cell.hidden_size
-        h_n = gates[:, 3 * H :] if cell.reset == "after" else None
-        return _finish(cell, gates[:, : 2 * H], gates[:, 2 * H : 3 * H], h_n, state, linear)
+        a_rz, i_n = gates[:, : 2 * H], gates[:, 2 * H : 3 * H]
+        if cell.reset == "after":
+            h = gru_gates(a_rz, i_n, state, gates[:, 3 * H :])
+        else:  # reset-before: W_hn (r ⊙ h) + b_hn, a product of its own
+            w, b = cell.weight_hh, cell.bias_hh
+            b_n = None if b is None else rows(linear, b, 2 * H, 3 * H)
+            h = gru_gates(a_rz, i_n, state, None, rows(linear, w, 2 * H, 3 * H), b_n, linear)
+        return h, h
 
     def sequence(  # type: ignore[override]
         self, cell: GRUCell, gi: Tensor, state: Tensor, sched: Schedule
@@ -91,41 +112,69 @@ class GRUKernel(CellKernel):
         return out, out
 
 
-def _finish(
-    cell: GRUCell,
-    a_rz: Tensor,
-    i_n: Tensor,
-    h_n: Tensor | None,
-    state: Tensor,
-    linear: Linear,
-) -> tuple[Tensor, Tensor]:
-    """A GRU step from its pre-activations: ``a_rz (B, 2H)`` (reset and update gates),
-    ``i_n = W_in x + b_in`` and, reset-after, ``h_n = W_hn h + b_hn`` (reset-before:
-    ``None``, computed here from ``r ⊙ h``)."""
-    r, z = torch.sigmoid(a_rz).chunk(2, dim=1)  # (B, H) each
-    if h_n is None:
-        H = cell.hidden_size
-        b = cell.bias_hh
-        b_n = None if b is None else rows(linear, b, 2 * H, 3 * H)
-        n = torch.tanh(i_n + linear(r * state, rows(linear, cell.weight_hh, 2 * H, 3 * H), b_n))
-    else:
-        n = torch.tanh(i_n + r * h_n)
-    h = n + z * (state - n)
-    return h, h
+# -- the gates, one helper per form ------------------------------------------------------
+#
+# On autograd ops (the reference cell, GRUKernel.step and .step_tied): gru_gates in
+# recurrentkit.cells.gru, beside the equations. In place, without autograd (the
+# hand-written ops' forwards and the whole-run op's part): _gates_after. The factors of a
+# hand-written backward: _backward_factors. The last two live here: they write into
+# buffers the hand-written ops own, which an autograd graph must not see.
 
 
 def _gates_after(
-    G: Tensor, gi: Tensor, h: Tensor, n: Tensor | None = None, out: Tensor | None = None
+    rz: Tensor,
+    r: Tensor,
+    z: Tensor,
+    gn: Tensor,
+    i_rz: Tensor,
+    i_n: Tensor,
+    h: Tensor,
+    n: Tensor | None,
+    out: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """A reset-after step's gates in place: ``G = W_hh h + b_hh (B, 3H)`` becomes
-    ``[r | z | W_n h + b_n]``. Returns ``(h' = n + z (h - n), n)``, both ``(B, H)``,
-    written into ``out`` and ``n`` where given."""
-    H = h.shape[1]
-    G_rz, G_n = G.split_with_sizes((2 * H, H), 1)  # (one call for both views: a step
-    i_rz, i_n = gi.split_with_sizes((2 * H, H), 1)  # of a few rows is mostly calls)
-    r, z = G_rz.add_(i_rz).sigmoid_().chunk(2, dim=1)
-    n = torch.addcmul(i_n, r, G_n, out=n).tanh_()
+    """A reset-after step's gates in place, no autograd, on views the caller makes (once,
+    before its time loop, where it has one): ``[rz | gn] = W_hh h + b_hh (B, 3H)``
+    becomes ``[r | z | W_n h + b_n]`` (``r``, ``z``: ``rz``'s halves), ``i_rz``,
+    ``i_n`` the projected input's columns. Returns ``(h' = n + z (h - n), n)``, both
+    ``(B, H)``, written into ``out`` and ``n`` where given (``None``: new tensors).
+
+    Used by :func:`_step_after` (the fused step op, sampling), :class:`_GRUAfter`'s
+    forward and :class:`GRUPart`'s step."""
+    rz.add_(i_rz).sigmoid_()
+    n = torch.addcmul(i_n, r, gn, out=n).tanh_()
     return torch.lerp(n, h, z, out=out), n
+
+
+def _backward_factors(
+    n: Tensor,
+    h_new: Tensor,
+    z_pair: Tensor,
+    ones: Tensor,
+    p_n: Tensor,
+    p_z: Tensor,
+    pair: Tensor,
+    x: Tensor,
+    r: Tensor,
+    c: Tensor,
+) -> None:
+    r"""The factors of a GRU step's backward that depend on forward values only, in place
+    (either reset form): ``[p_n | p_z] = [(1-z)(1-n²) | (1-z)(h'-n)]``, the
+    pre-activation gradients of ``n`` and ``z`` per unit of :math:`\partial h'`
+    (``h' - n = z (h - n)``), and ``c = x r(1-r)``, the reset gate's per unit of
+    :math:`\partial n` times ``W_hn h + b_hn`` (reset-after: ``x`` is that) or of
+    :math:`\partial (r \odot h)` (reset-before: ``x = h``).
+
+    ``pair`` is ``[p_n | p_z]`` as ``(B, 2, H)`` and ``z_pair`` is ``z`` as ``(B, 1, H)``
+    (one multiply by ``1 - z`` for both), ``ones`` ``(B, H)`` of ones (may be expanded);
+    ``c`` may be ``x`` itself. Used per step by :class:`GRUPart` (in its forward, while
+    the step's values are in cache) and per run of rows by the sequence backwards of
+    :class:`_GRUAfter` and :class:`_GRUBefore`. :class:`_GRUStepAfter` multiplies the
+    incoming gradient in as it builds its factors instead (one step: no buffers to
+    amortise)."""
+    torch.addcmul(ones, n, n, value=-1, out=p_n)  # 1 - n²
+    torch.sub(h_new, n, out=p_z)  # z (h - n)
+    pair.addcmul_(pair, z_pair, value=-1)  # both times (1 - z)
+    torch.mul(x, r, out=c).addcmul_(c, r, value=-1)  # x r (1 - r)
 
 
 def _step_after(
@@ -134,13 +183,17 @@ def _step_after(
     """One reset-after step, no autograd, ``w_t`` the recurrent weight transposed
     ``(H, 3H)``: ``(h' (B, H), [r | z | W_n h + b_n] (B, 3H), n (B, H))``."""
     G = affine(b_hh, h, w_t)  # (B, 3H)
-    out, n = _gates_after(G, gi, h)
+    H = h.shape[1]
+    G_rz, G_n = G.split_with_sizes((2 * H, H), 1)  # (one call for both views: a step
+    i_rz, i_n = gi.split_with_sizes((2 * H, H), 1)  # of a few rows is mostly calls)
+    r, z = G_rz.chunk(2, dim=1)
+    out, n = _gates_after(G_rz, r, z, G_n, i_rz, i_n, h, None, None)
     return out, G, n
 
 
 class _GRUStepAfter(Function):
     r"""One reset-after GRU step: ``gi (B, 3H)``, ``h (B, H)`` → ``h' (B, H)``; ``w_t``:
-    the recurrent weight transposed for the forward product (see :mod:`..layout`).
+    the recurrent weight transposed for the forward product (see :mod:`..products`).
 
     The equations of :class:`_GRUAfter` for one step, for step-major loops: one
     ``addmm`` and four gate kernels forward, a hand-written backward; the weight
@@ -165,7 +218,7 @@ class _GRUStepAfter(Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         h, w_hh, G, n = ctx.saved_tensors
         (B, H), need = h.shape, ctx.needs_input_grad
@@ -202,20 +255,26 @@ class _GRUAfter(Function):
         G = gi.new_empty(N, 3 * H)  # W_hh h + b_hh, then [r | z | W_n h + b_n]
         n = gi.new_empty(N, H)
         w_t = transposed(w_hh, sizes[0])
-        G_s, gi_s, n_s, out_s = (_split(v, sizes) for v in (G, gi, n, out))
+        G_s, n_s, out_s = (_split(v, sizes) for v in (G, n, out))
+        RZ_s, R_s, Z_s, GN_s = (
+            _split(G[:, a * H : b * H], sizes) for a, b in ((0, 2), (0, 1), (1, 2), (2, 3))
+        )
+        IRZ_s, IN_s = _split(gi[:, : 2 * H], sizes), _split(gi[:, 2 * H :], sizes)
         h = h0
         for t, bs in enumerate(sizes):
             if h.shape[0] != bs:
                 h = h[:bs]
             torch.addmm(bias, h, w_t, out=G_s[t])
-            h = _gates_after(G_s[t], gi_s[t], h, n_s[t], out_s[t])[0]
+            h = _gates_after(
+                RZ_s[t], R_s[t], Z_s[t], GN_s[t], IRZ_s[t], IN_s[t], h, n_s[t], out_s[t]
+            )[0]
         ctx.save_for_backward(h0, w_hh, out, G, n)
         ctx.sched = sched
         ctx.has_bias = b_hh is not None
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         h0, w_hh, out, G, n = ctx.saved_tensors
         sched: Schedule = ctx.sched
@@ -231,6 +290,7 @@ class _GRUAfter(Function):
         # [dn | dz] = dh ⊗ P1, P1 = [(1-z)(1-n²) | (h-n) z(1-z)];  [dr | dgn] = dn ⊗ P2,
         # P2 = [gn r(1-r) | r]  (dn: the gradient of n's pre-activation). Built in place.
         P1b, P2b = out.new_empty(M, 2 * H), out.new_empty(M, 2 * H)
+        ones = out.new_ones(1, 1).expand(M, H)
         Db = out.new_empty(M, 4 * H)  # [dn | dz | dr | dgn]
         dgi = out.new_empty(N, 3 * H) if need[0] else None
         dw_zrn = out.new_zeros(3 * H, H) if need[2] else None  # rows z | r | n
@@ -241,12 +301,19 @@ class _GRUAfter(Function):
         for t0, t1, r0, r1 in reversed(chunks):
             rows, m, sz = slice(r0, r1), r1 - r0, sizes[t0:t1]
             P1, P2, D, prev = P1b[:m], P2b[:m], Db[:m], previous(r0, r1)
-            z_c, n_c, r_c = z[rows], n[rows], r[rows]
-            one_z = torch.rsub(z_c, 1)
-            torch.mul(n_c, n_c, out=P1[:, :H]).neg_().add_(1).mul_(one_z)
-            torch.sub(prev, n_c, out=P1[:, H:]).mul_(z_c).mul_(one_z)
-            C = torch.mul(gn[rows], r_c, out=P2[:, :H])
-            C.addcmul_(C, r_c, value=-1)
+            r_c, P1v = r[rows], P1.view(m, 2, H)
+            _backward_factors(
+                n[rows],
+                out[rows],
+                z[rows].unsqueeze(1),
+                ones[:m],
+                P1[:, :H],
+                P1[:, H:],
+                P1v,
+                gn[rows],
+                r_c,
+                P2[:, :H],
+            )
             P2[:, H:].copy_(r_c)
             P1_s = [p.view(-1, 2, H) for p in _split(P1, sz)]
             P2_s = [p.view(-1, 2, H) for p in _split(P2, sz)]
@@ -314,7 +381,7 @@ class _GRUBefore(Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         h0, w_hh, out, RZ, Q, n = ctx.saved_tensors
         sched: Schedule = ctx.sched
@@ -324,14 +391,20 @@ class _GRUBefore(Function):
         hprev = sched.previous_blocks(h0, out)  # the previous h of each row, in blocks
         # [da | dz] = dh ⊗ [(1-z)(1-n²) | (h-n) z(1-z)]; dr = (da W_n) ⊙ h r(1-r). In place.
         P1, Cr = out.new_empty(N, 2 * H), out.new_empty(N, H)
-        one_z = torch.rsub(z, 1)
-        torch.mul(n, n, out=P1[:, :H]).neg_().add_(1).mul_(one_z)
+        P1v, ones = P1.view(N, 2, H), out.new_ones(1, 1).expand(N, H)
         for rows_, prev in hprev:
-            torch.sub(prev, n[rows_], out=P1[rows_, H:])
-            torch.mul(prev, r[rows_], out=Cr[rows_])
-        P1[:, H:].mul_(z).mul_(one_z)
-        del one_z
-        Cr.addcmul_(Cr, r, value=-1)
+            _backward_factors(
+                n[rows_],
+                out[rows_],
+                z[rows_].unsqueeze(1),
+                ones[rows_],
+                P1[rows_, :H],
+                P1[rows_, H:],
+                P1v[rows_],
+                prev,
+                r[rows_],
+                Cr[rows_],
+            )
         D = out.new_empty(N, 3 * H)  # [da | dz | dr]
         w_n, w_zr = w_hh[2 * H :], torch.cat([w_hh[H : 2 * H], w_hh[:H]])  # rows z | r
         P1_s = [p.view(-1, 2, H) for p in _split(P1, sizes)]
@@ -351,7 +424,7 @@ class _GRUBefore(Function):
             torch.mul(dq, Cr_s[t], out=DR_s[t])
             acc = torch.mul(dh, Z_s[t]).addcmul_(dq, R_s[t])
             torch.addmm(acc, DZR_s[t], w_zr, out=dh_buf[:bs])
-        del P1, Cr, P1_s, D1_s, Cr_s  # free before the gradients are built
+        del P1, P1v, Cr, P1_s, D1_s, Cr_s  # free before the gradients are built
         da, dz, dr = D[:, :H], D[:, H : 2 * H], D[:, 2 * H :]
         dgi = torch.cat([dr, dz, da], 1) if ctx.needs_input_grad[0] else None
         dw = db = None
@@ -361,3 +434,117 @@ class _GRUBefore(Function):
         if ctx.has_bias and ctx.needs_input_grad[3]:
             db = torch.cat([dr.sum(0), dz.sum(0), da.sum(0)])
         return dgi, dh_buf, dw, db, None
+
+
+class GRUPart(CellPart):
+    r"""A reset-after GRU layer in :mod:`~recurrentkit.executors.cross_layer.run`'s
+    whole-run op: ``G = W_hh h̃ + b_hh``, ``r, z = σ(gi_{rz} + G_{rz})``,
+    ``n = tanh(gi_n + r G_n)``, ``h' = n + z (h̃ - n)``.
+
+    Its columns of the op's gradient rows ``D``: ``[dn | dr | dz | dgn]`` (``[dr | dz |
+    dgn]`` is the recurrent product's gradient in ``W_hh``'s row order)."""
+
+    gates = 3
+
+    def start(self, gi: Tensor | None, weights: Sequence[Tensor | None], c0: Tensor | None) -> None:
+        H, B, N, sizes, like = self.H, self.B, self.N, self.sizes, self.like
+        w_ih, b_ih, w_hh, b_hh = weights
+        # the biases, or zeros: each product one addmm called directly (no per-step branch)
+        self.b_hh = _zeros_bias(w_hh) if b_hh is None else b_hh  # type: ignore[arg-type]
+        # W_hh h̃ + b_hh → [r | z | W_n h̃ + b_n] → (for the backward) [r | z | c], c = gn r(1-r)
+        self.GG = like.new_empty(N if self.grad else B, 3 * H)  # (a scratch without grad)
+        # for the backward: [(1-z)(1-n²) | (h̃-n) z(1-z)]
+        self.P1 = like.new_empty(N if self.grad else 0, 2 * H)
+        self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
+        self.GG_s, self.R_s, self.Z_s, self.RZ_s, self.GN_s = (
+            step_views(self.GG[:, lo * H : hi * H], sizes, self.grad)
+            for lo, hi in ((0, 3), (0, 1), (1, 2), (0, 2), (2, 3))
+        )
+        self.Zu_s = step_views(self.GG[:, H : 2 * H].unsqueeze(1), sizes, self.grad)
+        if self.first:
+            assert gi is not None
+            self.GI_s = None
+            self.GI_RZ_s, self.GI_N_s = _split(gi[:, : 2 * H], sizes), _split(gi[:, 2 * H :], sizes)
+        else:
+            up = like.new_empty(B, 3 * H)  # W_ih u + b_ih
+            self.w_ih_t = transposed(w_ih, B)  # type: ignore[arg-type]
+            self.b_ih = _zeros_bias(w_ih) if b_ih is None else b_ih  # type: ignore[arg-type]
+            self.GI_s = rows_per_step(up, sizes)
+            self.GI_RZ_s = rows_per_step(up[:, : 2 * H], sizes)
+            self.GI_N_s = rows_per_step(up[:, 2 * H :], sizes)
+        self.n_s = rows_per_step(like.new_empty(B, H), sizes)
+        if self.grad:
+            self.P1a_s, self.P1b_s = (
+                _split(self.P1[:, i * H : (i + 1) * H], sizes) for i in (0, 1)
+            )
+            self.P1v_s = _split(self.P1.view(N, 2, H), sizes)
+            self.ones_s = rows_per_step(like.new_ones(B, H), sizes)
+
+    def step(self, t: int, u: Tensor, ht: Tensor, out: Tensor) -> Tensor:
+        if self.GI_s is not None:
+            torch.addmm(self.b_ih, u, self.w_ih_t, out=self.GI_s[t])
+        torch.addmm(self.b_hh, ht, self.w_hh_t, out=self.GG_s[t])
+        r, gn = self.R_s[t], self.GN_s[t]
+        h, n = _gates_after(
+            self.RZ_s[t], r, self.Z_s[t], gn, self.GI_RZ_s[t], self.GI_N_s[t], ht, self.n_s[t], out
+        )
+        if self.grad:  # the backward's factors, in place: c = gn r(1-r) over gn
+            P1a, P1b, P1v = self.P1a_s[t], self.P1b_s[t], self.P1v_s[t]
+            _backward_factors(n, h, self.Zu_s[t], self.ones_s[t], P1a, P1b, P1v, gn, r, gn)
+        return h
+
+    def saved(self) -> list[Tensor]:
+        return [self.GG, self.P1]
+
+    def restore(
+        self,
+        saved: Sequence[Tensor],
+        weights: Sequence[Tensor | None],
+        D: Tensor,
+        per_step: PerStep,
+        dc_out: Tensor | None,
+    ) -> None:
+        H, sizes = self.H, self.sizes
+        GG, P1 = saved
+        w_ih, _, self.w_hh, _ = weights
+        self.R_s, self.Z_s, self.C_s = (_split(GG[:, i * H : (i + 1) * H], sizes) for i in range(3))
+        self.P1a_s, self.P1b_s = (_split(P1[:, i * H : (i + 1) * H], sizes) for i in range(2))
+        # D's columns [dn | dr | dz | dgn]
+        self.DN_s, self.DR_s, self.DZ_s, self.DGN_s = (
+            per_step(D[:, i * H : (i + 1) * H]) for i in range(4)
+        )
+        self.DG_s = per_step(D[:, H:])  # [dr | dz | dgn]
+        self.DRZ_s = per_step(D[:, H : 3 * H])  # [dr | dz]
+        self.w_n = None if w_ih is None else w_ih[2 * H :]
+        self.w_rz = None if w_ih is None else w_ih[: 2 * H]
+
+    def back(self, t: int, dh: Tensor, dht: Tensor) -> None:
+        dn = torch.mul(dh, self.P1a_s[t], out=self.DN_s[t])
+        torch.mul(dh, self.P1b_s[t], out=self.DZ_s[t])
+        torch.mul(dn, self.C_s[t], out=self.DR_s[t])
+        torch.mul(dn, self.R_s[t], out=self.DGN_s[t])
+        torch.addmm(dh * self.Z_s[t], self.DG_s[t], self.w_hh, out=dht)  # type: ignore[arg-type]
+
+    def down(self, t: int, below: Tensor) -> None:
+        below.addmm_(self.DN_s[t], self.w_n)  # type: ignore[arg-type]
+        below.addmm_(self.DRZ_s[t], self.w_rz)  # type: ignore[arg-type]
+
+    def add_grads(self, D: Tensor, ht: Tensor, u: Tensor | None, grads: list[Any]) -> None:
+        H = self.H
+        d_w_ih, d_b_ih, d_w_hh, d_b_hh = grads
+        dG = D[:, H:]  # [dr | dz | dgn]: W_hh's row order
+        if d_w_hh is not None:
+            d_w_hh.addmm_(dG.t(), ht)
+        if d_b_hh is not None:
+            d_b_hh.add_(dG.sum(0))
+        if d_w_ih is not None:  # rows r | z from [dr | dz], rows n from dn
+            d_w_ih[: 2 * H].addmm_(D[:, H : 3 * H].t(), u)
+            d_w_ih[2 * H :].addmm_(D[:, :H].t(), u)
+        if d_b_ih is not None:
+            d_b_ih[: 2 * H].add_(D[:, H : 3 * H].sum(0))
+            d_b_ih[2 * H :].add_(D[:, :H].sum(0))
+
+    def input_grad(self, D: Tensor, out: Tensor) -> None:
+        H = self.H
+        out[:, : 2 * H].copy_(D[:, H : 3 * H])  # [dr | dz]
+        out[:, 2 * H :].copy_(D[:, :H])  # dn

@@ -8,11 +8,21 @@ projection); weight gradients are one matmul each over all rows.
 
 In step-major loops (eager, ``linear`` a :class:`~recurrentkit.executors.deferred.DeferredLinear`)
 a step without projection is one op of the same kind (:class:`_LSTMStep`); with a
-projection, plain ops.
+projection, plain ops. A layer's part in ``cross_layer``'s whole-run op (no projection)
+is :class:`LSTMPart`.
+
+Every fast form of the LSTM is in this file, and each form writes the gates once: on
+autograd ops, :func:`~recurrentkit.cells.lstm.lstm_gates` (beside the cell's equations;
+the reference cell calls it too); in place without autograd, ``_gates`` (the fused step
+op, sampling, the sequence forward, :class:`LSTMPart`); the factors of a hand-written
+backward, ``_backward_factors`` (the sequence backward, :class:`LSTMPart`). The one-step
+op's backward multiplies the incoming gradients in as it builds its factors (nothing to
+amortise buffers over).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,14 +30,27 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.nn import functional as F
 
-from recurrentkit.cells.lstm import LSTMCell, LSTMState
+from recurrentkit.cells.lstm import LSTMCell, LSTMState, lstm_gates
+from recurrentkit.executors.cross_layer.parts import (
+    CellPart,
+    PerStep,
+    previous_per_step,
+    rows_per_step,
+    step_views,
+)
 from recurrentkit.executors.deferred import Slot, weight_grads
-from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
-from recurrentkit.executors.layout import transposed
-from recurrentkit.executors.once import once_differentiable
+from recurrentkit.executors.first_order import first_order_backward
+from recurrentkit.executors.kernels.base import (
+    AdditiveKernel,
+    Linear,
+    prev_mm,
+    split_steps,
+    zeros_bias,
+)
 from recurrentkit.executors.packing import Schedule
+from recurrentkit.executors.products import transposed
 
-__all__ = ["LSTMKernel"]
+__all__ = ["LSTMKernel", "LSTMPart"]
 
 
 class LSTMKernel(AdditiveKernel):
@@ -50,10 +73,7 @@ class LSTMKernel(AdditiveKernel):
     def step_tied(  # type: ignore[override]
         self, cell: LSTMCell, gates: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, LSTMState]:
-        c = state[1]
-        i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each, before activation
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (B, H)
-        h = torch.sigmoid(o) * torch.tanh(c)  # (B, H)
+        h, c = lstm_gates(gates, state[1])  # (B, H) each
         if cell.weight_hr is not None:
             h = linear(h, cell.weight_hr)  # (B, P)
         return h, LSTMState(h, c)
@@ -67,27 +87,96 @@ class LSTMKernel(AdditiveKernel):
         return out, LSTMState(out, C)
 
 
+# -- the gates, one helper per form ------------------------------------------------------
+#
+# On autograd ops (the reference cell, LSTMKernel.step_tied and the step loops):
+# lstm_gates in recurrentkit.cells.lstm, beside the equations. In place, without autograd
+# (the hand-written ops' forwards and the whole-run op's part): _gates. The factors of a
+# hand-written backward: _backward_factors. The last two live here: they write into
+# buffers the hand-written ops own, which an autograd graph must not see.
+
+
+def _gates(
+    IF: Tensor,
+    i: Tensor,
+    f: Tensor,
+    g: Tensor,
+    o: Tensor,
+    c: Tensor,
+    c_out: Tensor | None,
+    tc_out: Tensor | None,
+    h_out: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """An LSTM step's gates in place, no autograd, on views the caller makes (once,
+    before its time loop, where it has one) of the pre-activations ``[i | f | g | o]
+    (B, 4H)``, ``IF`` being ``[i | f]`` (one sigmoid for both): activated in place to
+    ``[σi | σf | tanh g | σo]``, then ``c' = σf c + σi tanh g`` into ``c_out``,
+    ``tanh c'`` into ``tc_out`` and ``h' = σo tanh c'`` into ``h_out`` (``None``: new
+    tensors; ``h_out`` ``None`` writes ``h'`` over ``tanh c'``). Returns ``(h', c')``.
+
+    Used by :func:`_step` (the fused step op, sampling), :class:`_LSTM`'s forward and
+    :class:`LSTMPart`'s step."""
+    IF.sigmoid_()
+    g.tanh_()
+    o.sigmoid_()
+    c = torch.mul(f, c, out=c_out).addcmul_(i, g)
+    tc = torch.tanh(c, out=tc_out)
+    return torch.mul(o, tc, out=tc if h_out is None else h_out), c
+
+
+def _backward_factors(
+    i: Tensor,
+    f: Tensor,
+    g: Tensor,
+    o: Tensor,
+    c: Tensor,
+    tc: Tensor,
+    p_i: Tensor,
+    p_f: Tensor,
+    p_g: Tensor,
+    p_o: Tensor,
+    p_c: Tensor,
+) -> None:
+    r"""The factors of an LSTM step's backward that depend on forward values only, in
+    place, from the activated gates ``σi, σf, tanh g, σo``, the previous ``c`` and
+    ``tanh c'``: each gate's pre-activation gradient per unit of :math:`\partial c'`
+    (``p_i = g σ'(i)``, ``p_f = c σ'(f)``, ``p_g = σ(i) tanh'(g)``) or of
+    :math:`\partial h'` (``p_o = tanh(c') σ'(o)``), and ``p_c = σ(o) tanh'(c')``, the
+    part of :math:`\partial c'` that comes from :math:`\partial h'`.
+
+    Used per step by :class:`LSTMPart` (in its forward, while the step's values are in
+    cache) and per block of rows by :class:`_LSTM`'s backward. :class:`_LSTMStep`
+    multiplies the incoming gradients in as it builds its factors instead (one step: no
+    buffers to amortise)."""
+    pi = torch.mul(g, i, out=p_i)
+    pi.addcmul_(pi, i, value=-1)  # g σ'(i)
+    pf = torch.mul(c, f, out=p_f)
+    pf.addcmul_(pf, f, value=-1)  # c σ'(f)
+    pg = torch.mul(g, g, out=p_g)
+    torch.addcmul(i, i, pg, value=-1, out=pg)  # σ(i) (1 - tanh²g)
+    po = torch.mul(tc, o, out=p_o)
+    po.addcmul_(po, o, value=-1)  # tanh(c') σ'(o)
+    pc = torch.mul(tc, tc, out=p_c)
+    torch.addcmul(o, o, pc, value=-1, out=pc)  # σ(o) (1 - tanh²c')
+
+
 def _step(
     gi: Tensor, h: Tensor, c: Tensor, w_t: Tensor, b_hh: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM step without projection, no autograd, ``w_t`` the recurrent weight
     transposed ``(H, 4H)``: ``(h', c', activated gates [σi | σf | tanh g | σo] (B, 4H))``."""
-    H = c.shape[1]
     G = torch.addmm(gi, h, w_t)  # (B, 4H): [i | f | g | o]
     if b_hh is not None:
         G.add_(b_hh)
-    G[:, : 2 * H].sigmoid_()
-    G[:, 2 * H : 3 * H].tanh_()
-    G[:, 3 * H :].sigmoid_()
-    c_new = torch.mul(G[:, H : 2 * H], c).addcmul_(G[:, :H], G[:, 2 * H : 3 * H])
-    h_new = torch.tanh(c_new).mul_(G[:, 3 * H :])
+    i, f, g, o = G.chunk(4, dim=1)
+    h_new, c_new = _gates(G[:, : 2 * c.shape[1]], i, f, g, o, c, None, None, None)
     return h_new, c_new, G
 
 
 class _LSTMStep(Function):
     r"""One LSTM step without projection: ``gi (B, 4H)`` (``W_ih x + b_ih``), ``h``,
     ``c (B, H)`` → ``(h', c')``; ``w_t``: the recurrent weight transposed for the
-    forward product (see :mod:`..layout`).
+    forward product (see :mod:`..products`).
 
     The equations of :class:`_LSTM` for one step, for step-major loops: one ``addmm``
     and six gate kernels forward, a hand-written backward; the weight gradients go to
@@ -113,7 +202,7 @@ class _LSTMStep(Function):
         return h_new, c_new
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dh_new: Tensor, dc_new: Tensor) -> tuple[Tensor | None, ...]:
         h, c, w_hh, G, c_new = ctx.saved_tensors
         H, need = c.shape[1], ctx.needs_input_grad
@@ -165,17 +254,12 @@ class _LSTM(Function):
         I_s, F_s, Gg_s, O_s = (split_steps(G[:, k * H : (k + 1) * H], sizes) for k in range(4))
         gi_s, C_s, TC_s, out_s = (split_steps(v, sizes) for v in (gi, C, TC, out))
         M_s = split_steps(M, sizes) if M is not None else out_s
-        h, c = h0, c0
+        h, c, rows = h0, c0, sizes[0]
         for t, bs in enumerate(sizes):
-            if h.shape[0] != bs:
-                h, c = h[:bs], c[:bs]
+            if bs != rows:  # (an int, not h.shape: this pays for the call of _gates)
+                h, c, rows = h[:bs], c[:bs], bs
             torch.addmm(gi_s[t], h, w_t, out=G_s[t])
-            IF_s[t].sigmoid_()
-            Gg_s[t].tanh_()
-            O_s[t].sigmoid_()
-            c = torch.mul(F_s[t], c, out=C_s[t]).addcmul_(I_s[t], Gg_s[t])
-            torch.tanh(c, out=TC_s[t])
-            h = torch.mul(O_s[t], TC_s[t], out=M_s[t])
+            h, c = _gates(IF_s[t], I_s[t], F_s[t], Gg_s[t], O_s[t], c, C_s[t], TC_s[t], M_s[t])
             if w_hr_t is not None:
                 h = torch.mm(h, w_hr_t, out=out_s[t])
         ctx.save_for_backward(h0, c0, w_hh, w_hr, G, C, TC, M, out)
@@ -183,25 +267,19 @@ class _LSTM(Function):
         return out, C
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor, dC: Tensor) -> tuple[Tensor | None, ...]:
         h0, c0, w_hh, w_hr, G, C, TC, M, out = ctx.saved_tensors
         sched: Schedule = ctx.sched
         sizes = sched.sizes
         (N, H), (B, P) = C.shape, h0.shape
         i, f, g, o = G.chunk(4, dim=1)
-        # [di | df | dg] = dc ⊗ P3;  do = dm ⊙ Po;  dc += dm ⊙ K   (m = σo tanh c). In place.
-        P3 = C.new_empty(N, 3 * H)
-        gi_ = torch.mul(g, i, out=P3[:, :H])
-        gi_.addcmul_(gi_, i, value=-1)  # g σ'(i)
-        cf = P3[:, H : 2 * H]
-        for rows_, prev in sched.previous_blocks(c0, C):
-            torch.mul(prev, f[rows_], out=cf[rows_])
-        cf.addcmul_(cf, f, value=-1)  # c σ'(f)
-        torch.mul(g, g, out=P3[:, 2 * H :]).neg_().add_(1).mul_(i)  # σ(i) (1 - tanh²)
-        Po = torch.mul(TC, o)
-        Po.addcmul_(Po, o, value=-1)  # tanh(c) σ'(o)
-        K = torch.mul(TC, TC).neg_().add_(1).mul_(o)  # σ(o) (1 - tanh²c)
+        # [di | df | dg] = dc ⊗ P3;  do = dm ⊙ Po;  dc += dm ⊙ K   (m = σo tanh c). In place,
+        # per block of rows whose previous c is one tensor.
+        P3, Po, K = C.new_empty(N, 3 * H), C.new_empty(N, H), C.new_empty(N, H)
+        Pi, Pf, Pg = P3.chunk(3, dim=1)
+        for b, prev in sched.previous_blocks(c0, C):
+            _backward_factors(i[b], f[b], g[b], o[b], prev, TC[b], Pi[b], Pf[b], Pg[b], Po[b], K[b])
         dG = C.new_empty(N, 4 * H)
         DH = C.new_empty(N, P) if w_hr is not None else None  # dL/dh per row (for dW_hr)
         P3_s = [p.view(-1, 3, H) for p in split_steps(P3, sizes)]
@@ -227,3 +305,121 @@ class _LSTM(Function):
         dw = prev_mm(dG, sched.previous_blocks(h0, out)) if need[3] else None
         dw_hr = DH.t() @ M if (DH is not None and M is not None and need[4]) else None
         return dG if need[0] else None, dh_buf, dc_buf, dw, dw_hr, None
+
+
+class LSTMPart(CellPart):
+    r"""An LSTM layer without projection in
+    :mod:`~recurrentkit.executors.cross_layer.run`'s whole-run op: ``[i | f | g | o] =
+    gi + W_hh h̃ + b_hh``, ``c' = σ(f) c + σ(i) tanh(g)``, ``h' = σ(o) tanh(c')``. The
+    bottom layer's ``gi`` carries both biases.
+
+    Its columns of the op's gradient rows ``D``: ``[di | df | dg | do]``, both the
+    input's and the recurrent product's gradient."""
+
+    gates = 4
+    states = 2
+
+    def start(self, gi: Tensor | None, weights: Sequence[Tensor | None], c0: Tensor | None) -> None:
+        H, B, N, sizes, like = self.H, self.B, self.N, self.sizes, self.like
+        w_ih, b_ih, w_hh, b_hh = weights
+        assert c0 is not None
+        # the gates, activated in place (a scratch without grad)
+        self.G = like.new_empty(N if self.grad else B, 4 * H)
+        self.CC = like.new_empty(B + N, H)  # [c0 | c after step 1 | …]
+        self.CC[:B].copy_(c0)
+        self.c_prev = previous_per_step(self.CC, B, sizes)
+        self.c_s = split_steps(self.CC[B:], sizes)
+        self.tc_s = rows_per_step(like.new_empty(B, H), sizes)  # tanh(c')
+        self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
+        self.G_s, self.IF_s, self.Gg_s, self.O_s, self.I_s, self.F_s = (
+            step_views(self.G[:, lo * H : hi * H], sizes, self.grad)
+            for lo, hi in ((0, 4), (0, 2), (2, 3), (3, 4), (0, 1), (1, 2))
+        )
+        if self.first:  # gi carries both biases
+            assert gi is not None and b_hh is None
+            self.gi_s: list[Tensor] | tuple[Tensor, ...] = split_steps(gi, sizes)
+        else:
+            self.w_ih_t = transposed(w_ih, B)  # type: ignore[arg-type]
+            # both biases (a built-in cell has both or none), or zeros: one addmm, called directly
+            self.bias = zeros_bias(w_ih) if b_ih is None else b_ih + b_hh  # type: ignore[arg-type,operator]
+        # for the backward: [g σ'(i) | c σ'(f) | σ(i) tanh'(g) | tanh(c') σ'(o)] and
+        # σ(o) tanh'(c'), i.e. each gate's pre-activation gradient per unit of dc' (dh)
+        self.P = like.new_empty(N if self.grad else 0, 4 * H)
+        self.Pc = like.new_empty(N if self.grad else 0, H)
+        if self.grad:  # each step's views of them, in _backward_factors' order
+            self.P_s = list(
+                zip(*(split_steps(v, sizes) for v in (*self.P.chunk(4, dim=1), self.Pc)))
+            )
+
+    def step(self, t: int, u: Tensor, ht: Tensor, out: Tensor) -> Tensor:
+        G = self.G_s[t]
+        if self.first:
+            torch.addmm(self.gi_s[t], ht, self.w_hh_t, out=G)
+        else:
+            torch.addmm(self.bias, u, self.w_ih_t, out=G).addmm_(ht, self.w_hh_t)
+        i, f, g, o = self.I_s[t], self.F_s[t], self.Gg_s[t], self.O_s[t]
+        c_prev, tc = self.c_prev[t], self.tc_s[t]
+        h, _ = _gates(self.IF_s[t], i, f, g, o, c_prev, self.c_s[t], tc, out)
+        if self.grad:
+            _backward_factors(i, f, g, o, c_prev, tc, *self.P_s[t])
+        return h
+
+    def saved(self) -> list[Tensor]:
+        return [self.G, self.P, self.Pc]  # (the c sequence is an output, not needed here)
+
+    def outputs(self) -> list[Tensor]:
+        return [self.CC[self.B :]]
+
+    def restore(
+        self,
+        saved: Sequence[Tensor],
+        weights: Sequence[Tensor | None],
+        D: Tensor,
+        per_step: PerStep,
+        dc_out: Tensor | None,
+    ) -> None:
+        H, B, sizes = self.H, self.B, self.sizes
+        G, P, Pc = saved
+        self.w_ih, _, self.w_hh, _ = weights
+        self.F_s = split_steps(G[:, H : 2 * H], sizes)
+        self.Pifg_s = split_steps(P[:, : 3 * H].view(-1, 3, H), sizes)
+        self.Po_s, self.Pc_s = split_steps(P[:, 3 * H :], sizes), split_steps(Pc, sizes)
+        self.Difg_s = per_step(D[:, : 3 * H].view(-1, 3, H))  # type: ignore[arg-type]
+        self.Do_s, self.DG_s = per_step(D[:, 3 * H :]), per_step(D)
+        # the gradient of c after the step being processed, and before it: swapped
+        self.dc = [self.like.new_zeros(B, H), self.like.new_zeros(B, H)]
+        self.dc_s = [rows_per_step(d, sizes) for d in self.dc]
+        self.dc_out = None if dc_out is None else split_steps(dc_out, sizes)
+        self.cur = 0
+
+    def back(self, t: int, dh: Tensor, dht: Tensor) -> None:
+        dc = self.dc_s[self.cur][t]
+        if self.dc_out is not None:
+            dc.add_(self.dc_out[t])
+        dc.addcmul_(dh, self.Pc_s[t])  # dc' in full
+        torch.mul(dc.unsqueeze(1), self.Pifg_s[t], out=self.Difg_s[t])  # [di | df | dg]
+        torch.mul(dh, self.Po_s[t], out=self.Do_s[t])
+        torch.mul(dc, self.F_s[t], out=self.dc_s[1 - self.cur][t])
+        torch.mm(self.DG_s[t], self.w_hh, out=dht)  # type: ignore[arg-type]
+        self.cur = 1 - self.cur
+
+    def down(self, t: int, below: Tensor) -> None:
+        below.addmm_(self.DG_s[t], self.w_ih)  # type: ignore[arg-type]
+
+    def add_grads(self, D: Tensor, ht: Tensor, u: Tensor | None, grads: list[Any]) -> None:
+        d_w_ih, d_b_ih, d_w_hh, d_b_hh = grads
+        if d_w_hh is not None:
+            d_w_hh.addmm_(D.t(), ht)
+        if d_w_ih is not None:
+            d_w_ih.addmm_(D.t(), u)
+        if d_b_ih is not None or d_b_hh is not None:
+            db = D.sum(0)
+            for d in (d_b_ih, d_b_hh):
+                if d is not None:
+                    d.add_(db)
+
+    def input_grad(self, D: Tensor, out: Tensor) -> None:
+        out.copy_(D)
+
+    def c0_grad(self) -> Tensor | None:
+        return self.dc[self.cur].clone()

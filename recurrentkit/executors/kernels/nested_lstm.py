@@ -22,11 +22,11 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.lstm import LSTMState
 from recurrentkit.cells.nested_lstm import NestedLSTMCell, NestedLSTMState
+from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, folded_bias, split_steps
 from recurrentkit.executors.kernels.lstm import LSTMKernel
-from recurrentkit.executors.layout import affine, transposed
-from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule, chunk_steps
+from recurrentkit.executors.products import affine, transposed
 
 __all__ = ["NestedLSTMKernel", "levels"]
 
@@ -131,7 +131,7 @@ class _Nested(Function):
         return (out, *Cs)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor, *dCs: Tensor) -> tuple[Tensor | None, ...]:
         d, sched = ctx.d, ctx.sched
         saved = ctx.saved_tensors

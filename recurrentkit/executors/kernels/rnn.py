@@ -10,10 +10,10 @@ from torch.autograd import Function
 from torch.nn import functional as F
 
 from recurrentkit.cells.rnn import RNNCell
+from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
-from recurrentkit.executors.layout import transposed
-from recurrentkit.executors.once import once_differentiable
 from recurrentkit.executors.packing import Schedule
+from recurrentkit.executors.products import transposed
 
 __all__ = ["RNNKernel"]
 
@@ -60,7 +60,7 @@ class _RNN(Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         h0, w_hh, out = ctx.saved_tensors
         sched: Schedule = ctx.sched

@@ -1,8 +1,8 @@
 """The hand-written ops' backward is first-order only: asked for a differentiable
-gradient, it says so and what to use instead.
+gradient, it says so and what to use instead (:func:`first_order_backward`).
 
 The fast executor's ops with a backward of their own (:mod:`.kernels`, :mod:`.deferred`,
-:mod:`.cross_mix`, :mod:`.cross_run`) write the first-order gradients only. torch's own
+:mod:`.cross_layer`) write the first-order gradients only. torch's own
 ``once_differentiable`` raises its "differentiate twice" error only when the gradient
 flowing in requires grad; when it does not (``torch.autograd.grad(loss, x,
 create_graph=True)`` with a plain loss), the op's contribution to the gradient comes out
@@ -22,15 +22,18 @@ import torch
 
 from recurrentkit.errors import ConfigError
 
-__all__ = ["once_differentiable"]
+__all__ = ["first_order_backward"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def once_differentiable(fn: F) -> F:
+def first_order_backward(fn: F) -> F:
     """Decorate a custom Function's ``backward``: it runs as written when no graph of the
     gradient is being built, and raises :class:`~recurrentkit.errors.ConfigError` when
-    one is (``create_graph=True``)."""
+    one is (``create_graph=True``).
+
+    Not torch's ``once_differentiable``, which lets such a backward through whenever the
+    gradient flowing in does not require grad (see the module docstring)."""
 
     @functools.wraps(fn)
     def wrapper(ctx: Any, *args: Any) -> Any:

@@ -13,8 +13,8 @@ same arithmetic is one op per layer and step:
   multiply and one dot product per source layer, the gates' pre-activation gradient,
   and the gradient of all layers' previous ``h`` built in one ``(B, ΣH)`` buffer; the
   feedback weight :math:`U^l` gets its gradient through the run's tap
-  (:mod:`.deferred`: one matmul over all steps, or a running sum for small weights), the
-  small gate weights step by step.
+  (:mod:`~recurrentkit.executors.deferred`: one matmul over all steps, or a running sum
+  for small weights), the small gate weights step by step.
 
 :func:`cross_step` is the policy's ``step`` on these ops and the executor's cells,
 equal to it to rounding, with inter-layer dropout drawn in the same order. The
@@ -33,20 +33,20 @@ from torch.autograd import Function
 from torch.nn import functional as F
 
 from recurrentkit.executors.deferred import Slot, weight_grads
-from recurrentkit.executors.once import once_differentiable
+from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.routing.base import state_h, with_state_h
 from recurrentkit.routing.cross_layer import CrossLayer
 
 if TYPE_CHECKING:
     from recurrentkit.executors.deferred import DeferredLinear
-    from recurrentkit.routing.base import Layers
+    from recurrentkit.routing.base import Executor
 
 __all__ = ["cross_step"]
 
 
 def cross_step(
     policy: CrossLayer,
-    layers: Layers,
+    layers: Executor,
     linear: DeferredLinear,
     x: Tensor,
     states: tuple[Any, ...],
@@ -140,7 +140,8 @@ def _mix_states(
 
 class _Mix(Function):
     r"""Layer ``k``'s mixed state: ``u (B, I)``, ``h_all (B, ΣH)`` → ``h̃ (B, H_k)``
-    (``U_t``: ``U`` transposed for the forward product, see :mod:`.layout`).
+    (``U_t``: ``U`` transposed for the forward product, see
+    :mod:`~recurrentkit.executors.products`).
 
     $$ g = \sigma(u W_g^\top + h_{all} V_g^\top), \quad
        \tilde h = h^k + U\,[g_1 h^{j_1} | \dots | g_{L-1} h^{j_{L-1}}] $$
@@ -165,7 +166,7 @@ class _Mix(Function):
         return h_mixed
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, dh_mixed: Tensor) -> tuple[Tensor | None, ...]:
         u, h_all, g, gated, w_gate_in, w_gate_state, U = ctx.saved_tensors
         k, widths, need = ctx.k, ctx.widths, ctx.needs_input_grad

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import recurrentkit as rk
-from recurrentkit.executors import cross_run, packing
+from recurrentkit.executors import packing
+from recurrentkit.executors.cross_layer import run as cross_run
 from recurrentkit.executors.packing import schedule
 
 D = torch.float64

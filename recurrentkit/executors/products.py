@@ -1,4 +1,5 @@
-"""How a weight is laid out for the matrix products of a step loop.
+"""The matrix products of step loops: a weight laid out as their right operand
+(:func:`transposed`), and the product with a bias (:func:`affine`).
 
 A step computes ``x @ W.t()`` with ``x`` of ``B`` rows, once per step with the same
 ``W``. On the CPU, a contiguous copy of ``W.t()`` made once for all steps beats the

@@ -1,11 +1,11 @@
 r"""``cross_layer`` over built-in GRU and LSTM layers: a whole sequence as one op.
 
-The step loop of :mod:`.cross_mix` pays, at every step and layer, for three autograd
+The step loop of :mod:`.mix` pays, at every step and layer, for three autograd
 ops (the mixing, the layer's input projection, the cell step) and for the autograd
 engine between them. Here the whole run is one op with a hand-written backward, as
-the sequence kernels of :mod:`.kernels` are for one layer. The mixing is done here; each
-layer's cell arithmetic by its part in :mod:`.cross_cells` (a reset-after GRU, or an
-LSTM without projection; a stack may mix both):
+the sequence kernels of :mod:`~recurrentkit.executors.kernels` are for one layer. The
+mixing is done here; each layer's cell arithmetic by its part (:mod:`.parts`; a
+reset-after GRU or an LSTM without projection; a stack may mix both):
 
 - **forward**, per step: the previous step's ``[h^1 | … | h^L]`` is a block of the one
   ``(B + N, ΣH)`` buffer that holds every layer's initial ``h`` and outputs side by
@@ -20,10 +20,10 @@ LSTM without projection; a stack may mix both):
   :math:`\partial\tilde h`, one product for the gated states' gradient, the gradient
   of all layers' previous ``h`` gathered in one ``(B, ΣH)`` buffer, and the gradient
   into the layer below. The weight gradients are added up over runs of steps of at
-  least :data:`~.packing.CHUNK_ROWS` rows (one matmul per weight and run), so the backward's
-  buffers hold one run's rows (peak training memory for a GRU stack measured at
-  1.27 / 1.38 × ``nn.GRU``'s at the benchmark's β / γ sizes; 1.96 / 2.34 with
-  whole-sequence buffers). Gradients are laid out in the weights' own row order (no
+  least :data:`~recurrentkit.executors.packing.CHUNK_ROWS` rows (one matmul per weight
+  and run), so the backward's buffers hold one run's rows (peak training memory for a
+  GRU stack measured at 1.27 / 1.38 × ``nn.GRU``'s at the benchmark's β / γ sizes;
+  1.96 / 2.34 with whole-sequence buffers). Gradients are laid out in the weights' own row order (no
   reordered copies of the weights).
 
 Every view a step uses is made before the time loop: at these sizes the cost left per
@@ -48,24 +48,28 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
-from recurrentkit.executors.cross_cells import (
-    PARTS,
+from recurrentkit.executors.cross_layer.mix import _blocks
+from recurrentkit.executors.cross_layer.parts import (
     CellPart,
     previous_per_step,
     rows_per_step,
     step_views,
 )
-from recurrentkit.executors.cross_mix import _blocks
+from recurrentkit.executors.first_order import first_order_backward
 from recurrentkit.executors.kernels.base import folded_bias
 from recurrentkit.executors.kernels.base import split_steps as _split
-from recurrentkit.executors.layout import transposed
-from recurrentkit.executors.once import once_differentiable
+from recurrentkit.executors.kernels.gru import GRUPart
+from recurrentkit.executors.kernels.lstm import LSTMPart
 from recurrentkit.executors.packing import Schedule, chunk_steps
+from recurrentkit.executors.products import transposed
 from recurrentkit.routing.cross_layer import CrossLayer
 
 __all__ = ["applies", "cross_run"]
 
 _PER_LAYER = 7  # w_ih, b_ih, w_hh, b_hh, and the policy's U, w_gate_in, w_gate_state
+
+PARTS: dict[str, type[CellPart]] = {"gru": GRUPart, "lstm": LSTMPart}
+"""Each cell kind's part (:func:`_kind`), in its kernel's file."""
 
 
 def _kind(cell: nn.Module) -> str | None:
@@ -105,7 +109,7 @@ def cross_run(
         x: the input as packed rows ``(N, I)``.
         states: each layer's initial state (``h (B, H_l)``, or an
             :class:`~recurrentkit.LSTMState`), in ``sched``'s sorted order.
-        sched: the packed layout (see :mod:`.packing`).
+        sched: the packed layout (see :mod:`~recurrentkit.executors.packing`).
 
     Returns:
         ``(y, seqs)``: the top layer's outputs ``(N, H_L)`` and each layer's state
@@ -235,7 +239,7 @@ class _CrossRun(Function):
         return (*(c[B:] for c in cols), *extra)
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, *douts: Tensor | None) -> tuple[Tensor | None, ...]:
         kinds, widths, sched = ctx.kinds, ctx.widths, ctx.sched
         L, n_c = len(kinds), kinds.count("lstm")

@@ -13,7 +13,7 @@ from torch.autograd import Function
 
 import recurrentkit as rk
 from recurrentkit.errors import ConfigError
-from recurrentkit.executors.once import once_differentiable
+from recurrentkit.executors.first_order import first_order_backward
 
 D = torch.float64
 
@@ -27,7 +27,7 @@ class _Cube(Function):
         return x**3
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return 3 * x * x * g
