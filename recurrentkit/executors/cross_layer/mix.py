@@ -118,7 +118,7 @@ def _mix(
 
 def _mix_states(
     u: Tensor,
-    hs: Sequence[Tensor],
+    hs: list[Tensor],
     h_all: Tensor,
     w_gate_in: Tensor,
     w_gate_state: Tensor,

@@ -30,14 +30,14 @@ PerStep = Callable[[Tensor], list[Tensor]]
 """A chunk-sized buffer's views for every step (see :mod:`.run`'s backward)."""
 
 
-def rows_per_step(buf: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+def rows_per_step(buf: Tensor, sizes: Sequence[int]) -> Sequence[Tensor]:
     """A scratch buffer ``(B, ·)``'s first ``sizes[t]`` rows for each step ``t`` (one view
     per distinct size)."""
     views = {bs: buf[:bs] for bs in set(sizes)}
     return [views[bs] for bs in sizes]
 
 
-def step_views(buf: Tensor, sizes: tuple[int, ...], every_step: bool) -> list[Tensor]:
+def step_views(buf: Tensor, sizes: tuple[int, ...], every_step: bool) -> Sequence[Tensor]:
     """Per-step views of a buffer that holds every step's rows (``every_step``: packed
     ``(N, ·)``, kept for the backward) or only the running step's (a ``(B, ·)`` scratch
     reused by every step, when no backward will run)."""

@@ -39,7 +39,7 @@ dropout, when :func:`applies`; other stacks keep the step loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -115,12 +115,13 @@ def cross_run(
         ``(y, seqs)``: the top layer's outputs ``(N, H_L)`` and each layer's state
         sequence (the state after each row's step, fields ``(N, H_l)``), bottom first.
     """
-    kinds = tuple(_kind(c) for c in cells)
-    first = cells[0]
+    kinds = cast("tuple[str, ...]", tuple(_kind(c) for c in cells))  # (applies(): no None)
+    first: Any = cells[0]
     # the hoisted projection; an LSTM's carries both biases
     bias = folded_bias(first) if kinds[0] == "lstm" else first.bias_ih
     gi = F.linear(x, first.weight_ih, bias)  # (N, G H_1)
     params: list[Tensor | None] = []
+    cell: Any
     for k, cell in enumerate(cells):
         folded = k == 0 and kinds[k] == "lstm"
         params += [
@@ -153,7 +154,7 @@ class _NoGrad:
         pass
 
 
-def _per(bufs: Sequence[Tensor], sizes: tuple[int, ...]) -> list[tuple[Tensor, ...]]:
+def _per(bufs: Sequence[Tensor], sizes: tuple[int, ...]) -> list[Sequence[Tensor]]:
     """Each buffer's per-step views of packed rows."""
     return [_split(b, sizes) for b in bufs]
 

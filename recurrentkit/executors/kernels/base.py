@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -109,7 +109,7 @@ def folded_bias(cell: Any) -> Tensor | None:
     return None if cell.bias_ih is None else cell.bias_ih + cell.bias_hh
 
 
-def split_steps(x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
+def split_steps(x: Tensor, sizes: tuple[int, ...]) -> Sequence[Tensor]:
     """Views of each step's block of packed rows ``x (N, ...)``."""
     return x.split(sizes)
 

@@ -337,7 +337,7 @@ class LSTMPart(CellPart):
         )
         if self.first:  # gi carries both biases
             assert gi is not None and b_hh is None
-            self.gi_s: list[Tensor] | tuple[Tensor, ...] = split_steps(gi, sizes)
+            self.gi_s: Sequence[Tensor] = split_steps(gi, sizes)
         else:
             self.w_ih_t = transposed(w_ih, B)  # type: ignore[arg-type]
             # both biases (a built-in cell has both or none), or zeros: one addmm, called directly
