@@ -82,22 +82,41 @@ class GRUCell(CellBase):
         self.reset_parameters()
 
     def _step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        return self.step_projected(self.input_projection(x), state)
+
+    def input_projection(self, x: Tensor) -> Tensor:
+        """The split step's part that reads ``x`` only: ``W_ih x + b_ih``, ``(M, 3H)``."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def step_projected(
+        self, gi: Tensor, state: Tensor, linear: Callable[..., Tensor] = F.linear
+    ) -> tuple[Tensor, Tensor]:
+        """The rest of a step from ``gi = input_projection(x)`` ``(B, 3H)``, its products
+        with ``weight_hh`` through ``linear`` (see :mod:`recurrentkit.cells.protocol`).
+        The built-in class runs on its kernel; this is what a subclass that keeps the
+        equations runs on (the split-step plan), and the reference's own step."""
         H = self.hidden_size
-        gi = F.linear(x, self.weight_ih, self.bias_ih)  # (B, 3H)
         i_rz, i_n = gi.split_with_sizes((2 * H, H), dim=1)
         if self.reset == "after":
-            gh = F.linear(state, self.weight_hh, self.bias_hh)  # (B, 3H)
+            gh = linear(state, self.weight_hh, self.bias_hh)  # (B, 3H)
             h_rz, h_n = gh.split_with_sizes((2 * H, H), dim=1)
             h = gru_gates(i_rz + h_rz, i_n, state, h_n)
-        else:
-            w_rz, w_n = self.weight_hh[: 2 * H], self.weight_hh[2 * H :]
-            b_rz = None if self.bias_hh is None else self.bias_hh[: 2 * H]
-            b_n = None if self.bias_hh is None else self.bias_hh[2 * H :]
-            h = gru_gates(i_rz + F.linear(state, w_rz, b_rz), i_n, state, None, w_n, b_n)
+        else:  # the two row blocks of W_hh, as one view each per run where linear keeps them
+            rows = getattr(linear, "rows", _slice)
+            w_rz, w_n = rows(self.weight_hh, 0, 2 * H), rows(self.weight_hh, 2 * H, 3 * H)
+            b = self.bias_hh
+            b_rz = None if b is None else rows(b, 0, 2 * H)
+            b_n = None if b is None else rows(b, 2 * H, 3 * H)
+            h = gru_gates(i_rz + linear(state, w_rz, b_rz), i_n, state, None, w_n, b_n, linear)
         return h, h
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, reset={self.reset!r}, bias={self.bias}"
+
+
+def _slice(t: Tensor, start: int, stop: int) -> Tensor:
+    """``t[start:stop]`` (rows)."""
+    return t[start:stop]
 
 
 def gru_gates(

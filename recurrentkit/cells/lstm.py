@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -105,13 +106,24 @@ class LSTMCell(CellBase):
         )
 
     def _step(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        return self.step_projected(self.input_projection(x), state)
+
+    def input_projection(self, x: Tensor) -> Tensor:
+        """The split step's part that reads ``x`` only: ``W_ih x + b_ih``, ``(M, 4H)``."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def step_projected(
+        self, gi: Tensor, state: LSTMState, linear: Callable[..., Tensor] = F.linear
+    ) -> tuple[Tensor, LSTMState]:
+        """The rest of a step from ``gi = input_projection(x)`` ``(B, 4H)``, its products
+        with ``weight_hh`` (and ``weight_hr``) through ``linear`` (see
+        :mod:`recurrentkit.cells.protocol`): what a subclass that keeps the equations
+        runs on (the split-step plan), and the reference's own step."""
         h, c = state
-        gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(
-            h, self.weight_hh, self.bias_hh
-        )  # (B, 4H)
+        gates = gi + linear(h, self.weight_hh, self.bias_hh)  # (B, 4H)
         h, c = lstm_gates(gates, c)  # (B, H) each
         if self.weight_hr is not None:
-            h = F.linear(h, self.weight_hr)  # (B, P)
+            h = linear(h, self.weight_hr)  # (B, P)
         return h, LSTMState(h, c)
 
     def extra_repr(self) -> str:

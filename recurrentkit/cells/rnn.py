@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,9 +74,18 @@ class RNNCell(CellBase):
         self.reset_parameters()
 
     def _step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        pre = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(
-            state, self.weight_hh, self.bias_hh
-        )  # (B, H)
+        return self.step_projected(self.input_projection(x), state)
+
+    def input_projection(self, x: Tensor) -> Tensor:
+        """The split step's part that reads ``x`` only: ``W_ih x + b_ih``, ``(M, H)``."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def step_projected(
+        self, gi: Tensor, state: Tensor, linear: Callable[..., Tensor] = F.linear
+    ) -> tuple[Tensor, Tensor]:
+        """The rest of a step from ``gi = input_projection(x)`` ``(B, H)``, the product
+        with ``weight_hh`` through ``linear`` (see :mod:`recurrentkit.cells.protocol`)."""
+        pre = gi + linear(state, self.weight_hh, self.bias_hh)  # (B, H)
         h = torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
         return h, h
 

@@ -121,3 +121,60 @@ def test_a_split_cell_gradchecks_through_the_split_plan() -> None:
     x = torch.randn(4, 2, 2, dtype=D, requires_grad=True)
     lengths = torch.tensor([4, 2])
     assert torch.autograd.gradcheck(lambda x: stack(x, lengths=lengths)[0], (x,))
+
+
+class PlainGRU(rk.GRUCell):
+    """A subclass that keeps the equations: no kernel (exact types only), its split step."""
+
+
+class PlainLSTM(rk.LSTMCell):
+    """Likewise for the LSTM."""
+
+
+class PlainRNN(rk.RNNCell):
+    """Likewise for the RNN."""
+
+
+BUILTIN_SPLIT = {
+    "gru": lambda i, h: PlainGRU(i, h),
+    "gru_before": lambda i, h: PlainGRU(i, h, reset="before"),
+    "gru_nobias": lambda i, h: PlainGRU(i, h, bias=False),
+    "lstm": lambda i, h: PlainLSTM(i, h),
+    "lstm_proj": lambda i, h: PlainLSTM(i, h, proj_size=3),
+    "rnn": lambda i, h: PlainRNN(i, h, nonlinearity="relu"),
+}
+
+
+def _builtin_stack(cell: str, policy: str, executor: str) -> rk.Stack:
+    torch.manual_seed(11)
+    make = BUILTIN_SPLIT[cell]
+    width = 3 if cell == "lstm_proj" else 5
+    cells = [make(3 if k == 0 else width, 5) for k in range(2)]
+    return rk.Stack(cells, policy, executor=executor).to(D)
+
+
+@pytest.mark.parametrize("cell", list(BUILTIN_SPLIT))
+@pytest.mark.parametrize("policy", ["independent", "shared", "cross_layer"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_builtin_cells_split_steps_equal_the_reference(
+    checks: SimpleNamespace, cell: str, policy: str, ragged: bool
+) -> None:
+    """The built-in cells declare their split step: with their kernels out of reach (a
+    subclass keeping the equations), they run on the split-step plan, equal to the
+    reference in float64."""
+    if policy != "independent" and cell == "lstm_proj":
+        pytest.skip("shared and cross_layer need one state shape in every layer")
+    ref, fast = _builtin_stack(cell, policy, "reference"), _builtin_stack(cell, policy, "auto")
+    assert "split_step" in (fast.explain(torch.zeros(6, 4, 3, dtype=D)).layers or ())
+    x, state = checks.inputs(ref)
+    checks.same_run(ref, fast, x, state, RAGGED if ragged else None)
+
+
+def test_a_subclass_that_changes_the_step_keeps_to_its_call() -> None:
+    class Doubled(rk.GRUCell):
+        def _step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+            y, h = super()._step(x, state)
+            return 2 * y, 2 * h
+
+    assert rk.cells.splits_step(PlainGRU(3, 5)) and not rk.cells.splits_step(Doubled(3, 5))
+    assert rk.Stack([Doubled(3, 5)]).explain(torch.zeros(4, 2, 3)).layers == ("cell_loop",)
