@@ -185,3 +185,25 @@ def test_the_backbones_rows_compare_new_cells_with_torch_and_regularisers_with_t
         assert set(r["goals"]) == {"train_ratio"} and r["goals"]["train_ratio"]["goal"] == goal
     assert "Stack GRU" not in by_name  # the speed issue's rows are not in this set
     assert {"nn.GRU", "nn.LSTM", "nn.RNN (relu)", "Stack LSTM"} <= set(by_name)
+
+
+def test_compare_marks_only_rows_worse_beyond_the_noise() -> None:
+    """benchmarks/compare.py: before → after per row; 'worse' only past --noise."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compare", Path(__file__).parents[2] / "benchmarks" / "compare.py"
+    )
+    assert spec is not None and spec.loader is not None
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+
+    def result(ratio: float) -> dict:
+        row = {"size": "beta", "implementation": "Stack GRU", "routing": "shared"}
+        row.update(executor="auto", train_ratio=ratio)
+        return {"default_threads": 2, "by_threads": {"2": {"sizes": [{"rows": [row]}]}}}
+
+    report, worse = compare.compare(result(1.00), result(1.04), 0.05)
+    assert worse == 0 and "1.00 → 1.04 |" in report
+    report, worse = compare.compare(result(1.00), result(1.10), 0.05)
+    assert worse == 1 and "1.00 → 1.10 **worse**" in report
