@@ -59,6 +59,14 @@ class Stack(nn.Module):
         executor: ``"auto"`` (default: torch's fused op for layers that are exactly
             torch layers, hand-built fast paths elsewhere), ``"handbuilt"`` (never
             torch's op) or ``"reference"`` (the plain loop). See :attr:`executor`.
+        initial_state: ``"zeros"`` (default: every sequence starts from the cells'
+            zero states) or ``"learned"``: a parameter for each initial state the policy
+            reads (:meth:`~recurrentkit.routing.RoutingPolicy.reads_initial_states`;
+            under ``shared`` only the carried one), one per field of the cell's state
+            that starts at zero, shared by every sequence: ``initial_l{k}`` for a
+            tensor state, ``initial_l{k}_{field}`` for a NamedTuple's fields. Zeros at
+            first, so a new learned stack computes what a zeros one does. A state passed
+            to a call overrides them.
 
     A stack's state is a tuple with one cell state per layer, for every policy.
 
@@ -93,6 +101,7 @@ class Stack(nn.Module):
         dropout: float = 0.0,
         batch_first: bool = False,
         executor: str = "auto",
+        initial_state: str = "zeros",
     ) -> None:
         super().__init__()
         if isinstance(cells, nn.Module) and not isinstance(cells, nn.ModuleList):
@@ -121,6 +130,15 @@ class Stack(nn.Module):
         self.routing = policy
         self.executor = executor
         self._step_token = object()  # marks the states this stack's step has checked
+        self.initial = check_choice("initial_state", initial_state, INITIAL_STATES)
+        self.initial_states = nn.ParameterDict()
+        if self.initial == "learned":
+            reads = policy.reads_initial_states(len(cells))
+            for k, (cell, read) in enumerate(zip(cells, reads)):
+                if read:
+                    for path, t in _read_fields(cell):
+                        name = "_".join((f"initial_l{k}", *path))
+                        self.initial_states[name] = nn.Parameter(torch.zeros_like(t[0]))
 
     # -- what the stack is -------------------------------------------------------------
 
@@ -154,7 +172,8 @@ class Stack(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> StackState:
-        """Each layer's initial state, bottom first.
+        """Each layer's initial state, bottom first: the cells' zero states, with the
+        learned ones (``initial_state="learned"``) expanded over the batch.
 
         Args:
             batch_size: ``B >= 0`` (``0``: empty states, what an empty batch starts from).
@@ -162,7 +181,8 @@ class Stack(nn.Module):
             dtype: defaults to each cell's parameters' dtype.
 
         Returns:
-            A tuple of ``L`` cell states.
+            A tuple of ``L`` cell states (learned fields: ``(B, ·)`` expanded views of
+            their parameters, so gradients reach them).
         """
         check_int("batch_size", batch_size, minimum=0)
         states = tuple(
@@ -171,6 +191,11 @@ class Stack(nn.Module):
         )
         if batch_size == 0:  # cells make states for B >= 1: one row, none of it kept
             states = tuple(map_state(lambda t: t[:0], s) for s in states)
+        if len(self.initial_states):
+            states = tuple(
+                _with_learned(s, f"initial_l{k}", self.initial_states, batch_size)
+                for k, s in enumerate(states)
+            )
         return states
 
     # -- running -----------------------------------------------------------------------
@@ -592,7 +617,8 @@ class Stack(nn.Module):
         self._executor = check_choice("executor", value, EXECUTORS)
 
     def extra_repr(self) -> str:
-        return f"dropout={self.dropout}, batch_first={self.batch_first}"
+        learned = ", initial_state='learned'" if self.initial == "learned" else ""
+        return f"dropout={self.dropout}, batch_first={self.batch_first}{learned}"
 
 
 class StackCell(nn.Module):
@@ -648,6 +674,59 @@ def _none_of(states: tuple[Any, ...]) -> tuple[Any, ...]:
     """Per-layer states with their batch emptied (``[:0]``), each its own tensor (a
     copy, so an in-place change never reaches what the backward saved)."""
     return tuple(map_state(lambda t: t[:0].clone(), s) for s in states)
+
+
+INITIAL_STATES = ("zeros", "learned")
+"""What ``Stack(initial_state=...)`` accepts."""
+
+
+def _state_fields(state: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Tensor]]:
+    """Every tensor of a (nested NamedTuple) state with its field path."""
+    if isinstance(state, Tensor):
+        return [(path, state)]
+    fields = getattr(state, "_fields", None) or [str(i) for i in range(len(state))]
+    return [f for name, s in zip(fields, state) for f in _state_fields(s, (*path, name))]
+
+
+def _read_fields(cell: nn.Module) -> list[tuple[tuple[str, ...], Tensor]]:
+    """The fields of ``cell``'s initial state that start at zero and that its step reads
+    (found by one probe step: a field the step never uses gets no gradient path; a cell
+    without ``input_size`` keeps every zero field)."""
+    probe = cast(Cell, cell).initial_state(1)
+    fields = [(path, t) for path, t in _state_fields(probe) if bool((t == 0).all())]
+    width = getattr(cell, "input_size", None)
+    if not fields or not isinstance(width, int):
+        return fields
+    leaves = [t.detach().clone().requires_grad_() for _, t in _state_fields(probe)]
+    it = iter(leaves)
+    with torch.enable_grad():
+        y, new = cell(_probe_input(probe, width), map_state(lambda _t: next(it), probe))
+        outs = [y, *(t for _, t in _state_fields(new))]
+        grads = torch.autograd.grad(
+            [o for o in outs if o.requires_grad],
+            leaves,
+            [torch.ones_like(o) for o in outs if o.requires_grad],
+            allow_unused=True,
+        )
+    used = {path for (path, _), g in zip(_state_fields(probe), grads) if g is not None}
+    return [(path, t) for path, t in fields if path in used]
+
+
+def _probe_input(state: Any, width: int) -> Tensor:
+    """Zeros ``(1, width)`` on the state's device and dtype."""
+    ref = _state_fields(state)[0][1]
+    return ref.new_zeros(1, width)
+
+
+def _with_learned(state: Any, prefix: str, learned: nn.ParameterDict, batch: int) -> Any:
+    """``state`` with each field that has a learned parameter replaced by it, expanded
+    over ``batch`` rows (in the state's dtype and device)."""
+    if isinstance(state, Tensor):
+        p = learned[prefix] if prefix in learned else None
+        return state if p is None else p.to(state).expand(batch, -1)
+    fields = getattr(state, "_fields", None) or [str(i) for i in range(len(state))]
+    parts = [_with_learned(s, f"{prefix}_{n}", learned, batch) for n, s in zip(fields, state)]
+    return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
 
 
 def _owned(states: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -123,6 +123,12 @@ class RoutingPolicy(nn.Module):
         self._bound = True
         check_widths_chain(cells)
 
+    def reads_initial_states(self, num_layers: int) -> tuple[bool, ...]:
+        """Which layers' initial states the policy reads (a declaration): a
+        :class:`~recurrentkit.Stack` with ``initial_state="learned"`` makes parameters
+        for these only. The default: every layer's."""
+        return (True,) * num_layers
+
     def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         """One time step: ``x (B, I)`` and per-layer states → ``(y (B, O), new states)``."""
         raise NotImplementedError(f"{type(self).__name__} defines no step(); it overrides run()")

@@ -50,6 +50,10 @@ class Handoff(RoutingPolicy):
     rows_independent = True
     wiring = None
 
+    def reads_initial_states(self, num_layers: int) -> tuple[bool, ...]:
+        """Only layer 1's: each layer above starts from the final state of the one below."""
+        return tuple(k == 0 for k in range(num_layers))
+
     def bind(self, cells: Sequence[nn.Module], probes: Sequence[Any]) -> None:
         super().bind(cells, probes)
         check_same_state_shapes("handoff", probes)

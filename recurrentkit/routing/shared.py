@@ -61,6 +61,12 @@ class Shared(RoutingPolicy):
         super().__init__()
         self.carry = check_choice("carry", carry, CARRIES)
 
+    def reads_initial_states(self, num_layers: int) -> tuple[bool, ...]:
+        """Only the carried state: layer 1's for ``carry="first"``, the top layer's for
+        ``carry="last"`` (the others start from what the layer below writes)."""
+        carried = 0 if self.carry == "first" else num_layers - 1
+        return tuple(k == carried for k in range(num_layers))
+
     def bind(self, cells: Sequence[nn.Module], probes: Sequence[Any]) -> None:
         super().bind(cells, probes)
         check_same_state_shapes("shared", probes)
