@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, NoReturn, overload
+from typing import Any, NoReturn, TypeVar, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -424,7 +424,7 @@ class RecurrentBase(nn.RNNBase):
         if plain_mode():
             return [getattr(self, name) for name in self._flat_weights_names]
         self._update_flat_weights()
-        return self._flat_weights  # type: ignore[return-value]
+        return cast("list[Tensor]", self._flat_weights)  # (each name's tensor: none None)
 
     def _run_parts(
         self, x: Tensor, h0: Any, lengths: Tensor | None, weights: list[Tensor]
@@ -471,7 +471,7 @@ class RecurrentBase(nn.RNNBase):
     def _bind(self, weights: list[Tensor]) -> None:
         """Point every cell's parameters at ``weights`` (cheap; before each use)."""
         for cell, kind, i in self._slots:
-            cell._parameters[kind] = weights[i]  # type: ignore[assignment]  # plain ones too
+            cell._parameters[kind] = weights[i]  # type: ignore[assignment]  # plain tensors too
 
     # -- validation ---------------------------------------------------------------------
 
@@ -1125,7 +1125,7 @@ def dropin_from_torch(module: nn.Module) -> RecurrentBase:
         'LSTM'
     """
     mode = mode_of(module)
-    return _convert(module, _DROPIN_CLASSES[mode], mode)  # type: ignore[return-value]
+    return _convert(module, _DROPIN_CLASSES[mode], mode)
 
 
 def dropin_to_torch(dropin: RecurrentBase) -> nn.Module:
@@ -1163,7 +1163,10 @@ def mode_of(module: object) -> str:
     return str(mode)
 
 
-def _convert(module: Any, cls: type[nn.Module], mode: str) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _convert(module: Any, cls: type[_M], mode: str) -> _M:
     """Build ``cls`` with ``module``'s configuration and load a copy of its weights (what
     its forward runs with: a ``weight_norm``-ed weight as computed, say)."""
     current = {name: getattr(module, name).detach() for name in module._flat_weights_names}

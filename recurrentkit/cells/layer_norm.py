@@ -187,7 +187,7 @@ class LayerNormLSTMCell(CellBase):
         (torch.Size([2, 5]), torch.Size([20]))
     """
 
-    bias: Tensor | None  # type: ignore[assignment]  # (a parameter here, not a flag)
+    bias: Tensor | None  # (a parameter here, not a flag)
 
     def __init__(
         self,

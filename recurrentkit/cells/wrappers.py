@@ -16,8 +16,8 @@ a wrapped cell runs on the fast executor's ``split_step`` plan either way.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,12 @@ def _state_h(state: Any) -> Tensor | None:
         return state
     h = getattr(state, "h", None)
     return h if isinstance(h, Tensor) else None
+
+
+def _h(state: Any) -> Tensor:
+    """The hidden state ``h`` of a wrapped cell's state (which has one: checked when the
+    wrapper was built)."""
+    return state if isinstance(state, Tensor) else state.h
 
 
 def _with_h(state: Any, h: Tensor) -> Any:
@@ -104,6 +110,8 @@ class _CellWrapper(nn.Module):
     """What :class:`Zoneout` and :class:`RecurrentDropout` share: the wrapped cell, its
     sizes, and a split step made of the wrapped cell's (or of its call)."""
 
+    initial_state: Callable[..., Any]  # (each subclass's method)
+
     def __init__(self, cell: nn.Module) -> None:
         super().__init__()
         if not isinstance(cell, nn.Module) or not callable(getattr(cell, "initial_state", None)):
@@ -113,7 +121,7 @@ class _CellWrapper(nn.Module):
                 describe(cell),
             )
         self.cell = cell
-        probe = cell.initial_state(1)  # type: ignore[operator]
+        probe = cast(Any, cell).initial_state(1)  # (the cell protocol's, checked above)
         if _state_h(probe) is None:
             raise ConfigError(
                 "cell",
@@ -134,16 +142,16 @@ class _CellWrapper(nn.Module):
 
     def input_projection(self, x: Tensor) -> Tensor:
         """The wrapped cell's ``input_projection``, or ``x`` itself where it has none."""
-        cell = self.cell
-        return cell.input_projection(x) if _splits(cell) else x  # type: ignore[operator]
+        cell: Any = self.cell  # (the split step's methods are the protocol's, not Module's)
+        return cell.input_projection(x) if _splits(cell) else x
 
     def _inner(self, gi: Tensor, state: Any, linear: Any) -> tuple[Tensor, Any]:
         """The wrapped cell's step from ``gi = input_projection(x)``."""
-        cell = self.cell
+        cell: Any = self.cell  # (the split step's methods are the protocol's, not Module's)
         if _splits(cell):
             if takes_linear(cell):
-                return cell.step_projected(gi, state, linear=linear)  # type: ignore[operator]
-            return cell.step_projected(gi, state)  # type: ignore[operator]
+                return cell.step_projected(gi, state, linear=linear)
+            return cell.step_projected(gi, state)
         if isinstance(cell, CellBase):  # (checked tensors: its equations)
             return cell._step(gi, state)
         return cell(gi, state)
@@ -151,7 +159,7 @@ class _CellWrapper(nn.Module):
     def _initial_like(self, x: Tensor) -> Any:
         """The initial state for ``x`` (batched or not), as ``initial_state`` gives it."""
         batch = 1 if x.dim() == 1 else x.shape[0]
-        state = self.initial_state(batch, device=x.device, dtype=x.dtype)  # type: ignore[operator]
+        state = self.initial_state(batch, device=x.device, dtype=x.dtype)
         return map_state(lambda t: t.squeeze(0), state) if x.dim() == 1 else state
 
 
@@ -228,7 +236,8 @@ class Zoneout(_CellWrapper):
         dtype: torch.dtype | None = None,
     ) -> Any:
         """The wrapped cell's initial state."""
-        return self.cell.initial_state(batch_size, device=device, dtype=dtype)  # type: ignore[operator]
+        cell: Any = self.cell  # (a protocol method, not Module's)
+        return cell.initial_state(batch_size, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One step: the wrapped cell's, then zoneout on its new state."""
@@ -243,7 +252,7 @@ class Zoneout(_CellWrapper):
         return self._zone(state, new)
 
     def _zone(self, old: Any, new: Any) -> tuple[Tensor, Any]:
-        h = self._mix(_state_h(old), _state_h(new), self.p)  # type: ignore[arg-type]
+        h = self._mix(_h(old), _h(new), self.p)
         if isinstance(new, Tensor):
             return h, h
         c_new = getattr(new, "c", None)
@@ -333,7 +342,8 @@ class RecurrentDropout(_CellWrapper):
     ) -> RecurrentDropoutState:
         """The wrapped cell's initial state and a new mask (drawn in training mode with
         ``p > 0``, else all ones)."""
-        inner = self.cell.initial_state(batch_size, device=device, dtype=dtype)  # type: ignore[operator]
+        cell: Any = self.cell  # (a protocol method, not Module's)
+        inner = cell.initial_state(batch_size, device=device, dtype=dtype)
         h = _state_h(inner)
         assert h is not None  # (checked at construction)
         ones = torch.ones_like(h)
@@ -360,7 +370,7 @@ class RecurrentDropout(_CellWrapper):
         inner = state.state
         if not self.training or self.p == 0.0:
             return inner
-        return _with_h(inner, _state_h(inner) * state.mask)  # type: ignore[operator]
+        return _with_h(inner, _h(inner) * state.mask)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -473,7 +483,8 @@ class WeightDrop(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> Any:
         """The wrapped module's ``initial_state`` (a cell's, a stack's)."""
-        return self.module.initial_state(batch_size, device=device, dtype=dtype)  # type: ignore[operator]
+        module: Any = self.module  # (its own method, not Module's)
+        return module.initial_state(batch_size, device=device, dtype=dtype)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The wrapped module's call, its named weights dropped in training mode."""
@@ -493,7 +504,7 @@ def _tensor(module: nn.Module, name: str) -> Tensor:
     the former)."""
     path, _, leaf = name.rpartition(".")
     owner = module.get_submodule(path) if path else module
-    return owner._parameters[leaf]  # type: ignore[return-value]
+    return owner._parameters[leaf]  # type: ignore[return-value]  # a named one: not None
 
 
 def _matches(name: str, wanted: str) -> bool:

@@ -174,7 +174,7 @@ class _Tap(Function):
     recorded."""
 
     @staticmethod
-    def forward(ctx: Any, slot: Slot, weight: Tensor, bias: Tensor | None) -> Any:  # type: ignore[override]
+    def forward(ctx: Any, slot: Slot, weight: Tensor, bias: Tensor | None) -> Any:
         ctx.set_materialize_grads(False)
         ctx.slot = slot
         ctx.has_bias = bias is not None
@@ -195,7 +195,7 @@ class _Linear(Function):
     """``x W^T + b``; backward: ``dx`` now, ``(dy, x)`` recorded for the tap."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, slot: Slot, w_t: Tensor
     ) -> Tensor:
         ctx.save_for_backward(x, weight)

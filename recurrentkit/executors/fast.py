@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,7 @@ from recurrentkit.executors.torch_ops import (
     torch_mode,
 )
 from recurrentkit.routing.base import RoutingPolicy, state_h
+from recurrentkit.routing.cross_layer import CrossLayer
 
 __all__ = ["FastExecutor", "plain_mode", "step_layers"]
 
@@ -418,7 +419,7 @@ class FastExecutor:
         """``cross_layer`` over GRU/LSTM layers as one op (:mod:`.cross_layer.run`)."""
         sched = schedule(x, lengths)
         y, seqs = cross_run.cross_run(
-            policy,  # type: ignore[arg-type]  # (wiring "cross_layer": CrossLayer's weights)
+            cast(CrossLayer, policy),  # (wiring "cross_layer": CrossLayer's layer_weights)
             self.cells,
             sched.pack(x),
             sched.sort_state(states),
@@ -476,7 +477,8 @@ class FastExecutor:
             and len(self.cells) > 1
             and isinstance(linear, DeferredLinear)
         ):
-            return lambda x_t, s: cross_step(policy, self, linear, x_t, s)  # type: ignore[arg-type]
+            cross = cast(CrossLayer, policy)  # (as run_cross's)
+            return lambda x_t, s: cross_step(cross, self, linear, x_t, s)
         return lambda x_t, s: policy.step(self, x_t, s)
 
     def _tied_step(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -48,4 +48,4 @@ def first_order_backward(fn: F) -> F:
             )
         return fn(ctx, *args)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # (wraps keeps fn's signature)

@@ -101,7 +101,8 @@ class CrossLayer(RoutingPolicy):
         (shapes above); two or more layers."""
         p = self._parameters  # (a step reads these for every layer: no attribute lookups)
         U, w_in, w_state = self._names[k]
-        return p[U], p[w_in], p[w_state]  # type: ignore[return-value]
+        # (each registered in __init__, so never None; a cast would be a call per step)
+        return p[U], p[w_in], p[w_state]  # type: ignore[return-value]  # registered: not None
 
     def step(self, executor: Executor, x: Tensor, states: tuple[Any, ...]) -> tuple[Tensor, tuple]:
         L = len(executor.cells)

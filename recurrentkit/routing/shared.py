@@ -51,7 +51,7 @@ class Shared(RoutingPolicy):
     rows_independent = True
 
     @property
-    def wiring(self) -> str | None:  # type: ignore[override]  # (a declaration per instance)
+    def wiring(self) -> str | None:  # type: ignore[override]  # property over a class attribute
         """``"shared_first"`` for ``carry="first"``: only layer 1's state crosses time, so
         a plan may run layer 1 over the sequence and every layer above as one batched
         step; ``None`` for ``carry="last"``."""

@@ -148,7 +148,7 @@ class _Mix(Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         u: Tensor,
         h_all: Tensor,

@@ -174,7 +174,7 @@ class _CrossRun(Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, sched: Schedule, kinds: tuple[str, ...], x: Tensor, gi: Tensor, *rest: Any
     ) -> tuple[Tensor, ...]:
         L = len(kinds)
@@ -369,7 +369,7 @@ class _Grads:
         N, H0 = x.shape[0], bottom.H
         self.dx = x.new_empty(N, x.shape[1]) if need[2] else None
         self.dgi = x.new_empty(N, bottom.gates * H0) if need[3] else None
-        self.g_in0 = p[5]
+        self.g_in0 = cast(Tensor, p[5])  # (the bottom layer's gate_input_weight: never None)
         self.params: list[Tensor | None] = [
             None if t is None or not need[base + i] else torch.zeros_like(t)
             for i, t in enumerate(p)
@@ -408,6 +408,6 @@ class _Grads:
         input projection) for one chunk's rows."""
         a = self.a
         if self.dx is not None:
-            torch.mm(D0[:, :a], self.g_in0, out=self.dx[rows])  # type: ignore[arg-type]
+            torch.mm(D0[:, :a], self.g_in0, out=self.dx[rows])
         if self.dgi is not None:
             self.bottom.input_grad(D0[:, a:], self.dgi[rows])

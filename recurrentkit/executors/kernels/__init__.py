@@ -40,16 +40,15 @@ _KERNELS: dict[type, CellKernel] = {
 
 def kernel_for(cell: nn.Module) -> CellKernel | None:
     """The kernel for ``cell``, or ``None`` (user cells, subclasses)."""
-    kind = type(cell)
-    if kind is NestedLSTMCell:
-        chain = levels(cell)  # type: ignore[arg-type]
+    if type(cell) is NestedLSTMCell:  # (narrows cell's type for mypy)
+        chain = levels(cell)
         inner = chain[-1]
         if type(inner) is not LSTMCell or inner.proj_size:
             return None
         hidden = {lv.hidden_size for lv in chain}
         if len(hidden) != 1 or any(lv.bias != cell.bias for lv in chain):
             return None
-    return _KERNELS.get(kind)
+    return _KERNELS.get(type(cell))
 
 
 _SPLIT = SplitKernel()

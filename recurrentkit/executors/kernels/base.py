@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from recurrentkit.executors.packing import Schedule
@@ -44,23 +44,26 @@ class CellKernel:
     - optionally :meth:`tied_weights` and :meth:`step_tied` — a step whose input *is*
       the state's ``h`` (shared routing without active dropout hands layer ``l`` the
       tensor layer ``l-1`` just wrote as both), as one matmul with summed weights.
+
+    ``cell`` is typed ``Any`` here: each kernel serves one cell type and names it in its
+    overrides (which may narrow it so), and
+    :func:`~recurrentkit.executors.kernels.kernel_for` picks the kernel by the cell's
+    exact type.
     """
 
-    def project(self, cell: nn.Module, x: Tensor, linear: Linear = F.linear) -> Tensor:
+    def project(self, cell: Any, x: Tensor, linear: Linear = F.linear) -> Tensor:
         """``x (M, I)`` → ``(M, G)``, the part of the gates that depends on ``x`` only
         (here ``W_ih x + b_ih``)."""
         p = cell._parameters  # (read every step: no attribute lookups)
         return linear(x, p["weight_ih"], p["bias_ih"])
 
     def step(
-        self, cell: nn.Module, gi: Tensor, state: Any, linear: Linear = F.linear
+        self, cell: Any, gi: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, Any]:
         """One step from ``gi = project(cell, x_t)``: ``(y (B, O), new state)``."""
         raise NotImplementedError
 
-    def sequence(
-        self, cell: nn.Module, gi: Tensor, state: Any, sched: Schedule
-    ) -> tuple[Tensor, Any]:
+    def sequence(self, cell: Any, gi: Tensor, state: Any, sched: Schedule) -> tuple[Tensor, Any]:
         """The whole sequence from projected rows ``gi (N, G)`` and sorted ``state``.
 
         Returns ``(outputs (N, O), states)``: the packed outputs and the packed
@@ -68,7 +71,7 @@ class CellKernel:
         """
         raise NotImplementedError
 
-    def tied_weights(self, cell: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+    def tied_weights(self, cell: Any) -> tuple[Tensor, Tensor | None] | None:
         """For steps whose input is the state's ``h``: the weight ``(G', H)`` and bias
         ``(G',)`` of the one matmul that replaces the input projection and the recurrent
         matmul (the gates that read ``x`` and ``h`` alike get ``W_ih + W_hh``), or
@@ -76,7 +79,7 @@ class CellKernel:
         return None
 
     def step_tied(
-        self, cell: nn.Module, gates: Tensor, state: Any, linear: Linear = F.linear
+        self, cell: Any, gates: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, Any]:
         """One step from ``gates = linear(h, *tied_weights(cell))`` ``(B, G')``:
         ``(y (B, O), new state)``, equal to ``step(cell, project(cell, h), state)``."""
@@ -88,11 +91,11 @@ class AdditiveKernel(CellKernel):
     (RNN, LSTM, Nested LSTM): :meth:`step` adds the recurrent matmul to the projected
     input and hands the sum to :meth:`step_tied`, which a subclass writes."""
 
-    def step(self, cell: nn.Module, gi: Tensor, state: Any, linear: Linear = F.linear) -> Any:
+    def step(self, cell: Any, gi: Tensor, state: Any, linear: Linear = F.linear) -> Any:
         h = state if isinstance(state, Tensor) else state.h
         return self.step_tied(cell, gi + linear(h, cell.weight_hh, cell.bias_hh), state, linear)
 
-    def tied_weights(self, cell: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+    def tied_weights(self, cell: Any) -> tuple[Tensor, Tensor | None] | None:
         return summed_weights(cell)
 
 

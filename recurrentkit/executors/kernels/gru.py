@@ -52,7 +52,7 @@ __all__ = ["GRUKernel", "GRUPart"]
 class GRUKernel(CellKernel):
     """:class:`~recurrentkit.GRUCell`, either reset form."""
 
-    def step(  # type: ignore[override]
+    def step(
         self, cell: GRUCell, gi: Tensor, state: Tensor, linear: Linear = F.linear
     ) -> tuple[Tensor, Tensor]:
         H = cell.hidden_size
@@ -77,7 +77,7 @@ class GRUKernel(CellKernel):
         h = gru_gates(i_rz + h_rz, i_n, state, None, rows(linear, w, 2 * H, 3 * H), b_n, linear)
         return h, h
 
-    def tied_weights(self, cell: GRUCell) -> tuple[Tensor, Tensor | None] | None:  # type: ignore[override]
+    def tied_weights(self, cell: GRUCell) -> tuple[Tensor, Tensor | None] | None:
         """``[W_ir + W_hr; W_iz + W_hz; W_in; (W_hn)]``: ``(4H, H)`` reset-after, ``(3H, H)``
         reset-before (there ``W_hn`` reads ``r ⊙ h``, a matmul of its own)."""
         if cell.weight_ih.shape != cell.weight_hh.shape:
@@ -91,7 +91,7 @@ class GRUKernel(CellKernel):
         bias = None if cell.bias_ih is None else tie(cell.bias_ih, cell.bias_hh)
         return tie(cell.weight_ih, cell.weight_hh), bias
 
-    def step_tied(  # type: ignore[override]
+    def step_tied(
         self, cell: GRUCell, gates: Tensor, state: Tensor, linear: Linear = F.linear
     ) -> tuple[Tensor, Tensor]:
         H = cell.hidden_size
@@ -104,7 +104,7 @@ class GRUKernel(CellKernel):
             h = gru_gates(a_rz, i_n, state, None, rows(linear, w, 2 * H, 3 * H), b_n, linear)
         return h, h
 
-    def sequence(  # type: ignore[override]
+    def sequence(
         self, cell: GRUCell, gi: Tensor, state: Tensor, sched: Schedule
     ) -> tuple[Tensor, Tensor]:
         fn = _GRUAfter if cell.reset == "after" else _GRUBefore
@@ -202,7 +202,7 @@ class _GRUStepAfter(Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         gi: Tensor,
         h: Tensor,
@@ -245,7 +245,7 @@ class _GRUAfter(Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, sched: Schedule
     ) -> Tensor:
         sizes = sched.sizes
@@ -351,7 +351,7 @@ class _GRUBefore(Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, sched: Schedule
     ) -> Tensor:
         sizes = sched.sizes
@@ -449,13 +449,14 @@ class GRUPart(CellPart):
     def start(self, gi: Tensor | None, weights: Sequence[Tensor | None], c0: Tensor | None) -> None:
         H, B, N, sizes, like = self.H, self.B, self.N, self.sizes, self.like
         w_ih, b_ih, w_hh, b_hh = weights
+        assert w_hh is not None  # (every layer's; w_ih is None for the bottom layer)
         # the biases, or zeros: each product one addmm called directly (no per-step branch)
-        self.b_hh = _zeros_bias(w_hh) if b_hh is None else b_hh  # type: ignore[arg-type]
+        self.b_hh = _zeros_bias(w_hh) if b_hh is None else b_hh
         # W_hh h̃ + b_hh → [r | z | W_n h̃ + b_n] → (for the backward) [r | z | c], c = gn r(1-r)
         self.GG = like.new_empty(N if self.grad else B, 3 * H)  # (a scratch without grad)
         # for the backward: [(1-z)(1-n²) | (h̃-n) z(1-z)]
         self.P1 = like.new_empty(N if self.grad else 0, 2 * H)
-        self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
+        self.w_hh_t = transposed(w_hh, B)
         self.GG_s, self.R_s, self.Z_s, self.RZ_s, self.GN_s = (
             step_views(self.GG[:, lo * H : hi * H], sizes, self.grad)
             for lo, hi in ((0, 3), (0, 1), (1, 2), (0, 2), (2, 3))
@@ -466,9 +467,10 @@ class GRUPart(CellPart):
             self.GI_s = None
             self.GI_RZ_s, self.GI_N_s = _split(gi[:, : 2 * H], sizes), _split(gi[:, 2 * H :], sizes)
         else:
+            assert w_ih is not None  # (a layer above the bottom)
             up = like.new_empty(B, 3 * H)  # W_ih u + b_ih
-            self.w_ih_t = transposed(w_ih, B)  # type: ignore[arg-type]
-            self.b_ih = _zeros_bias(w_ih) if b_ih is None else b_ih  # type: ignore[arg-type]
+            self.w_ih_t = transposed(w_ih, B)
+            self.b_ih = _zeros_bias(w_ih) if b_ih is None else b_ih
             self.GI_s = rows_per_step(up, sizes)
             self.GI_RZ_s = rows_per_step(up[:, : 2 * H], sizes)
             self.GI_N_s = rows_per_step(up[:, 2 * H :], sizes)
@@ -506,7 +508,9 @@ class GRUPart(CellPart):
     ) -> None:
         H, sizes = self.H, self.sizes
         GG, P1 = saved
-        w_ih, _, self.w_hh, _ = weights
+        w_ih, _, w_hh, _ = weights
+        assert w_hh is not None  # (every layer's)
+        self.w_hh = w_hh
         self.R_s, self.Z_s, self.C_s = (_split(GG[:, i * H : (i + 1) * H], sizes) for i in range(3))
         self.P1a_s, self.P1b_s = (_split(P1[:, i * H : (i + 1) * H], sizes) for i in range(2))
         # D's columns [dn | dr | dz | dgn]
@@ -515,19 +519,19 @@ class GRUPart(CellPart):
         )
         self.DG_s = per_step(D[:, H:])  # [dr | dz | dgn]
         self.DRZ_s = per_step(D[:, H : 3 * H])  # [dr | dz]
-        self.w_n = None if w_ih is None else w_ih[2 * H :]
-        self.w_rz = None if w_ih is None else w_ih[: 2 * H]
+        if w_ih is not None:  # a layer above the bottom (only such a layer's down() runs)
+            self.w_n, self.w_rz = w_ih[2 * H :], w_ih[: 2 * H]
 
     def back(self, t: int, dh: Tensor, dht: Tensor) -> None:
         dn = torch.mul(dh, self.P1a_s[t], out=self.DN_s[t])
         torch.mul(dh, self.P1b_s[t], out=self.DZ_s[t])
         torch.mul(dn, self.C_s[t], out=self.DR_s[t])
         torch.mul(dn, self.R_s[t], out=self.DGN_s[t])
-        torch.addmm(dh * self.Z_s[t], self.DG_s[t], self.w_hh, out=dht)  # type: ignore[arg-type]
+        torch.addmm(dh * self.Z_s[t], self.DG_s[t], self.w_hh, out=dht)
 
     def down(self, t: int, below: Tensor) -> None:
-        below.addmm_(self.DN_s[t], self.w_n)  # type: ignore[arg-type]
-        below.addmm_(self.DRZ_s[t], self.w_rz)  # type: ignore[arg-type]
+        below.addmm_(self.DN_s[t], self.w_n)
+        below.addmm_(self.DRZ_s[t], self.w_rz)
 
     def add_grads(self, D: Tensor, ht: Tensor, u: Tensor | None, grads: list[Any]) -> None:
         H = self.H

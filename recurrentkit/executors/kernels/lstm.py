@@ -56,7 +56,7 @@ __all__ = ["LSTMKernel", "LSTMPart"]
 class LSTMKernel(AdditiveKernel):
     """:class:`~recurrentkit.LSTMCell`."""
 
-    def step(  # type: ignore[override]
+    def step(
         self, cell: LSTMCell, gi: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, LSTMState]:
         operands = getattr(linear, "operands", None)
@@ -70,7 +70,7 @@ class LSTMKernel(AdditiveKernel):
             h, c = _step(gi, state[0], state[1], w_t, b)[:2]
         return h, LSTMState(h, c)
 
-    def step_tied(  # type: ignore[override]
+    def step_tied(
         self, cell: LSTMCell, gates: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, LSTMState]:
         h, c = lstm_gates(gates, state[1])  # (B, H) each
@@ -78,7 +78,7 @@ class LSTMKernel(AdditiveKernel):
             h = linear(h, cell.weight_hr)  # (B, P)
         return h, LSTMState(h, c)
 
-    def sequence(  # type: ignore[override]
+    def sequence(
         self, cell: LSTMCell, gi: Tensor, state: Any, sched: Schedule
     ) -> tuple[Tensor, LSTMState]:
         h0, c0 = state
@@ -185,7 +185,7 @@ class _LSTMStep(Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         gi: Tensor,
         h: Tensor,
@@ -232,7 +232,7 @@ class _LSTM(Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         gi: Tensor,
         h0: Tensor,
@@ -322,7 +322,7 @@ class LSTMPart(CellPart):
     def start(self, gi: Tensor | None, weights: Sequence[Tensor | None], c0: Tensor | None) -> None:
         H, B, N, sizes, like = self.H, self.B, self.N, self.sizes, self.like
         w_ih, b_ih, w_hh, b_hh = weights
-        assert c0 is not None
+        assert c0 is not None and w_hh is not None  # (w_ih is None for the bottom layer)
         # the gates, activated in place (a scratch without grad)
         self.G = like.new_empty(N if self.grad else B, 4 * H)
         self.CC = like.new_empty(B + N, H)  # [c0 | c after step 1 | …]
@@ -330,7 +330,7 @@ class LSTMPart(CellPart):
         self.c_prev = previous_per_step(self.CC, B, sizes)
         self.c_s = split_steps(self.CC[B:], sizes)
         self.tc_s = rows_per_step(like.new_empty(B, H), sizes)  # tanh(c')
-        self.w_hh_t = transposed(w_hh, B)  # type: ignore[arg-type]
+        self.w_hh_t = transposed(w_hh, B)
         self.G_s, self.IF_s, self.Gg_s, self.O_s, self.I_s, self.F_s = (
             step_views(self.G[:, lo * H : hi * H], sizes, self.grad)
             for lo, hi in ((0, 4), (0, 2), (2, 3), (3, 4), (0, 1), (1, 2))
@@ -339,9 +339,10 @@ class LSTMPart(CellPart):
             assert gi is not None and b_hh is None
             self.gi_s: Sequence[Tensor] = split_steps(gi, sizes)
         else:
-            self.w_ih_t = transposed(w_ih, B)  # type: ignore[arg-type]
+            assert w_ih is not None  # (a layer above the bottom)
+            self.w_ih_t = transposed(w_ih, B)
             # both biases (a built-in cell has both or none), or zeros: one addmm, called directly
-            self.bias = zeros_bias(w_ih) if b_ih is None else b_ih + b_hh  # type: ignore[arg-type,operator]
+            self.bias = zeros_bias(w_ih) if b_ih is None or b_hh is None else b_ih + b_hh
         # for the backward: [g σ'(i) | c σ'(f) | σ(i) tanh'(g) | tanh(c') σ'(o)] and
         # σ(o) tanh'(c'), i.e. each gate's pre-activation gradient per unit of dc' (dh)
         self.P = like.new_empty(N if self.grad else 0, 4 * H)
@@ -380,11 +381,15 @@ class LSTMPart(CellPart):
     ) -> None:
         H, B, sizes = self.H, self.B, self.sizes
         G, P, Pc = saved
-        self.w_ih, _, self.w_hh, _ = weights
+        w_ih, _, w_hh, _ = weights
+        assert w_hh is not None  # (every layer's)
+        self.w_hh = w_hh
+        if w_ih is not None:  # a layer above the bottom (only such a layer's down() runs)
+            self.w_ih = w_ih
         self.F_s = split_steps(G[:, H : 2 * H], sizes)
         self.Pifg_s = split_steps(P[:, : 3 * H].view(-1, 3, H), sizes)
         self.Po_s, self.Pc_s = split_steps(P[:, 3 * H :], sizes), split_steps(Pc, sizes)
-        self.Difg_s = per_step(D[:, : 3 * H].view(-1, 3, H))  # type: ignore[arg-type]
+        self.Difg_s = per_step(D[:, : 3 * H].view(-1, 3, H))
         self.Do_s, self.DG_s = per_step(D[:, 3 * H :]), per_step(D)
         # the gradient of c after the step being processed, and before it: swapped
         self.dc = [self.like.new_zeros(B, H), self.like.new_zeros(B, H)]
@@ -400,11 +405,11 @@ class LSTMPart(CellPart):
         torch.mul(dc.unsqueeze(1), self.Pifg_s[t], out=self.Difg_s[t])  # [di | df | dg]
         torch.mul(dh, self.Po_s[t], out=self.Do_s[t])
         torch.mul(dc, self.F_s[t], out=self.dc_s[1 - self.cur][t])
-        torch.mm(self.DG_s[t], self.w_hh, out=dht)  # type: ignore[arg-type]
+        torch.mm(self.DG_s[t], self.w_hh, out=dht)
         self.cur = 1 - self.cur
 
     def down(self, t: int, below: Tensor) -> None:
-        below.addmm_(self.DG_s[t], self.w_ih)  # type: ignore[arg-type]
+        below.addmm_(self.DG_s[t], self.w_ih)
 
     def add_grads(self, D: Tensor, ht: Tensor, u: Tensor | None, grads: list[Any]) -> None:
         d_w_ih, d_b_ih, d_w_hh, d_b_hh = grads

@@ -44,7 +44,7 @@ def levels(cell: NestedLSTMCell) -> list[Any]:
 class NestedLSTMKernel(AdditiveKernel):
     """:class:`~recurrentkit.NestedLSTMCell` (built-in inner cells, no projection)."""
 
-    def step_tied(  # type: ignore[override]
+    def step_tied(
         self, cell: NestedLSTMCell, gates: Tensor, state: Any, linear: Linear = F.linear
     ) -> tuple[Tensor, NestedLSTMState]:
         _, c, inner_state = state
@@ -58,7 +58,7 @@ class NestedLSTMKernel(AdditiveKernel):
         h = torch.sigmoid(o) * torch.tanh(c)  # (B, H)
         return h, NestedLSTMState(h, c, inner_state)
 
-    def sequence(  # type: ignore[override]
+    def sequence(
         self, cell: NestedLSTMCell, gi: Tensor, state: Any, sched: Schedule
     ) -> tuple[Tensor, Any]:
         chain = levels(cell)
@@ -81,7 +81,7 @@ class _Nested(Function):
     """Nested LSTM of depth ``d`` over packed rows → ``(h (N, H), c_0, ..., c_{d-1})``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, sched: Schedule, d: int, gi: Tensor, h0: Tensor, w_hh: Tensor, *rest: Any
     ) -> tuple[Tensor, ...]:
         wcats, bcats, c0s = rest[: d - 1], rest[d - 1 : 2 * (d - 1)], rest[2 * (d - 1) :]

@@ -21,13 +21,13 @@ __all__ = ["RNNKernel"]
 class RNNKernel(AdditiveKernel):
     """:class:`~recurrentkit.RNNCell`."""
 
-    def step_tied(  # type: ignore[override]
+    def step_tied(
         self, cell: RNNCell, gates: Tensor, state: Tensor, linear: Linear = F.linear
     ) -> tuple[Tensor, Tensor]:
         h = torch.tanh(gates) if cell.nonlinearity == "tanh" else torch.relu(gates)
         return h, h
 
-    def sequence(  # type: ignore[override]
+    def sequence(
         self, cell: RNNCell, gi: Tensor, state: Tensor, sched: Schedule
     ) -> tuple[Tensor, Tensor]:
         gi = gi if cell.bias_hh is None else gi + cell.bias_hh  # (N, H), both biases
@@ -42,7 +42,7 @@ class _RNN(Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, gi: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, sched: Schedule
     ) -> Tensor:
         sizes = sched.sizes
