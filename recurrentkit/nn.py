@@ -423,7 +423,15 @@ class RecurrentBase(nn.RNNBase):
         """
         if plain_mode():
             return [getattr(self, name) for name in self._flat_weights_names]
-        self._update_flat_weights()
+        # torch's _update_flat_weights, with its common case (every weight where it was,
+        # found in _parameters) checked without Module.__getattr__; anything else
+        # (parametrizations, a replaced weight) goes through torch's own update
+        params = self._parameters
+        for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
+            w = params.get(name)
+            if w is None or ref is None or ref() is not w:
+                self._update_flat_weights()
+                break
         return cast("list[Tensor]", self._flat_weights)  # (each name's tensor: none None)
 
     def _run_parts(
@@ -486,8 +494,19 @@ class RecurrentBase(nn.RNNBase):
         """``input`` (or a PackedSequence's data) against this module, each mistake raised
         as the class torch.nn raises for it, with torch's wording."""
         I = self.input_size  # noqa: E741
-        layout = f"(N, {I}) (packed rows)" if packed else self._layout()
         ref = weights[0]
+        if (
+            isinstance(x, Tensor)
+            and x.dim() == (2 if packed else x.dim())
+            and x.dim() in (2, 3)
+            and x.shape[-1] == I
+            and x.dtype is ref.dtype
+            and x.device == ref.device
+            and all(p.dtype is x.dtype for p in weights)
+            and all(p.device == ref.device for p in weights)
+        ):
+            return  # (every check below passes: no message is built)
+        layout = f"(N, {I}) (packed rows)" if packed else self._layout()
         if not isinstance(x, Tensor):
             raise InputTypeError(name, f"a tensor of shape {layout}", describe(x))
         if not x.is_floating_point():
