@@ -358,8 +358,8 @@ def speed_rows(with_compile: bool) -> list[Impl]:
             )
         )
     # the default executor under other policies: residual and handoff run each layer on
-    # torch's op, cross_layer samples on torch's cell op (shared: the reference row below)
-    for routing in ("residual", "handoff", "cross_layer"):
+    # torch's op, shared its batched plan, cross_layer samples on torch's cell op
+    for routing in ("shared", "residual", "handoff", "cross_layer"):
         rows.append(
             Impl(
                 "Stack GRU", "GRU", routing, "auto", stack_builder("GRU", routing, "auto"), "nn.GRU"

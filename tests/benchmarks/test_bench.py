@@ -207,3 +207,28 @@ def test_compare_marks_only_rows_worse_beyond_the_noise() -> None:
     assert worse == 0 and "1.00 → 1.04 |" in report
     report, worse = compare.compare(result(1.00), result(1.10), 0.05)
     assert worse == 1 and "1.00 → 1.10 **worse**" in report
+
+
+def test_ab_imports_an_earlier_commit_beside_this_checkout() -> None:
+    """benchmarks/ab.py: the base revision's package, renamed rkbase, imports on its own
+    (its imports rewritten) and builds the same model from the same seed."""
+    import importlib.util
+    import shutil
+
+    if shutil.which("git") is None or not (Path(__file__).parents[2] / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    spec = importlib.util.spec_from_file_location(
+        "ab", Path(__file__).parents[2] / "benchmarks" / "ab.py"
+    )
+    assert spec is not None and spec.loader is not None
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    try:
+        base = ab.base_package("HEAD")
+        assert base.__name__ == "rkbase" and base.Stack is not ab.new_rk.Stack
+        a, b = (ab.build(rk, "gru", "shared", "auto", 4, 5, 2) for rk in (base, ab.new_rk))
+        x = torch.randn(3, 2, 4)
+        torch.testing.assert_close(a(x)[0], b(x)[0], rtol=0, atol=1e-6)
+    finally:
+        for name in [m for m in sys.modules if m == "rkbase" or m.startswith("rkbase.")]:
+            del sys.modules[name]
