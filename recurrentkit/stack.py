@@ -8,7 +8,7 @@ never see them. Every public argument is checked here (raising
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast, overload
 
 import torch
@@ -375,56 +375,23 @@ class Stack(nn.Module):
         packed: bool = False,
         name: str = "resets",
     ) -> Tensor:
-        """``resets`` checked against ``x_tm (T, B, I)``: a bool tensor in the caller's
-        layout, returned time-major ``(T, B)`` on the CPU (for :meth:`step`, ``T = 1``)."""
-        T, B = x_tm.shape[0], x_tm.shape[1]
-        if name == "reset":
-            want: tuple[int, ...] = () if unbatched else (B,)
-        elif unbatched:
-            want = (T,)
-        else:
-            want = (B, T) if self.batch_first and not packed else (T, B)
-        if not isinstance(resets, Tensor) or resets.dtype != torch.bool:
-            raise InputTypeError(
-                name, f"a bool tensor of shape {shape_str(want)}", describe(resets)
-            )
-        if resets.is_meta or resets.device not in (torch.device("cpu"), x_tm.device):
-            raise DeviceError(
-                name, f"a tensor on the CPU or on x's device ({x_tm.device})", resets.device
-            )
-        if tuple(resets.shape) != want:
-            raise ShapeError(name, f"shape {shape_str(want)}", shape_str(resets.shape))
-        mask = resets.reshape(T, B) if name == "reset" or unbatched else resets
-        if name == "resets" and self.batch_first and not packed and not unbatched:
-            mask = mask.t()
-        return mask.cpu()
+        """``resets`` checked against ``x_tm (T, B, I)`` (:func:`check_resets`)."""
+        return check_resets(
+            name,
+            resets,
+            x_tm,
+            unbatched=unbatched,
+            batch_first=self.batch_first and not packed,
+            step=name == "reset",
+        )
 
     def _run_resets(
         self, x_tm: Tensor, states: tuple[Any, ...], lengths: Tensor | None, mask: Tensor
     ) -> tuple[Tensor, tuple[Any, ...]]:
-        """A run with ``resets`` (``mask (T, B)``, on the CPU): resets at ``t = 0`` replace
-        the given state; resets later cut rows into segments that run as one batch."""
-        states = self._reset_rows(states, mask[0].to(x_tm.device), x_tm)
-        seg = _Segments(mask, lengths, x_tm.shape[0])
-        if not seg.cut:
-            return self._run(x_tm, states, lengths)
-        T, B, I = x_tm.shape  # noqa: E741
-        dev = x_tm.device
-        src, valid = seg.src.to(dev), seg.valid.to(dev)  # (Ts, S)
-        x_seg = x_tm.reshape(T * B, I).index_select(0, src.flatten()).view(*src.shape, I)
-        x_seg = torch.where(valid.unsqueeze(-1), x_seg, x_seg.new_zeros(()))
-        init = self.initial_state(1, device=dev, dtype=x_tm.dtype)
-        pick = seg.start_row.to(dev)  # (S,): the row's given state, or B (the initial one)
-        s_seg = tuple(rstate.index(rstate.cat([s, i]), pick) for s, i in zip(states, init))
-        out_seg, finals = self._run(x_seg, s_seg, seg.lengths)  # (Ts, S, O)
-        flat = out_seg.reshape(-1, out_seg.shape[-1])
-        keep = valid.flatten().nonzero().squeeze(1)
-        out = flat.new_zeros(T * B, flat.shape[-1]).index_copy(
-            0, src.flatten().index_select(0, keep), flat.index_select(0, keep)
-        )
-        last = seg.last.to(dev)  # (B,)
-        finals = tuple(rstate.index(s, last) for s in finals)
-        return out.view(T, B, -1), finals
+        """A run with ``resets`` (``mask (T, B)``, on the CPU): see :func:`run_segments`."""
+        init = self.initial_state(1, device=x_tm.device, dtype=x_tm.dtype)
+        out, finals = run_segments(x_tm, states, lengths, mask, init, self._run)
+        return out, tuple(finals)
 
     def _step_checked(
         self, x_t: Tensor, states: tuple[Any, ...], stamp: Any
@@ -824,6 +791,93 @@ class _StepState(tuple):
 
     def __reduce__(self) -> Any:  # pickles and copies as the plain tuple it is
         return (tuple, (tuple(self),))
+
+
+def check_resets(
+    name: str,
+    resets: object,
+    x_tm: Tensor,
+    *,
+    unbatched: bool,
+    batch_first: bool,
+    step: bool = False,
+) -> Tensor:
+    """A ``resets`` mask checked against ``x_tm (T, B, I)`` (time-major): a bool tensor
+    ``(T, B)`` (``(B, T)`` if ``batch_first``, ``(T,)`` if ``unbatched``; for one
+    ``step``, ``(B,)`` or ``()``) on the CPU or ``x``'s device. Returned time-major
+    ``(T, B)`` (``(1, B)`` for a step) on the CPU.
+
+    Raises:
+        InputTypeError: not a bool tensor.
+        DeviceError: on another device (or meta).
+        ShapeError: another shape.
+    """
+    T, B = x_tm.shape[0], x_tm.shape[1]
+    if step:
+        want: tuple[int, ...] = () if unbatched else (B,)
+    elif unbatched:
+        want = (T,)
+    else:
+        want = (B, T) if batch_first else (T, B)
+    if not isinstance(resets, Tensor) or resets.dtype != torch.bool:
+        raise InputTypeError(name, f"a bool tensor of shape {shape_str(want)}", describe(resets))
+    if resets.is_meta or resets.device not in (torch.device("cpu"), x_tm.device):
+        raise DeviceError(
+            name, f"a tensor on the CPU or on x's device ({x_tm.device})", resets.device
+        )
+    if tuple(resets.shape) != want:
+        raise ShapeError(name, f"shape {shape_str(want)}", shape_str(resets.shape))
+    mask = resets.reshape(T, B) if step or unbatched else resets
+    if batch_first and not step and not unbatched:
+        mask = mask.t()
+    return mask.cpu()
+
+
+def run_segments(
+    x_tm: Tensor,
+    states: Sequence[Any],
+    lengths: Tensor | None,
+    mask: Tensor,
+    initial: Sequence[Any],
+    run: Callable[[Tensor, tuple[Any, ...], Tensor | None], tuple[Tensor, Sequence[Any]]],
+) -> tuple[Tensor, tuple[Any, ...]]:
+    """``run`` over ``x_tm (T, B, I)`` with resets ``mask (T, B)`` (CPU bool).
+
+    Resets at ``t = 0`` replace the given states' rows by ``initial``'s; if no row has a
+    reset at ``1 <= t < length``, that is the run. Otherwise each row is cut at its resets
+    into segments (:class:`_Segments`), laid out as a batch of segments (a row's first
+    from its given state, each later one from ``initial``), ``run`` once over them with
+    their lengths, and the outputs scattered back (zeros past each length); each row's
+    final states are its last segment's.
+
+    Args:
+        states: parts (one per layer, say), each a state with the batch first ``(B, ·)``.
+        initial: the matching initial states, each ``(1, ·)``.
+        run: ``run(x (T', S, I), states, lengths or None) -> (out (T', S, O), finals)``.
+    """
+    states = tuple(rstate.reset(s, mask[0].to(x_tm.device), i) for s, i in zip(states, initial))
+    seg = _Segments(mask, lengths, x_tm.shape[0])
+    if not seg.cut:
+        out, finals = run(x_tm, states, lengths)
+        return out, tuple(finals)
+    T, B, I = x_tm.shape  # noqa: E741
+    dev = x_tm.device
+    src, valid = seg.src.to(dev), seg.valid.to(dev)  # (Ts, S)
+    x_seg = x_tm.reshape(T * B, I).index_select(0, src.flatten()).view(*src.shape, I)
+    x_seg = torch.where(valid.unsqueeze(-1), x_seg, x_seg.new_zeros(()))
+    pick = seg.start_row.to(dev)  # (S,): the row's given state, or B (the initial one)
+    s_seg = tuple(
+        rstate.index(rstate.cat([s, rstate.to(i, s_like)]), pick)
+        for s, i, s_like in zip(states, initial, (rstate.leaves(s)[0] for s in states))
+    )
+    out_seg, finals = run(x_seg, s_seg, seg.lengths)  # (Ts, S, O)
+    flat = out_seg.reshape(-1, out_seg.shape[-1])
+    keep = valid.flatten().nonzero().squeeze(1)
+    out = flat.new_zeros(T * B, flat.shape[-1]).index_copy(
+        0, src.flatten().index_select(0, keep), flat.index_select(0, keep)
+    )
+    last = seg.last.to(dev)  # (B,)
+    return out.view(T, B, -1), tuple(rstate.index(s, last) for s in finals)
 
 
 class _Segments:

@@ -273,3 +273,71 @@ def test_empty_batch_takes_an_empty_mask() -> None:
     stack = _stack("gru", "independent", "auto")
     y, s = stack(torch.randn(4, 0, I, dtype=D), resets=torch.zeros(4, 0, dtype=torch.bool))
     assert y.shape == (4, 0, H) and s[0].shape == (0, H)
+
+
+# -- the drop-ins: resets= beyond torch's signature ---------------------------------------
+
+
+def _torch_by_segments(m: torch.nn.Module, x: Tensor, r: Tensor, lens: list[int]) -> Any:
+    """``torch.nn``'s module run on each segment apart, from zeros; outputs in place."""
+    ys, hs = [], []
+    for b, segs in enumerate(_segments(r, lens)):
+        parts = [m(x[t0:t1, b : b + 1]) for t0, t1 in segs]
+        y_b = torch.cat([p[0] for p in parts])
+        ys.append(torch.cat([y_b, y_b.new_zeros(x.shape[0] - y_b.shape[0], *y_b.shape[1:])]))
+        hs.append(parts[-1][1])
+    h = (
+        tuple(torch.cat([q[i] for q in hs], 1) for i in range(2))
+        if isinstance(hs[0], tuple)
+        else torch.cat(hs, 1)
+    )
+    return torch.cat(ys, 1), h
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM", "RNN"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("layout", ["time_major", "batch_first", "packed"])
+def test_dropins_take_resets(kind: str, bidirectional: bool, layout: str) -> None:
+    torch.manual_seed(2)
+    m = getattr(rk, kind)(I, H, num_layers=2, bidirectional=bidirectional, dtype=D)
+    ref = m.to_torch()
+    T, B = 6, 3
+    x = torch.randn(T, B, I, dtype=D)
+    r = torch.rand(T, B) < 0.3
+    r[3, 0] = r[T - 1, 2] = True
+    lens = [6, 4, 6] if layout == "packed" else [T] * B
+    want_y, want_h = _torch_by_segments(ref, x, r, lens)
+    if layout == "packed":
+        y, h = m(pack_padded_sequence(x, torch.tensor(lens), enforce_sorted=False), resets=r)
+        y = pad_packed_sequence(y, total_length=T)[0]
+    elif layout == "batch_first":
+        m.batch_first = True
+        y, h = m(x.transpose(0, 1), resets=r.t())
+        y = y.transpose(0, 1)
+    else:
+        y, h = m(x, resets=r)
+    _close((y, h), (want_y, want_h))
+    # gradients reach every parameter as torch's per-segment runs give them
+    g = torch.autograd.grad(y.sum() + sum(t.sum() for t in rs.leaves(h)), list(m.parameters()))
+    g_ref = torch.autograd.grad(
+        want_y.sum() + sum(t.sum() for t in rs.leaves(want_h)), list(ref.parameters())
+    )
+    _close(list(g), list(g_ref))
+
+
+def test_dropin_resets_with_hx_and_bad_masks() -> None:
+    torch.manual_seed(4)
+    m = rk.GRU(I, H, num_layers=2, dtype=D)
+    x = torch.randn(5, 2, I, dtype=D)
+    h0 = torch.randn(2, 2, H, dtype=D)
+    r = torch.zeros(5, 2, dtype=torch.bool)
+    y, h = m(x, h0, resets=r)  # no resets: what torch's op gives
+    _close(m(x, h0), (y, h))
+    r[0, 1] = True  # a reset at t = 0: that row ignores hx
+    y, h = m(x, h0, resets=r)
+    _close((y[:, 1], h[:, 1]), tuple(q[:, 0] for q in m(x[:, 1:2])))
+    _close((y[:, 0], h[:, 0]), tuple(q[:, 0] for q in m(x[:, 0:1], h0[:, 0:1])))
+    with pytest.raises(rk.ShapeError, match="resets"):
+        m(x, resets=r[:4])
+    with pytest.raises(rk.InputTypeError, match="resets"):
+        m(x, resets=r.int())
