@@ -8,6 +8,7 @@ never see them. Every public argument is checked here (raising
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, cast, overload
 
@@ -37,7 +38,8 @@ from recurrentkit.executors.fast import FastExecutor, step_layers
 from recurrentkit.executors.packing import schedule_packed
 from recurrentkit.executors.plans import Explanation
 from recurrentkit.executors.reference import ReferenceExecutor
-from recurrentkit.routing import RoutingPolicy, resolve
+from recurrentkit.routing import CarriedStateWarning, RoutingPolicy, resolve
+from recurrentkit.routing.handoff import caller_level
 
 __all__ = ["EXECUTORS", "Stack", "StackCell"]
 
@@ -235,7 +237,10 @@ class Stack(nn.Module):
             x: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, ``(T, I)`` unbatched, or
                 a ``PackedSequence``.
             state: a tuple of ``L`` per-layer states (unbatched for unbatched ``x``);
-                ``None`` means :meth:`initial_state`.
+                ``None`` means :meth:`initial_state`. For a causal policy, a sequence run
+                in chunks with the returned state passed on equals one call over it
+                (streaming); a non-causal one (``handoff``) warns
+                (:class:`~recurrentkit.routing.CarriedStateWarning`) when given a state.
             lengths: optional ``(B,)`` integer lengths of padded sequences (each in
                 ``1..T``): states stop at each sequence's end, outputs past it are zero,
                 and the padding is never read (its gradient is zero, whatever it holds).
@@ -261,6 +266,14 @@ class Stack(nn.Module):
         :meth:`explain`, plan ``"empty_batch"``). An empty sequence (``T = 0``) is a
         :class:`~recurrentkit.ShapeError`.
         """
+        if state is not None and not self.routing.causal and not torch.compiler.is_compiling():
+            warnings.warn(
+                f"routing {self.routing.name!r} is not causal: a sequence run in chunks with "
+                "the state carried differs from one call over it (streaming and truncated "
+                "BPTT do not compute the whole-sequence function)",
+                CarriedStateWarning,
+                stacklevel=caller_level(),
+            )
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
             if lengths is not None:
