@@ -34,6 +34,8 @@ __all__ = ["cat", "detach", "index", "leaves", "map", "reset", "to", "zeros_like
 def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} elements"
     return f"a {type(value).__name__}"
 
 
