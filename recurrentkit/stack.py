@@ -496,9 +496,10 @@ class Stack(nn.Module):
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
             self._check_input("x (PackedSequence data)", x.data, ranks=(2,))
             steps = len(x.batch_sizes)
-            if resets is not None:
+            if resets is not None:  # the call pads, then runs with lengths
                 x_pad, lengths = pad_packed_sequence(x)  # the caller's batch order
                 mask = self._check_resets(resets, x_pad, False, packed=True)
+                packed = False
             else:
                 lengths = _packed_lengths(x)
         else:

@@ -242,6 +242,13 @@ def test_explain_reports_segments() -> None:
     assert e.plan == "segments" and (e.inner, e.layers) == (plain.plan, plain.layers)
     stack.executor = "reference"
     assert stack.explain(x, resets=r).inner == "reference"
+    # packed input with resets is padded and runs with lengths, cut or not
+    stack.executor = "auto"
+    packed = pack_padded_sequence(x, torch.tensor([6, 4]), enforce_sorted=False)
+    padded = stack.explain(x, torch.tensor([6, 4]))
+    assert stack.explain(packed).plan != padded.plan  # (a plan on the packed rows)
+    assert stack.explain(packed, resets=torch.zeros_like(r)).plan == padded.plan
+    assert stack.explain(packed, resets=r).plan == "segments"
 
 
 def test_bad_masks() -> None:
