@@ -3,7 +3,7 @@
 The public names, re-exported; nothing is defined here.
 """
 
-from recurrentkit import interop, routing
+from recurrentkit import interop, routing, state
 from recurrentkit.analysis.causality import causality_violation, check_causal
 from recurrentkit.cells import (
     Cell,
@@ -43,6 +43,8 @@ from recurrentkit.errors import (
 from recurrentkit.nn import GRU, LSTM, RNN
 from recurrentkit.routing import RoutingPolicy
 from recurrentkit.stack import Stack, StackCell
+from recurrentkit.tbptt import Chunk, TBPTTResult, tbptt
+from recurrentkit.tbptt import chunks as tbptt_chunks
 
 __version__ = "0.1.0"
 
@@ -50,6 +52,7 @@ __all__ = [
     "Cell",
     "CellBase",
     "CellState",
+    "Chunk",
     "ConfigError",
     "CoupledLSTMCell",
     "DeviceError",
@@ -81,6 +84,7 @@ __all__ = [
     "StackState",
     "StateError",
     "StateRuntimeError",
+    "TBPTTResult",
     "UnsupportedError",
     "WeightDrop",
     "Zoneout",
@@ -88,4 +92,7 @@ __all__ = [
     "check_causal",
     "interop",
     "routing",
+    "state",
+    "tbptt",
+    "tbptt_chunks",
 ]

@@ -78,7 +78,7 @@ from recurrentkit.errors import (
 )
 from recurrentkit.executors.fast import plain_mode
 from recurrentkit.executors.torch_ops import refused, try_fused
-from recurrentkit.stack import EXECUTORS, Stack, repack
+from recurrentkit.stack import EXECUTORS, Stack, check_resets, repack, run_segments
 
 __all__ = [
     "GRU",
@@ -334,9 +334,10 @@ class RecurrentBase(nn.RNNBase):
         for stack in stacks:
             stack.executor = parts
 
-    def _run(self, input: Tensor | PackedSequence, hx: Any) -> tuple[Any, Any]:
+    def _run(self, input: Tensor | PackedSequence, hx: Any, resets: Any = None) -> tuple[Any, Any]:
         """Shared body of ``forward``: ``(output, h_n)``, ``h_n`` a tensor or ``(h_n, c_n)``
-        in torch's layout."""
+        in torch's layout. With ``resets``, the library's parts run on the segments the
+        resets cut (:func:`~recurrentkit.stack.run_segments`), never torch's fused op."""
         weights = self._weights()
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
@@ -361,6 +362,8 @@ class RecurrentBase(nn.RNNBase):
                 x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
             B = x.shape[1]
         h0 = self._check_hx(hx, B, x, unbatched, packed is not None)  # (D L, B, ·) or None
+        if resets is not None:
+            return self._run_resets(x, packed, h0, resets, unbatched, weights)
         fused = None
         if self._executor == "auto" and not plain_mode():
             fused = self._run_fused(x, packed, h0, weights)  # None where torch's op refuses
@@ -380,6 +383,56 @@ class RecurrentBase(nn.RNNBase):
                 return repack(y, lengths, packed), h_n
         if unbatched:
             h_n = tuple(h.squeeze(1) for h in h_n) if self.mode == "LSTM" else h_n.squeeze(1)
+            return y.squeeze(1), h_n  # (T, D H_out)
+        return (y.transpose(0, 1) if self.batch_first else y), h_n
+
+    def _run_resets(
+        self,
+        x: Tensor,
+        packed: PackedSequence | None,
+        h0: Any,
+        resets: object,
+        unbatched: bool,
+        weights: list[Tensor],
+    ) -> tuple[Any, Any]:
+        """``forward`` with ``resets``: the parts over the segments they cut, each
+        segment from zeros (a row's first: from ``hx``), in every direction and layer."""
+        lengths = None
+        if packed is not None:
+            x, lengths = pad_packed_sequence(packed)  # (T, B, I), the caller's order
+        bf = self.batch_first and packed is None
+        mask = check_resets("resets", resets, x, unbatched=unbatched, batch_first=bf)
+        lstm = self.mode == "LSTM"
+        D, B = (2 if self.bidirectional else 1), x.shape[1]
+        H, C = self.proj_size or self.hidden_size, self.hidden_size
+        if h0 is None:
+            h0 = x.new_zeros(D * self.num_layers, B, H)
+            h0 = (h0, x.new_zeros(D * self.num_layers, B, C)) if lstm else h0
+        parts = [(h, c) for h, c in zip(h0[0].unbind(0), h0[1].unbind(0))] if lstm else h0.unbind(0)
+        zero = x.new_zeros(1, H)
+        initial = [(zero, x.new_zeros(1, C)) if lstm else zero for _ in parts]
+
+        def run(x_s: Tensor, s: tuple[Any, ...], len_s: Tensor | None) -> tuple[Tensor, Any]:
+            h_s: Any
+            if lstm:
+                h_s = (torch.stack([p[0] for p in s]), torch.stack([p[1] for p in s]))
+            else:
+                h_s = torch.stack(s)
+            y, h_n = self._run_parts(x_s, h_s, len_s, weights)  # (T', S, D H_out)
+            if lstm:
+                return y, [(h, c) for h, c in zip(h_n[0].unbind(0), h_n[1].unbind(0))]
+            return y, h_n.unbind(0)
+
+        y, finals = run_segments(x, parts, lengths, mask, initial, run)  # (T, B, D H_out)
+        if lstm:
+            h_n: Any = (torch.stack([f[0] for f in finals]), torch.stack([f[1] for f in finals]))
+        else:
+            h_n = torch.stack(finals)
+        if packed is not None:
+            assert lengths is not None
+            return repack(y, lengths, packed), h_n
+        if unbatched:
+            h_n = tuple(h.squeeze(1) for h in h_n) if lstm else h_n.squeeze(1)
             return y.squeeze(1), h_n  # (T, D H_out)
         return (y.transpose(0, 1) if self.batch_first else y), h_n
 
@@ -854,26 +907,37 @@ class RNN(RecurrentBase):
         return RNNCell(input_size, hidden_size, bias, self.nonlinearity, device="meta")
 
     @overload
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+    def forward(
+        self, input: Tensor, hx: Tensor | None = None, *, resets: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]: ...
 
     @overload
     def forward(
-        self, input: PackedSequence, hx: Tensor | None = None
+        self, input: PackedSequence, hx: Tensor | None = None, *, resets: Tensor | None = None
     ) -> tuple[PackedSequence, Tensor]: ...
 
     def forward(
-        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+        self,
+        input: Tensor | PackedSequence,
+        hx: Tensor | None = None,
+        *,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         """Run the whole sequence, as ``torch.nn.RNN.forward``.
 
         Args:
             input: ``(T, B, I)`` / ``(B, T, I)`` / ``(T, I)`` or a ``PackedSequence``.
             hx: ``(D L, B, H)`` initial states (``(D L, H)`` unbatched); ``None`` = zeros.
+            resets: recurrentkit's keyword beyond torch's signature: a bool mask
+                ``(T, B)`` (``(B, T)`` if ``batch_first``, ``(T,)`` unbatched, ``(T, B)``
+                for a ``PackedSequence``); where ``resets[t, b]`` is true, sequence ``b``
+                starts again from zeros before step ``t`` in every layer and direction
+                (see :meth:`recurrentkit.Stack.forward`). Runs the library's parts.
 
         Returns:
             ``(output, h_n)``.
         """
-        return self._run(input, hx)
+        return self._run(input, hx, resets)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -967,26 +1031,37 @@ class GRU(RecurrentBase):
         return GRUCell(input_size, hidden_size, bias, device="meta")
 
     @overload
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+    def forward(
+        self, input: Tensor, hx: Tensor | None = None, *, resets: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]: ...
 
     @overload
     def forward(
-        self, input: PackedSequence, hx: Tensor | None = None
+        self, input: PackedSequence, hx: Tensor | None = None, *, resets: Tensor | None = None
     ) -> tuple[PackedSequence, Tensor]: ...
 
     def forward(
-        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+        self,
+        input: Tensor | PackedSequence,
+        hx: Tensor | None = None,
+        *,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         """Run the whole sequence, as ``torch.nn.GRU.forward``.
 
         Args:
             input: ``(T, B, I)`` / ``(B, T, I)`` / ``(T, I)`` or a ``PackedSequence``.
             hx: ``(D L, B, H)`` initial states (``(D L, H)`` unbatched); ``None`` = zeros.
+            resets: recurrentkit's keyword beyond torch's signature: a bool mask
+                ``(T, B)`` (``(B, T)`` if ``batch_first``, ``(T,)`` unbatched, ``(T, B)``
+                for a ``PackedSequence``); where ``resets[t, b]`` is true, sequence ``b``
+                starts again from zeros before step ``t`` in every layer and direction
+                (see :meth:`recurrentkit.Stack.forward`). Runs the library's parts.
 
         Returns:
             ``(output, h_n)``.
         """
-        return self._run(input, hx)
+        return self._run(input, hx, resets)
 
 
 class LSTM(RecurrentBase):
@@ -1081,18 +1156,28 @@ class LSTM(RecurrentBase):
 
     @overload
     def forward(
-        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+        self,
+        input: Tensor,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
 
     @overload
     def forward(
-        self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+        self,
+        input: PackedSequence,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        resets: Tensor | None = None,
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
 
     def forward(
         self,
         input: Tensor | PackedSequence,
         hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         """Run the whole sequence, as ``torch.nn.LSTM.forward``.
 
@@ -1100,11 +1185,16 @@ class LSTM(RecurrentBase):
             input: ``(T, B, I)`` / ``(B, T, I)`` / ``(T, I)`` or a ``PackedSequence``.
             hx: ``(h_0, c_0)``, each ``(D L, B, ·)`` (``(D L, ·)`` unbatched); ``None``
                 means zeros.
+            resets: recurrentkit's keyword beyond torch's signature: a bool mask
+                ``(T, B)`` (``(B, T)`` if ``batch_first``, ``(T,)`` unbatched, ``(T, B)``
+                for a ``PackedSequence``); where ``resets[t, b]`` is true, sequence ``b``
+                starts again from zeros before step ``t`` in every layer and direction
+                (see :meth:`recurrentkit.Stack.forward`). Runs the library's parts.
 
         Returns:
             ``(output, (h_n, c_n))``.
         """
-        return self._run(input, hx)
+        return self._run(input, hx, resets)
 
 
 # -- conversions from and to torch.nn (also reached through recurrentkit.interop) ---------

@@ -8,13 +8,15 @@ never see them. Every public argument is checked here (raising
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from recurrentkit import state as rstate
 from recurrentkit._scan import length_mask
 from recurrentkit._validation import (
     check_choice,
@@ -36,7 +38,8 @@ from recurrentkit.executors.fast import FastExecutor, step_layers
 from recurrentkit.executors.packing import schedule_packed
 from recurrentkit.executors.plans import Explanation
 from recurrentkit.executors.reference import ReferenceExecutor
-from recurrentkit.routing import RoutingPolicy, resolve
+from recurrentkit.routing import CarriedStateWarning, RoutingPolicy, resolve
+from recurrentkit.routing.handoff import caller_level
 
 __all__ = ["EXECUTORS", "Stack", "StackCell"]
 
@@ -202,12 +205,22 @@ class Stack(nn.Module):
 
     @overload
     def forward(
-        self, x: Tensor, state: Sequence[CellState] | None = None, *, lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Sequence[CellState] | None = None,
+        *,
+        lengths: Tensor | None = None,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor, StackState]: ...
 
     @overload
     def forward(
-        self, x: PackedSequence, state: Sequence[CellState] | None = None, *, lengths: None = None
+        self,
+        x: PackedSequence,
+        state: Sequence[CellState] | None = None,
+        *,
+        lengths: None = None,
+        resets: Tensor | None = None,
     ) -> tuple[PackedSequence, StackState]: ...
 
     def forward(
@@ -216,6 +229,7 @@ class Stack(nn.Module):
         state: Sequence[CellState] | None = None,
         *,
         lengths: Tensor | None = None,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, StackState]:
         """Run the whole sequence.
 
@@ -223,10 +237,23 @@ class Stack(nn.Module):
             x: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, ``(T, I)`` unbatched, or
                 a ``PackedSequence``.
             state: a tuple of ``L`` per-layer states (unbatched for unbatched ``x``);
-                ``None`` means :meth:`initial_state`.
+                ``None`` means :meth:`initial_state`. For a causal policy, a sequence run
+                in chunks with the returned state passed on equals one call over it
+                (streaming); a non-causal one (``handoff``) warns
+                (:class:`~recurrentkit.routing.CarriedStateWarning`) when given a state.
             lengths: optional ``(B,)`` integer lengths of padded sequences (each in
                 ``1..T``): states stop at each sequence's end, outputs past it are zero,
                 and the padding is never read (its gradient is zero, whatever it holds).
+            resets: optional bool mask ``(T, B)`` (``(B, T)`` with ``batch_first``,
+                ``(T,)`` unbatched, ``(T, B)`` in the caller's batch order for a
+                ``PackedSequence``): where ``resets[t, b]`` is true, every layer's state
+                of sequence ``b`` is replaced by its initial state (zeros, or the learned
+                one) *before* step ``t``, as if a new sequence began there (a reset at
+                ``t = 0`` ignores ``state`` for that row; resets past a sequence's length
+                are ignored). Exact under every policy, cell and executor: each row is
+                cut at its resets into segments, the segments run as one batch with
+                lengths (see :meth:`explain`, plan ``"segments"``) and their outputs go
+                back in place.
 
         Returns:
             ``(outputs, state)``: the top layer's outputs (packed if ``x`` was) and each
@@ -239,12 +266,25 @@ class Stack(nn.Module):
         :meth:`explain`, plan ``"empty_batch"``). An empty sequence (``T = 0``) is a
         :class:`~recurrentkit.ShapeError`.
         """
+        if state is not None and not self.routing.causal and not torch.compiler.is_compiling():
+            warnings.warn(
+                f"routing {self.routing.name!r} is not causal: a sequence run in chunks with "
+                "the state carried differs from one call over it (streaming and truncated "
+                "BPTT do not compute the whole-sequence function)",
+                CarriedStateWarning,
+                stacklevel=caller_level(),
+            )
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
             if lengths is not None:
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
             self._check_input("x (PackedSequence data)", packed.data, ranks=(2,))
             states = self._check_state(state, int(packed.batch_sizes[0]), packed.data, False)
+            if resets is not None:
+                x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
+                mask = self._check_resets(resets, x_tm, False, packed=True)
+                out, states = self._run_resets(x_tm, states, lengths, mask)  # (T, B, O)
+                return repack(out, lengths, packed), states
             layers = self._make_executor()
             direct = self._run_packed(layers, packed, states)
             if direct is not None:  # ran on the packed rows themselves
@@ -267,8 +307,11 @@ class Stack(nn.Module):
             mask = length_mask(lengths, x_tm.shape[0], x_tm.device)  # (T, B, 1)
             x_tm = torch.where(mask, x_tm, x_tm.new_zeros(()))
         states = self._check_state(state, x_tm.shape[1], x_tm, unbatched)
-        if x_tm.shape[1] == 0:
+        cut = None if resets is None else self._check_resets(resets, x_tm, unbatched)
+        if x_tm.shape[1] == 0:  # (no row to reset)
             out, states = self._run_empty(x_tm, states, lengths)  # (T, 0, O)
+        elif cut is not None:
+            out, states = self._run_resets(x_tm, states, lengths, cut)  # (T, B, O)
         else:
             out, states = self._run(x_tm, states, lengths)  # (T, B, O)
         if unbatched:
@@ -276,7 +319,11 @@ class Stack(nn.Module):
         return (out.transpose(0, 1) if self.batch_first else out), states
 
     def step(
-        self, x_t: Tensor, state: Sequence[CellState] | None = None
+        self,
+        x_t: Tensor,
+        state: Sequence[CellState] | None = None,
+        *,
+        reset: Tensor | None = None,
     ) -> tuple[Tensor, StackState]:
         """One time step, whatever ``batch_first`` says.
 
@@ -286,6 +333,9 @@ class Stack(nn.Module):
         Args:
             x_t: ``(B, I)`` (``B = 0`` included: empty output and states) or ``(I,)``.
             state: a tuple of ``L`` per-layer states; ``None`` means the initial state.
+            reset: optional bool mask ``(B,)`` (``()`` for unbatched ``x_t``): the rows
+                where it is true start from the initial state (zeros, or the learned
+                one) instead of ``state``, as :meth:`forward`'s ``resets`` at this step.
 
         Returns:
             ``(y_t (B, O), state)``. The state is a tuple that remembers the input
@@ -293,6 +343,8 @@ class Stack(nn.Module):
             and device, the next step skips checking it again (sampling loops pay
             for validation once).
         """
+        if reset is not None:
+            return self._step_reset(x_t, state, reset)
         stamp = _stamp(self, x_t)
         if stamp is not None and type(state) is _StepState and state.stamp == stamp:
             try:  # a state this stack's step returned for such an input: already checked
@@ -305,6 +357,54 @@ class Stack(nn.Module):
         if x_t.dim() == 1:
             states = tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
         return self._step_checked(x_t, states, _stamp(self, x_t))
+
+    def _step_reset(
+        self, x_t: Tensor, state: Sequence[CellState] | None, reset: object
+    ) -> tuple[Tensor, StackState]:
+        """:meth:`step` with a ``reset`` mask: checked, the masked rows' states replaced
+        by the initial state, then the usual step."""
+        self._check_input("x_t", x_t, ranks=(1, 2))
+        unbatched = x_t.dim() == 1
+        x_tm = x_t.reshape(1, 1, -1) if unbatched else x_t.unsqueeze(0)  # (1, B, I)
+        states = self._check_state(state, x_tm.shape[1], x_tm, unbatched)  # (B, ·)
+        mask = self._check_resets(reset, x_tm, unbatched, name="reset")[0]  # (B,)
+        states = self._reset_rows(states, mask.to(x_t.device), x_tm)
+        if unbatched:
+            states = tuple(map_state(lambda t: t.squeeze(0), s) for s in states)
+        return self._step_checked(x_t, states, _stamp(self, x_t))
+
+    def _reset_rows(self, states: tuple[Any, ...], mask: Tensor, like: Tensor) -> tuple[Any, ...]:
+        """``states (B, ·)`` with the rows where ``mask (B,)`` holds replaced by the
+        initial state."""
+        init = self.initial_state(1, device=like.device, dtype=like.dtype)
+        return tuple(rstate.reset(s, mask, i) for s, i in zip(states, init))
+
+    def _check_resets(
+        self,
+        resets: object,
+        x_tm: Tensor,
+        unbatched: bool,
+        *,
+        packed: bool = False,
+        name: str = "resets",
+    ) -> Tensor:
+        """``resets`` checked against ``x_tm (T, B, I)`` (:func:`check_resets`)."""
+        return check_resets(
+            name,
+            resets,
+            x_tm,
+            unbatched=unbatched,
+            batch_first=self.batch_first and not packed,
+            step=name == "reset",
+        )
+
+    def _run_resets(
+        self, x_tm: Tensor, states: tuple[Any, ...], lengths: Tensor | None, mask: Tensor
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """A run with ``resets`` (``mask (T, B)``, on the CPU): see :func:`run_segments`."""
+        init = self.initial_state(1, device=x_tm.device, dtype=x_tm.dtype)
+        out, finals = run_segments(x_tm, states, lengths, mask, init, self._run)
+        return out, tuple(finals)
 
     def _step_checked(
         self, x_t: Tensor, states: tuple[Any, ...], stamp: Any
@@ -337,6 +437,7 @@ class Stack(nn.Module):
         lengths: Tensor | None = None,
         *,
         step: bool = False,
+        resets: Tensor | None = None,
     ) -> Explanation:
         """Which plan a call on ``x`` would run, and why; nothing is run.
 
@@ -350,6 +451,9 @@ class Stack(nn.Module):
                 ``step=True``, what :meth:`step` takes (``(B, I)`` or ``(I,)``).
             lengths: as :meth:`forward`'s ``lengths``.
             step: explain :meth:`step` on ``x`` instead of :meth:`forward`.
+            resets: as :meth:`forward`'s ``resets``: where they cut rows (a reset at
+                ``1 <= t <`` the row's length), the plan is ``"segments"``, and ``inner``
+                (with ``layers``) is the plan the segments run on as one batch.
 
         Returns:
             An :class:`~recurrentkit.executors.plans.Explanation`: ``plan`` (the whole
@@ -375,10 +479,15 @@ class Stack(nn.Module):
         """
         packed = isinstance(x, PackedSequence)
         empty = False
+        mask = None
         if step:
             self._check_input("x_t", x, ranks=(1, 2))
             if lengths is not None:
                 raise ConfigError("lengths", "None for one step", describe(lengths))
+            if resets is not None:
+                raise ConfigError(
+                    "resets", "None for one step (step's reset= keeps the step's plan)", "a mask"
+                )
             steps = 1
             assert isinstance(x, Tensor)
             empty = x.dim() == 2 and x.shape[0] == 0
@@ -387,7 +496,12 @@ class Stack(nn.Module):
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
             self._check_input("x (PackedSequence data)", x.data, ranks=(2,))
             steps = len(x.batch_sizes)
-            lengths = _packed_lengths(x)
+            if resets is not None:  # the call pads, then runs with lengths
+                x_pad, lengths = pad_packed_sequence(x)  # the caller's batch order
+                mask = self._check_resets(resets, x_pad, False, packed=True)
+                packed = False
+            else:
+                lengths = _packed_lengths(x)
         else:
             self._check_input("x", x, ranks=(2, 3))
             assert isinstance(x, Tensor)
@@ -396,8 +510,13 @@ class Stack(nn.Module):
             check_nonempty("x", x, [self._time_axis(x.dim())], ["time"])
             if lengths is not None:
                 lengths = self._check_lengths(lengths, x_tm, unbatched)
+            if resets is not None:
+                mask = self._check_resets(resets, x_tm, unbatched)
             steps = x_tm.shape[0]
             empty = x_tm.shape[1] == 0
+        seg = None if mask is None or empty else _Segments(mask, lengths, steps)
+        if seg is not None and seg.cut:
+            return self._explain_segments(seg, lengths)
         if empty:
             assert isinstance(x, Tensor)
             return self._explain_empty(x, lengths, step)
@@ -416,6 +535,24 @@ class Stack(nn.Module):
         return Explanation(self._executor, plan, why, per_layer)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _explain_segments(self, seg: _Segments, lengths: Tensor | None) -> Explanation:
+        """:meth:`explain` for a call whose resets cut rows into segments."""
+        B = int(seg.last.shape[0])
+        head = (
+            f"resets cut the batch's {B} rows into {seg.count} segments (a row's first "
+            "segment from its given state, each later one from the initial state), run as "
+            f"one batch of {seg.count} rows of up to {seg.steps} steps with their lengths; "
+            "outputs go back in place and each row's state is its last segment's"
+        )
+        if self._executor == "reference":
+            return Explanation("reference", "segments", head, None, "reference")
+        layers = self._make_executor()
+        assert isinstance(layers, FastExecutor)
+        plan, why, per_layer = layers.explain(self.routing, seg.steps, seg.lengths, packed=False)
+        return Explanation(
+            self._executor, "segments", f"{head}; they run as {plan!r}: {why}", per_layer, plan
+        )
 
     def _time_axis(self, rank: int) -> int:
         """The time axis of a forward input of ``rank`` in this stack's layout."""
@@ -668,6 +805,146 @@ class _StepState(tuple):
 
     def __reduce__(self) -> Any:  # pickles and copies as the plain tuple it is
         return (tuple, (tuple(self),))
+
+
+def check_resets(
+    name: str,
+    resets: object,
+    x_tm: Tensor,
+    *,
+    unbatched: bool,
+    batch_first: bool,
+    step: bool = False,
+) -> Tensor:
+    """A ``resets`` mask checked against ``x_tm (T, B, I)`` (time-major): a bool tensor
+    ``(T, B)`` (``(B, T)`` if ``batch_first``, ``(T,)`` if ``unbatched``; for one
+    ``step``, ``(B,)`` or ``()``) on the CPU or ``x``'s device. Returned time-major
+    ``(T, B)`` (``(1, B)`` for a step) on the CPU.
+
+    Raises:
+        InputTypeError: not a bool tensor.
+        DeviceError: on another device (or meta).
+        ShapeError: another shape.
+    """
+    T, B = x_tm.shape[0], x_tm.shape[1]
+    if step:
+        want: tuple[int, ...] = () if unbatched else (B,)
+    elif unbatched:
+        want = (T,)
+    else:
+        want = (B, T) if batch_first else (T, B)
+    if not isinstance(resets, Tensor) or resets.dtype != torch.bool:
+        raise InputTypeError(name, f"a bool tensor of shape {shape_str(want)}", describe(resets))
+    if resets.is_meta or resets.device not in (torch.device("cpu"), x_tm.device):
+        raise DeviceError(
+            name, f"a tensor on the CPU or on x's device ({x_tm.device})", resets.device
+        )
+    if tuple(resets.shape) != want:
+        raise ShapeError(name, f"shape {shape_str(want)}", shape_str(resets.shape))
+    mask = resets.reshape(T, B) if step or unbatched else resets
+    if batch_first and not step and not unbatched:
+        mask = mask.t()
+    return mask.cpu()
+
+
+def run_segments(
+    x_tm: Tensor,
+    states: Sequence[Any],
+    lengths: Tensor | None,
+    mask: Tensor,
+    initial: Sequence[Any],
+    run: Callable[[Tensor, tuple[Any, ...], Tensor | None], tuple[Tensor, Sequence[Any]]],
+) -> tuple[Tensor, tuple[Any, ...]]:
+    """``run`` over ``x_tm (T, B, I)`` with resets ``mask (T, B)`` (CPU bool).
+
+    Resets at ``t = 0`` replace the given states' rows by ``initial``'s; if no row has a
+    reset at ``1 <= t < length``, that is the run. Otherwise each row is cut at its resets
+    into segments (:class:`_Segments`), laid out as a batch of segments (a row's first
+    from its given state, each later one from ``initial``), ``run`` once over them with
+    their lengths, and the outputs scattered back (zeros past each length); each row's
+    final states are its last segment's.
+
+    Args:
+        states: parts (one per layer, say), each a state with the batch first ``(B, ·)``.
+        initial: the matching initial states, each ``(1, ·)``.
+        run: ``run(x (T', S, I), states, lengths or None) -> (out (T', S, O), finals)``.
+    """
+    states = tuple(rstate.reset(s, mask[0].to(x_tm.device), i) for s, i in zip(states, initial))
+    seg = _Segments(mask, lengths, x_tm.shape[0])
+    if not seg.cut:
+        out, finals = run(x_tm, states, lengths)
+        return out, tuple(finals)
+    T, B, I = x_tm.shape  # noqa: E741
+    dev = x_tm.device
+    src, valid = seg.src.to(dev), seg.valid.to(dev)  # (Ts, S)
+    x_seg = x_tm.reshape(T * B, I).index_select(0, src.flatten()).view(*src.shape, I)
+    x_seg = torch.where(valid.unsqueeze(-1), x_seg, x_seg.new_zeros(()))
+    pick = seg.start_row.to(dev)  # (S,): the row's given state, or B (the initial one)
+    s_seg = tuple(
+        rstate.index(rstate.cat([s, rstate.to(i, s_like)]), pick)
+        for s, i, s_like in zip(states, initial, (rstate.leaves(s)[0] for s in states))
+    )
+    out_seg, finals = run(x_seg, s_seg, seg.lengths)  # (Ts, S, O)
+    flat = out_seg.reshape(-1, out_seg.shape[-1])
+    keep = valid.flatten().nonzero().squeeze(1)
+    out = flat.new_zeros(T * B, flat.shape[-1]).index_copy(
+        0, src.flatten().index_select(0, keep), flat.index_select(0, keep)
+    )
+    last = seg.last.to(dev)  # (B,)
+    return out.view(T, B, -1), tuple(rstate.index(s, last) for s in finals)
+
+
+class _Segments:
+    """Rows of a batch cut at their resets into segments, laid out as a new batch.
+
+    From ``mask (T, B)`` (CPU bool: a reset before step ``t`` of row ``b``) and each
+    row's length (``lengths`` or ``T``): a segment runs from a row's start or a reset
+    at ``t >= 1`` (before its length) to the next such reset or the row's end.
+
+    Attributes:
+        cut: whether any row has a reset at ``1 <= t < length`` (else no segments).
+        src: ``(Ts, S)`` each segment position's flat index ``t * B + b`` in ``(T, B)``
+            (0 past the segment's end); ``Ts`` the longest segment.
+        valid: ``(Ts, S)`` whether that position is inside its segment.
+        start_row: ``(S,)`` the row whose given state a segment starts from, or ``B``
+            for the initial state (every segment after a reset, and a row's first one
+            where it resets at ``t = 0``: that reset is applied to the given state).
+        lengths: ``(S,)`` segment lengths, or ``None`` if all equal ``Ts``.
+        last: ``(B,)`` each row's last segment.
+    """
+
+    def __init__(self, mask: Tensor, lengths: Tensor | None, T: int) -> None:
+        B = mask.shape[1]
+        ends = lengths.tolist() if lengths is not None else [T] * B
+        cuts: list[list[int]] = [[] for _ in range(B)]
+        ts, bs = mask[1:].nonzero(as_tuple=True)
+        for t, b in zip((ts + 1).tolist(), bs.tolist()):
+            if t < ends[b]:
+                cuts[b].append(t)
+        self.cut = any(cuts)
+        if not self.cut:
+            return
+        starts, rows, given, last = [], [], [], []
+        for b in range(B):
+            bounds = [0, *sorted(cuts[b])]
+            for i, t0 in enumerate(bounds):
+                t1 = bounds[i + 1] if i + 1 < len(bounds) else ends[b]
+                starts.append((t0, t1 - t0))
+                rows.append(b)
+                given.append(b if i == 0 else B)
+            last.append(len(rows) - 1)
+        start = torch.tensor([s for s, _ in starts])
+        size = torch.tensor([n for _, n in starts])
+        row = torch.tensor(rows)
+        Ts = int(size.max())
+        tau = torch.arange(Ts).unsqueeze(1)  # (Ts, 1)
+        self.valid = tau < size  # (Ts, S)
+        self.src = torch.where(self.valid, (start + tau) * B + row, 0)
+        self.start_row = torch.tensor(given)
+        self.lengths = None if bool((size == Ts).all()) else size
+        self.last = torch.tensor(last)
+        self.steps = Ts
+        self.count = len(rows)
 
 
 def _none_of(states: tuple[Any, ...]) -> tuple[Any, ...]:

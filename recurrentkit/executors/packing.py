@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from recurrentkit import state as rstate
 from recurrentkit._validation import map_state
 
 __all__ = ["CHUNK_ROWS", "Schedule", "cat_states", "chunk_steps", "schedule", "schedule_packed"]
@@ -225,9 +226,5 @@ def schedule_packed(packed: PackedSequence) -> Schedule:
 
 
 def cat_states(states: list[Any]) -> Any:
-    """Concatenate states of one structure along the batch axis."""
-    first = states[0]
-    if isinstance(first, Tensor):
-        return torch.cat(states)
-    items = [cat_states([s[i] for s in states]) for i in range(len(first))]
-    return type(first)(*items) if hasattr(first, "_fields") else tuple(items)
+    """Concatenate states of one structure along the batch axis (:func:`recurrentkit.state.cat`)."""
+    return rstate.cat(states)

@@ -74,20 +74,26 @@ class Explanation:
         executor: the stack's executor setting (``"auto"``, ``"handbuilt"``,
             ``"reference"``).
         plan: the whole stack's plan (a name from :data:`WHOLE_RUN`, :data:`PACKED`,
-            ``"step"`` for a single step, or ``"reference"``).
+            ``"step"`` for a single step, ``"reference"``, ``"empty_batch"``, or
+            ``"segments"`` where ``resets`` cut rows into segments: see ``inner``).
         why: why that plan, in a sentence.
         layers: for plans that run each layer on a plan of its own, each layer's plan
             (names from :data:`LAYER`, or :data:`STEP` for steps), bottom first;
             ``None`` where the plan runs the stack as a whole.
+        inner: for plan ``"segments"`` (a call with ``resets`` that cut rows), the plan
+            the segments run on as one batch (``layers`` are its layers'); else ``None``.
     """
 
     executor: str
     plan: str
     why: str
     layers: tuple[str, ...] | None = None
+    inner: str | None = None
 
     def __str__(self) -> str:
         text = f"{self.plan} ({self.executor}): {self.why}"
+        if self.inner is not None:
+            text = f"{self.plan} -> {self.inner} ({self.executor}): {self.why}"
         if self.layers is not None:
             text += "\n" + "\n".join(f"  layer {k}: {p}" for k, p in enumerate(self.layers))
         return text

@@ -11,7 +11,7 @@ from recurrentkit._validation import describe
 from recurrentkit.errors import ConfigError, InputTypeError
 from recurrentkit.routing.base import Executor, RoutingPolicy, state_h, with_state_h
 from recurrentkit.routing.cross_layer import CrossLayer
-from recurrentkit.routing.handoff import Handoff, LeakWarning
+from recurrentkit.routing.handoff import CarriedStateWarning, Handoff, LeakWarning
 from recurrentkit.routing.independent import Independent
 from recurrentkit.routing.residual import Residual
 from recurrentkit.routing.shared import Shared
@@ -22,6 +22,7 @@ __all__ = [
     "Handoff",
     "Independent",
     "Executor",
+    "CarriedStateWarning",
     "LeakWarning",
     "Residual",
     "RoutingPolicy",

@@ -13,11 +13,18 @@ from torch import Tensor, nn
 
 from recurrentkit.routing.base import Executor, RoutingPolicy, check_same_state_shapes
 
-__all__ = ["Handoff", "LeakWarning"]
+__all__ = ["CarriedStateWarning", "Handoff", "LeakWarning"]
 
 
 class LeakWarning(UserWarning):
     """A non-causal policy is used where future inputs can leak into earlier outputs."""
+
+
+class CarriedStateWarning(LeakWarning):
+    """A non-causal stack (``handoff``) is called with a carried state: running a
+    sequence in chunks with the state carried differs from one call over it (each
+    chunk's layers start from the layer below's state at the *chunk's* end), so
+    streaming and truncated BPTT do not compute the whole-sequence function."""
 
 
 class Handoff(RoutingPolicy):
@@ -41,6 +48,14 @@ class Handoff(RoutingPolicy):
     A :class:`LeakWarning` is issued when a handoff stack runs a sequence in training
     mode (except while ``torch.compile`` traces it: a warning cannot be part of a graph).
     All layers' states must have one shape.
+
+    **Not streamable**: for the same reason, running a sequence in chunks with the state
+    carried (streaming, truncated BPTT) differs from one call over it by construction —
+    the layers of each chunk start from the state the layer below reaches at the
+    *chunk's* end, and the carried states of layers 2.. are not read. A
+    :class:`CarriedStateWarning` (a :class:`LeakWarning`) is issued when a handoff stack
+    (any policy that is not ``causal``) is called with a state (``state`` not ``None``).
+    Resets (``Stack.forward(..., resets=)``) are exact: a segment is a new sequence.
     """
 
     name = "handoff"
@@ -82,7 +97,7 @@ class Handoff(RoutingPolicy):
                 "handoff routing is not causal: under teacher forcing each layer starts "
                 "from the final state of the layer below, so outputs see future inputs",
                 LeakWarning,
-                stacklevel=_caller_level(),
+                stacklevel=caller_level(),
             )
         s, u, finals = states[0], x, []
         for k in range(len(executor.cells)):
@@ -92,7 +107,7 @@ class Handoff(RoutingPolicy):
         return u, tuple(finals)
 
 
-def _caller_level() -> int:
+def caller_level() -> int:
     """``stacklevel`` pointing at the user's line: the first frame outside recurrentkit/torch."""
     frame: FrameType | None = sys._getframe(2)  # 1 = run(), which calls warnings.warn
     level = 2

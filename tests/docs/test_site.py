@@ -38,6 +38,7 @@ RUN_PAGES = [
     "guides/fast-cell.md",
     "guides/custom-policy.md",
     "guides/connectivity.md",
+    "guides/state.md",
 ]
 
 
