@@ -102,7 +102,9 @@ class Explanation:
 # -- whole runs: when(ex, policy, lengths); run(ex, policy, x, states, lengths) ------------
 
 
-def _policy_run(ex: FastExecutor, policy: RoutingPolicy, x: Tensor, states: Any, lengths: Any):
+def _policy_run(
+    ex: FastExecutor, policy: RoutingPolicy, x: Tensor, states: Any, lengths: Any
+) -> tuple[Tensor, tuple[Any, ...]]:
     return policy.run(ex, x, states, lengths)
 
 
