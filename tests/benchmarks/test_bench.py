@@ -232,3 +232,26 @@ def test_ab_imports_an_earlier_commit_beside_this_checkout() -> None:
     finally:
         for name in [m for m in sys.modules if m == "rkbase" or m.startswith("rkbase.")]:
             del sys.modules[name]
+
+
+def test_state_bench_baseline_is_the_segments_run_alone() -> None:
+    """benchmarks/state_bench.py's user baseline (split at resets, pack, one nn.GRU call,
+    scatter back) computes what recurrentkit's resets compute: each segment from zeros."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "state_bench", Path(__file__).parents[2] / "benchmarks" / "state_bench.py"
+    )
+    assert spec is not None and spec.loader is not None
+    sb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sb)
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(4, 5, 2).double()
+    x = torch.randn(sb.T, sb.B, 4, dtype=torch.float64)
+    mask = sb.resets_mask()
+    import recurrentkit as rk
+
+    ours = rk.interop.stack_from_torch(gru)
+    torch.testing.assert_close(
+        sb.split_and_pad(gru, x, mask), ours(x, resets=mask)[0], rtol=0, atol=1e-10
+    )
