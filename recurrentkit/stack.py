@@ -970,14 +970,16 @@ def _read_fields(cell: nn.Module) -> list[tuple[tuple[str, ...], Tensor]]:
     (found by one probe step: a field the step never uses gets no gradient path; a cell
     without ``input_size`` keeps every zero field)."""
     probe = cast(Cell, cell).initial_state(1)
-    fields = [(path, t) for path, t in _state_fields(probe) if bool((t == 0).all())]
+    every = _state_fields(probe)
+    fields = [(path, t) for path, t in every if bool((t == 0).all())]
     width = getattr(cell, "input_size", None)
     if not fields or not isinstance(width, int):
         return fields
-    leaves = [t.detach().clone().requires_grad_() for _, t in _state_fields(probe)]
+    leaves = [t.detach().clone().requires_grad_() for _, t in every]
     it = iter(leaves)
     with torch.enable_grad():
-        y, new = cell(_probe_input(probe, width), map_state(lambda _t: next(it), probe))
+        x = every[0][1].new_zeros(1, width)  # a zero input, on the state's dtype and device
+        y, new = cell(x, map_state(lambda _t: next(it), probe))
         outs = [y, *(t for _, t in _state_fields(new))]
         grads = torch.autograd.grad(
             [o for o in outs if o.requires_grad],
@@ -985,14 +987,8 @@ def _read_fields(cell: nn.Module) -> list[tuple[tuple[str, ...], Tensor]]:
             [torch.ones_like(o) for o in outs if o.requires_grad],
             allow_unused=True,
         )
-    used = {path for (path, _), g in zip(_state_fields(probe), grads) if g is not None}
+    used = {path for (path, _), g in zip(every, grads) if g is not None}
     return [(path, t) for path, t in fields if path in used]
-
-
-def _probe_input(state: Any, width: int) -> Tensor:
-    """Zeros ``(1, width)`` on the state's device and dtype."""
-    ref = _state_fields(state)[0][1]
-    return ref.new_zeros(1, width)
 
 
 def _with_learned(state: Any, prefix: str, learned: nn.ParameterDict, batch: int) -> Any:
