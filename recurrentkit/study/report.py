@@ -356,9 +356,12 @@ def _opt(entry: Mapping[str, Any], key: str, digits: int = 3, *, pct: bool = Fal
 
 
 def _runaway(entry: Mapping[str, Any]) -> str:
-    """The runaway rate with its pooled one-sided 95% upper bound, e.g. ``0.0% (≤ 0.3%)``."""
-    text = format_stat(entry["runaway_rate"], pct=True)
+    """The runaway rate with its pooled one-sided 95% upper bound, e.g. ``0.7% (≤ 1.3%)``, or
+    ``0 of 3,000 (≤ 0.10%)`` when no sample ran away."""
     pooled = entry.get("runaway_pooled")
+    if pooled and pooled["runaways"] == 0:  # not "0 ± 0": none seen, and how few that bounds
+        return f"0 of {pooled['samples']:,} (≤ {_pct_bound(pooled['upper95'])})"
+    text = format_stat(entry["runaway_rate"], pct=True)
     if pooled:
         text += f" (≤ {_pct_bound(pooled['upper95'])})"
     return text
@@ -622,12 +625,20 @@ class StudyReport:
             The lines, in order.
         """
         lines: list[str] = []
-        n_min = min((e["n_seeds"] for e in summary), default=0)
-        if n_min <= 1:
+        single = [e for e in summary if e["n_seeds"] <= 1]
+        if single and len(single) == len(summary):
             lines.append(
                 "Every figure comes from **one seed**: there is no confidence interval, so small "
                 "differences (a few points of runaway rate, a few hundredths of a nat) are not "
                 "evidence either way; run with `--seeds 0,1,2` to resolve them."
+            )
+        elif single:
+            names = ", ".join(f"{self.label(e['model'])} `{e['routing']}`" for e in single)
+            lines.append(
+                f"Some groups come from **one seed** ({names}): their figures have no "
+                "confidence interval, and small differences involving them are not evidence "
+                "either way. Differences between groups of several seeds are read from their "
+                "paired 95% intervals."
             )
         if self.compare == "routing":
             lines += self._policy_conclusions(summary, num_samples)
