@@ -151,6 +151,13 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path: Path) -> None:
         (["--data", "{tmp}/caps.txt"], "line 2"),
         (["--data", "{tmp}/long.txt"], "at most 16 characters"),
         (["--preset", "backbones", "--routing", "shared"], "independent routing only"),
+        (["--temperature", "0"], "number > 0"),
+        (["--save-epochs", "0,5"], "epochs >= 1"),
+        (["--split-seed", "-1"], "integer >= 0"),
+        (["--sampler", "beam"], "invalid choice"),
+        (["--sample-mode", "test"], "invalid choice"),
+        (["--routing", "shared_first"], "unknown routing policy"),
+        (["--merge", "{tmp}/none.json"], "paths: expected readable results.json files"),
     ],
 )
 def test_bad_input_gives_one_line_errors(
@@ -323,30 +330,6 @@ def test_resume_measures_a_finished_run_without_snapshots(tmp_path: Path) -> Non
         assert again["best_checkpoint"]["runaway_rate"] == again["runaway_rate"]
     else:
         assert again["best_checkpoint"] is None
-
-
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (["--temperature", "0"], "number > 0"),
-        (["--save-epochs", "0,5"], "epochs >= 1"),
-        (["--split-seed", "-1"], "integer >= 0"),
-        (["--sampler", "beam"], "invalid choice"),
-        (["--sample-mode", "test"], "invalid choice"),
-        (["--routing", "shared_first"], "unknown routing policy"),
-        (["--merge", "{tmp}/none.json"], "paths: expected readable results.json files"),
-    ],
-)
-def test_bad_round_2_flags_give_one_line_errors(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
-) -> None:
-    argv = [a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")]
-    try:
-        code = study.main(argv)
-    except SystemExit as e:  # argparse
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and needle in err, err
 
 
 def test_the_sampling_flags_reach_the_runs() -> None:
