@@ -22,17 +22,26 @@ the results files) is package code, `recurrentkit.study.ablation`. Run
 
 Outputs in ``--out``:
 
-- ``results.json`` — ``{"schema": "names_memory_ablation/1", "command", "preset", "device",
-  "wall_seconds", "original", "runs": [...], "summary": [...]}``. Each run holds
-  ``run`` (its id), ``model``, ``routing``, ``protocol``, ``seed``, ``layers``, ``params``,
-  ``epochs``, ``status``, ``best_epoch``, ``best_val_loss``, ``final_val_loss``
-  (teacher-forced, last epoch), ``stepwise_val_loss`` (last epoch, fed one token at a
-  time), ``leak_gap`` (step-wise minus teacher-forced), ``runaway_rate``,
-  ``mean_length``, ``distinct2``, ``distinct3``, ``repetition``, ``novelty``,
-  ``reproduction`` (share equal to a training name), ``heldout_match`` (share equal to
-  a validation name absent from training), ``first_letter_tv`` (total variation
-  between the samples' and the training names' first letters), ``pad_sampled`` (samples
-  in which ``<PAD>`` was drawn), ``pad_grad_norm`` (norm of the loss gradient on the
+- ``results.json`` — ``{"schema": "names_memory_ablation/2", "command", "preset", "device",
+  "wall_seconds", "original", "sampling", "save_epochs", "runs": [...], "summary":
+  [...]}`` (``merged_from`` too when written by ``--merge``). Each run holds
+  ``run`` (its id), ``model``, ``routing``, ``protocol``, ``seed``, ``split_seed``,
+  ``variant`` (how it sampled and which data, ``""`` by default), ``sampling``,
+  ``layers``, ``params``, ``epochs``, ``status``, ``best_epoch``, ``best_val_loss``,
+  ``final_val_loss`` (teacher-forced, last epoch), ``stepwise_val_loss`` (last epoch, fed
+  one token at a time with the state carried as the step sampler carries it: a ``<PAD>``
+  step first under the seed protocol), ``stepwise_val_loss_zero`` (the same from the zero
+  state at the first letter), ``leak_gap`` (``stepwise_val_loss_zero`` minus
+  teacher-forced), ``runaway_rate``, ``runaways``, ``samples``, ``runaway_upper95``
+  (one-sided 95% Clopper–Pearson bound), ``mean_length``, ``distinct2``, ``distinct3``,
+  ``repetition``, ``loop_rate`` (some substring of 2+ letters 3+ times, non-overlapping),
+  ``empty_rate``, ``novelty``, ``novelty_nonempty``, ``reproduction`` (share equal to a
+  training name), ``heldout_match`` (share equal to a validation name absent from
+  training), ``first_letters`` and ``first_letter_tv`` (total variation between the
+  samples' and the training names' first letters), ``pad_sampled`` (samples in which
+  ``<PAD>`` was drawn), ``best_checkpoint`` and ``saved_epochs`` (the sample metrics of
+  the best-validation model and of each ``--save-epochs`` snapshot, with ``epoch`` and
+  ``val_loss``), ``pad_grad_norm`` (norm of the loss gradient on the
   PAD embedding row), ``pad_embedding_drift`` (how far training moved that row),
   ``history`` (per-epoch ``train_loss``/``val_loss``/``seconds``), ``train_seconds``,
   ``eval_seconds``, ``examples`` (the first samples) and ``samples_file``; and what the
@@ -48,7 +57,10 @@ Outputs in ``--out``:
   ``inputs``, ``outputs``, ``connectivity`` [t][s] of one fixed validation name) and
   ``seconds``. Each ``summary`` entry groups the seeds of one (model, routing, protocol):
   ``n_seeds`` and, per metric,
-  ``{"mean": m, "ci95": half_width or null}`` (Student's t; null with one seed).
+  ``{"mean": m, "ci95": half_width or null}`` (Student's t; null with one seed), with
+  ``runaway_pooled`` (runaways, samples and upper bound over the seeds) and
+  ``vs_independent`` (per metric, the difference from ``independent`` paired by seed:
+  ``{"mean", "ci95", "n"}``).
 - ``results.md`` — the tables (with mean ± 95% CI over seeds) and a conclusion
   written from the numbers, rendered from the run records by
   `recurrentkit.study.report` (``StudyReport``; the ``backbones`` preset gets its own
@@ -57,7 +69,9 @@ Outputs in ``--out``:
   — loss curves, ``connectivity_<group>.png`` / ``decay_<group>.png`` /
   ``context_<group>.png`` — heatmaps of one name, decay curves and accuracy by context
   comparing the runs of a group (the policies of one model, or for ``backbones`` the
-  cells), ``checkpoints/<run>.pt`` — resumable checkpoints.
+  cells), ``checkpoints/<run>.pt`` — resumable checkpoints, with the model snapshots
+  ``checkpoints/<run>.best.pt`` (best validation loss) and ``<run>.e<N>.pt``
+  (``--save-epochs``).
 """
 
 from __future__ import annotations
