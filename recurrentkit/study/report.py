@@ -678,17 +678,21 @@ class StudyReport:
             if ind is not None and r != "independent":
                 d_run = run - ind["runaway_rate"]["mean"]
                 d_rep = e["repetition"]["mean"] - ind["repetition"]["mean"]
-                loss_key = (
-                    "stepwise_val_loss"
-                    if not _missing(e["stepwise_val_loss"])
-                    and not _missing(ind["stepwise_val_loss"])
-                    else "stepwise_val_loss_zero"
+                # the sampling-carried step-wise loss, or (runs before it) the zero-start one
+                keys = ("stepwise_val_loss", "stepwise_val_loss_zero")
+                loss_key = next(
+                    (k for k in keys if not _missing(e.get(k)) and not _missing(ind.get(k))), None
                 )
-                d_loss = e[loss_key]["mean"] - ind[loss_key]["mean"]
+                d_loss = (
+                    ""
+                    if loss_key is None
+                    else f", step-wise val loss {e[loss_key]['mean'] - ind[loss_key]['mean']:+.3f} "
+                    "nats"
+                )
                 parts.append(
                     f"vs independent: runaway {100 * d_run:+.1f} points, repetition "
                     f"{100 * d_rep:+.1f} points, mean length {e['mean_length']['mean']:.2f} vs "
-                    f"{ind['mean_length']['mean']:.2f}, step-wise val loss {d_loss:+.3f} nats"
+                    f"{ind['mean_length']['mean']:.2f}{d_loss}"
                 )
                 paired = e.get("vs_independent", {})
                 read = [
