@@ -397,10 +397,12 @@ def sample_metrics(
         ``(metrics, samples)``. ``metrics``: ``runaway_rate``, ``runaways`` (count),
         ``runaway_upper95`` (one-sided 95% Clopper–Pearson bound), ``mean_length``,
         ``distinct2``, ``distinct3``, ``repetition``, ``loop_rate``
-        ([`has_loop`][recurrentkit.study.metrics.has_loop]), ``empty_rate``,
-        ``novelty`` (over all samples, empty ones counted as novel), ``novelty_nonempty``
-        (over non-empty samples; ``None`` if all are empty), ``reproduction`` (share that
-        are training names), ``heldout_match``, ``first_letters`` (the samples'
+        ([`has_loop`][recurrentkit.study.metrics.has_loop]), ``empty_rate`` (``.`` drawn
+        first), ``novelty`` (of the letters, ``<PAD>`` draws dropped, over all samples:
+        empty ones count as novel; kept as it was), ``novelty_nonempty`` (over the
+        non-empty samples, ``<PAD>`` draws kept, so a sample that drew ``<PAD>`` is never
+        a training name; ``None`` if all are empty), ``reproduction`` (share whose letters
+        are a training name), ``heldout_match``, ``first_letters`` (the samples'
         first-letter distribution), ``first_letter_tv`` (its distance to the training
         names'), ``pad_sampled`` (samples that drew ``<PAD>``).
     """
@@ -419,6 +421,7 @@ def sample_metrics(
         mode=sampling.mode,
     )
     texts = [s.text for s in samples]
+    raws = [s.raw for s in samples]  # <PAD> draws kept (as "_"): such a sample is no name
     ended = [s.ended for s in samples]
     train_names = sets["train_names"]
     firsts = metrics.first_letter_distribution(texts)
@@ -432,9 +435,9 @@ def sample_metrics(
         "distinct3": metrics.distinct_n(texts, 3),
         "repetition": metrics.repetition_rate(texts),
         "loop_rate": metrics.loop_rate(texts),
-        "empty_rate": metrics.empty_rate(texts),
+        "empty_rate": metrics.empty_rate(raws),
         "novelty": metrics.novelty(texts, train_names),
-        "novelty_nonempty": metrics.nonempty_novelty(texts, train_names),
+        "novelty_nonempty": metrics.nonempty_novelty(raws, train_names),
         "reproduction": metrics.reproduction_rate(texts, train_names),
         "heldout_match": sum(t in sets["heldout_names"] for t in texts) / len(texts),
         "first_letters": firsts,

@@ -998,9 +998,10 @@ class StudyReport:
                 "distinct / total character n-grams over all samples; *repetition* = share "
                 "of samples in which some 2- or 3-gram occurs 3+ times (overlapping); *loop* "
                 "= share in which some substring of 2+ characters occurs 3+ times "
-                "(non-overlapping); *empty* = share with no letter (`.` drawn first); "
-                "*novelty* = share that is not a training name (empty samples count as "
-                "novel), *novelty (non-empty)* leaves them out; *held-out match* = share "
+                "(non-overlapping); *empty* = share in which `.` was drawn first; *novelty* = "
+                "share whose letters are not a training name (empty samples count as "
+                "novel), *novelty (non-empty)* leaves them out and counts a sample that drew "
+                "`<PAD>` as novel; *held-out match* = share "
                 "equal to a validation name absent from training.\n"
             )
             L.append(

@@ -46,6 +46,21 @@ class Sample:
     tokens: tuple[int, ...]
     pad_count: int
 
+    @property
+    def raw(self) -> str:
+        """Every id sampled before the end token, ``<PAD>`` written ``_`` (``<S>`` dropped).
+
+        Unlike :attr:`text` it keeps the ``<PAD>`` draws, so a sample that drew ``<PAD>``
+        never equals a name, and it is empty only when ``.`` was drawn first.
+
+        Example:
+            >>> Sample("anna", True, (2, 15, 0, 15, 2, 1), 1).raw
+            'an_na'
+        """
+        return "".join(
+            "_" if t == PAD else itos[t] for t in self.tokens if t == PAD or 2 <= t <= 27
+        )
+
 
 @torch.no_grad()
 def generate(

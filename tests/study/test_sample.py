@@ -10,7 +10,7 @@ from recurrentkit.errors import ConfigError, InputTypeError
 from recurrentkit.study import data
 from recurrentkit.study.cells import StudyGRUCell
 from recurrentkit.study.lm import CharLM
-from recurrentkit.study.sample import generate, stepwise_loss, teacher_forced_loss
+from recurrentkit.study.sample import Sample, generate, stepwise_loss, teacher_forced_loss
 
 
 def make(routing: str = "independent", vocab: int = 28) -> CharLM:
@@ -202,3 +202,14 @@ def test_bad_sampling_options() -> None:
     x, y = data.encode(["anna"])
     with pytest.raises(ConfigError, match="start_token"):
         stepwise_loss(model, x, y, start_token=99)
+
+
+def test_raw_keeps_the_pad_draws_that_text_drops() -> None:
+    s = Sample("anna", True, (2, 15, 0, 15, 2, 1), 1)
+    assert (s.text, s.raw) == ("anna", "an_na")  # "an_na" is no training name
+    assert Sample("", True, (1,), 0).raw == ""  # "." first: empty
+    assert Sample("", True, (0, 0, 1), 2).raw == "__"  # only <PAD>: not empty
+    model = make()
+    for sample in generate(model, 30, max_steps=6, seed=1):
+        assert sample.raw.replace("_", "") == sample.text
+        assert sample.raw.count("_") == sample.pad_count
