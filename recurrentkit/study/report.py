@@ -1080,8 +1080,9 @@ class StudyReport:
             top = sorted(e.get("first_letters", {}).items(), key=lambda kv: -kv[1])[:3]
             letters = ", ".join(f"{k} {100 * v:.0f}%" for k, v in top) or "—"
             val = "—" if e.get("val_loss") is None else f"{e['val_loss']:.4f}"
+            run = r["run"] + (f" [{r['variant']}]" if r.get("variant") else "")
             L.append(
-                f"| {r['run']} | {e['epoch']}{' ★' if is_best else ''} | {val} "
+                f"| {run} | {e['epoch']}{' ★' if is_best else ''} | {val} "
                 f"| {100 * e['runaway_rate']:.1f}% (≤ {_pct_bound(e['runaway_upper95'])}) "
                 f"| {e['mean_length']:.2f} | {100 * e['loop_rate']:.1f}% "
                 f"| {e['first_letter_tv']:.3f} | {letters} |"

@@ -278,6 +278,10 @@ def test_the_round_2_flags_end_to_end(tmp_path: Path) -> None:
     md = (out / "results.md").read_text()
     assert "## Samples by checkpoint" in md
     assert "| tiny | shared_last [prefix sampler, greedy, train mode, deduplicated names] |" in md
+    label = (
+        "tiny-shared_last-seed-s0-split1 [prefix sampler, greedy, train mode, deduplicated names]"
+    )
+    assert f"| {label} | 1 " in md
     assert "split seed 1, names deduplicated" in md
 
 
