@@ -22,17 +22,26 @@ the results files) is package code, `recurrentkit.study.ablation`. Run
 
 Outputs in ``--out``:
 
-- ``results.json`` — ``{"schema": "names_memory_ablation/1", "command", "preset", "device",
-  "wall_seconds", "original", "runs": [...], "summary": [...]}``. Each run holds
-  ``run`` (its id), ``model``, ``routing``, ``protocol``, ``seed``, ``layers``, ``params``,
-  ``epochs``, ``status``, ``best_epoch``, ``best_val_loss``, ``final_val_loss``
-  (teacher-forced, last epoch), ``stepwise_val_loss`` (last epoch, fed one token at a
-  time), ``leak_gap`` (step-wise minus teacher-forced), ``runaway_rate``,
-  ``mean_length``, ``distinct2``, ``distinct3``, ``repetition``, ``novelty``,
-  ``reproduction`` (share equal to a training name), ``heldout_match`` (share equal to
-  a validation name absent from training), ``first_letter_tv`` (total variation
-  between the samples' and the training names' first letters), ``pad_sampled`` (samples
-  in which ``<PAD>`` was drawn), ``pad_grad_norm`` (norm of the loss gradient on the
+- ``results.json`` — ``{"schema": "names_memory_ablation/2", "command", "preset", "device",
+  "wall_seconds", "original", "sampling", "save_epochs", "runs": [...], "summary":
+  [...]}`` (``merged_from`` too when written by ``--merge``). Each run holds
+  ``run`` (its id), ``model``, ``routing``, ``protocol``, ``seed``, ``split_seed``,
+  ``variant`` (how it sampled and which data, ``""`` by default), ``sampling``,
+  ``layers``, ``params``, ``epochs``, ``status``, ``best_epoch``, ``best_val_loss``,
+  ``final_val_loss`` (teacher-forced, last epoch), ``stepwise_val_loss`` (last epoch, fed
+  one token at a time with the state carried as the step sampler carries it: a ``<PAD>``
+  step first under the seed protocol), ``stepwise_val_loss_zero`` (the same from the zero
+  state at the first letter), ``leak_gap`` (``stepwise_val_loss_zero`` minus
+  teacher-forced), ``runaway_rate``, ``runaways``, ``samples``, ``runaway_upper95``
+  (one-sided 95% Clopper–Pearson bound), ``mean_length``, ``distinct2``, ``distinct3``,
+  ``repetition``, ``loop_rate`` (some substring of 2+ letters 3+ times, non-overlapping),
+  ``empty_rate``, ``novelty``, ``novelty_nonempty``, ``reproduction`` (share equal to a
+  training name), ``heldout_match`` (share equal to a validation name absent from
+  training), ``first_letters`` and ``first_letter_tv`` (total variation between the
+  samples' and the training names' first letters), ``pad_sampled`` (samples in which
+  ``<PAD>`` was drawn), ``best_checkpoint`` and ``saved_epochs`` (the sample metrics of
+  the best-validation model and of each ``--save-epochs`` snapshot, with ``epoch`` and
+  ``val_loss``), ``pad_grad_norm`` (norm of the loss gradient on the
   PAD embedding row), ``pad_embedding_drift`` (how far training moved that row),
   ``history`` (per-epoch ``train_loss``/``val_loss``/``seconds``), ``train_seconds``,
   ``eval_seconds``, ``examples`` (the first samples) and ``samples_file``; and what the
@@ -48,7 +57,10 @@ Outputs in ``--out``:
   ``inputs``, ``outputs``, ``connectivity`` [t][s] of one fixed validation name) and
   ``seconds``. Each ``summary`` entry groups the seeds of one (model, routing, protocol):
   ``n_seeds`` and, per metric,
-  ``{"mean": m, "ci95": half_width or null}`` (Student's t; null with one seed).
+  ``{"mean": m, "ci95": half_width or null}`` (Student's t; null with one seed), with
+  ``runaway_pooled`` (runaways, samples and upper bound over the seeds) and
+  ``vs_independent`` (per metric, the difference from ``independent`` paired by seed:
+  ``{"mean", "ci95", "n"}``).
 - ``results.md`` — the tables (with mean ± 95% CI over seeds) and a conclusion
   written from the numbers, rendered from the run records by
   `recurrentkit.study.report` (``StudyReport``; the ``backbones`` preset gets its own
@@ -57,7 +69,9 @@ Outputs in ``--out``:
   — loss curves, ``connectivity_<group>.png`` / ``decay_<group>.png`` /
   ``context_<group>.png`` — heatmaps of one name, decay curves and accuracy by context
   comparing the runs of a group (the policies of one model, or for ``backbones`` the
-  cells), ``checkpoints/<run>.pt`` — resumable checkpoints.
+  cells), ``checkpoints/<run>.pt`` — resumable checkpoints, with the model snapshots
+  ``checkpoints/<run>.best.pt`` (best validation loss) and ``<run>.e<N>.pt``
+  (``--save-epochs``).
 """
 
 from __future__ import annotations
@@ -78,12 +92,14 @@ from recurrentkit.study import data
 from recurrentkit.study.ablation import (
     ALIASES,
     PRESETS,
-    ROUTINGS,
+    ROUTING_CHOICES,
     SPECS,
+    Sampling,
     build_model,
     finish_distributed,
     init_distributed,
     load_data,
+    merge_results,
     plan_runs,
     run_specs,
     run_study,
@@ -131,14 +147,45 @@ def _seeds(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(seeds))
 
 
-def _positive(text: str) -> int:
+def _epochs_list(text: str) -> tuple[int, ...]:
     try:
-        v = int(text)
+        epochs = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated epochs such as 5,10,20,40, got {text!r}"
+        ) from None
+    if not epochs or any(e < 1 for e in epochs):
+        raise argparse.ArgumentTypeError(f"expected epochs >= 1 such as 5,10,20,40, got {text!r}")
+    return tuple(sorted(set(epochs)))
+
+
+def _temperature(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return v
+
+
+def _at_least(minimum: int, what: str) -> Any:
+    """An argparse type: an integer ``>= minimum``, described as ``what`` in errors."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = minimum - 1
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+
+    return parse
+
+
+_positive = _at_least(1, "a positive integer")
+_non_negative = _at_least(0, "an integer >= 0")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -166,7 +213,18 @@ def make_parser() -> argparse.ArgumentParser:
             "  handoff      each layer starts from the *final* state of the layer below "
             "(leaks the future\n               under teacher forcing)\n"
             "  residual     independent + residual connections\n"
-            "  cross_layer  gated feedback between layers (Chung et al. 2015)\n\n"
+            "  cross_layer  gated feedback between layers (Chung et al. 2015)\n"
+            '  shared_last  Shared(carry="last"): one memory threaded through every layer, '
+            "the top\n               layer's write carried to the next step (not in any "
+            "preset)\n\n"
+            "sampling (every run's samples; the default is the original's):\n"
+            "  --sampler step     carry the state one token at a time (the original's T = 1 "
+            "sampler)\n"
+            "  --sampler prefix   re-run the whole prefix from zeros each step (makemore "
+            "style)\n"
+            "  --temperature T, --greedy (argmax), --sample-mode train (dropout on)\n\n"
+            "one report from separate invocations (CIs over all their runs):\n"
+            "  --merge runs/a/results.json runs/b/results.json --out runs/merged\n\n"
             "protocols:\n"
             "  seed   the original's: x = name, y = name[1:] + '.', sampling starts from <PAD>\n"
             "  fixed  a start token: x = <S> + name, y = name + '.', sampling starts from <S>\n\n"
@@ -187,8 +245,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--routing",
-        type=_list_of("routing policy", ROUTINGS),
-        help="comma-separated routing policies (overrides the preset)",
+        type=_list_of("routing policy", ROUTING_CHOICES),
+        help="comma-separated routing policies (overrides the preset): "
+        + ", ".join(ROUTING_CHOICES),
     )
     p.add_argument(
         "--protocol",
@@ -203,6 +262,53 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data", type=Path, help="a newline-separated word list (a-z); default: the packaged names"
+    )
+    p.add_argument(
+        "--split-seed",
+        type=_non_negative,
+        default=0,
+        help="seed of the 80/20 train/validation split (and of --max-names' subset); "
+        "default 0, the split every committed run used",
+    )
+    p.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="drop repeated names before splitting (29,494 unique of the 32,033 packaged "
+        "names), so no validation name is also a training name",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=("step", "prefix"),
+        default="step",
+        help="step: carry the state one token at a time (default, the original's sampler); "
+        "prefix: re-run the whole prefix from the zero state at every step (makemore style)",
+    )
+    p.add_argument(
+        "--temperature", type=_temperature, default=1.0, help="sampling temperature (default 1)"
+    )
+    p.add_argument(
+        "--greedy", action="store_true", help="greedy decoding: the most likely token each step"
+    )
+    p.add_argument(
+        "--sample-mode",
+        choices=("eval", "train"),
+        default="eval",
+        help="sample in eval mode (default) or train mode (dropout on)",
+    )
+    p.add_argument(
+        "--save-epochs",
+        type=_epochs_list,
+        default=(),
+        help="comma-separated epochs, e.g. 5,10,20,40: keep a model snapshot after each and "
+        "report its sample metrics (runaway rate and bound, mean length, loops, first letters)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="merge the results.json of separate invocations into one report in --out "
+        "(means, 95%% CIs and paired differences over all their runs); no training",
     )
     p.add_argument(
         "--out",
@@ -253,7 +359,13 @@ def _device(choice: str) -> torch.device:
 def _load_sets(args: argparse.Namespace, protocols: Sequence[str]) -> dict[str, Any]:
     """The data (``load_data``), its errors told as one line about ``--data``."""
     try:
-        return load_data(args.data, protocols, max_names=args.max_names)
+        return load_data(
+            args.data,
+            protocols,
+            max_names=args.max_names,
+            split_seed=args.split_seed,
+            dedupe=args.dedupe,
+        )
     except RecurrentKitError as e:
         if e.argument == "path":  # the file, or too few names in it
             raise UsageError(f"--data: expected {e.expected}, got {e.got}") from None
@@ -261,6 +373,14 @@ def _load_sets(args: argparse.Namespace, protocols: Sequence[str]) -> dict[str, 
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    command = " ".join(shlex.quote(a) for a in ["python", f"examples/{PROG}", *argv])
+    if args.merge:
+        merged = merge_results(args.merge, args.out, command=command)
+        print(
+            f"merged {len(merged['runs'])} runs from {len(args.merge)} files into "
+            f"{args.out / 'results.md'} and {args.out / 'results.json'}"
+        )
+        return 0
     preset = PRESETS[args.preset]
     if preset.compare == "model" and args.routing and args.routing != ("independent",):
         raise UsageError(
@@ -268,7 +388,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "under independent routing only (their parameter counts are matched for it); "
             "drop --routing, or pick the models with --models under another preset"
         )
-    keys = plan_runs(preset, args.models, args.routing, args.protocol, args.seeds)
+    keys = plan_runs(
+        preset, args.models, args.routing, args.protocol, args.seeds, split_seed=args.split_seed
+    )
     if not keys:
         raise UsageError("the options select no runs; check --models/--routing/--protocol")
     specs = run_specs(preset, keys, args.epochs)
@@ -293,6 +415,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     init_distributed(device)
     args.max_names = args.max_names or preset.max_names
     sets = _load_sets(args, tuple(dict.fromkeys(k.protocol for k in keys)))
+    sampling = Sampling(args.sampler, args.temperature, args.greedy, args.sample_mode)
     status = run_study(
         args.preset,
         keys,
@@ -301,9 +424,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         out=args.out,
         device=device,
         num_samples=args.samples or preset.num_samples,
-        command=" ".join(shlex.quote(a) for a in ["python", f"examples/{PROG}", *argv]),
+        command=command,
         resume=args.resume,
         progress=not args.no_progress,
+        sampling=sampling,
+        save_epochs=args.save_epochs,
     )
     finish_distributed()
     return status

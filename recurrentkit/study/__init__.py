@@ -30,14 +30,25 @@ from recurrentkit.study.cells import StudyGRUCell
 from recurrentkit.study.lm import CharLM, count_parameters
 from recurrentkit.study.report import (
     COMPARE,
+    OPTIONAL_METRICS,
+    PAIRED_METRICS,
     SUMMARY_METRICS,
     ModelInfo,
     StudyReport,
     compare_reach,
+    difference_verdict,
     format_stat,
     summarize_runs,
+    upgrade_results,
 )
-from recurrentkit.study.sample import Sample, generate, stepwise_loss, teacher_forced_loss
+from recurrentkit.study.sample import (
+    MODES,
+    SAMPLERS,
+    Sample,
+    generate,
+    stepwise_loss,
+    teacher_forced_loss,
+)
 from recurrentkit.study.train import (
     TrainConfig,
     TrainingDiverged,
@@ -50,6 +61,10 @@ from recurrentkit.study.train import (
 
 __all__ = [
     "COMPARE",
+    "MODES",
+    "OPTIONAL_METRICS",
+    "PAIRED_METRICS",
+    "SAMPLERS",
     "SUMMARY_METRICS",
     "CharLM",
     "ModelInfo",
@@ -63,6 +78,7 @@ __all__ = [
     "compare_reach",
     "count_parameters",
     "data",
+    "difference_verdict",
     "evaluate",
     "fit",
     "format_stat",
@@ -73,4 +89,5 @@ __all__ = [
     "stepwise_loss",
     "summarize_runs",
     "teacher_forced_loss",
+    "upgrade_results",
 ]

@@ -25,6 +25,7 @@ The files' schema is described in the script's docstring.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import math
@@ -40,15 +41,29 @@ from typing import Any
 import torch
 
 import recurrentkit as rk
+from recurrentkit._validation import check_bool, check_choice, check_real, describe
 from recurrentkit.analysis import analyse_run
 from recurrentkit.errors import ConfigError
 from recurrentkit.routing import LeakWarning
 from recurrentkit.study import data, metrics
 from recurrentkit.study.cells import StudyGRUCell
 from recurrentkit.study.lm import CharLM, count_parameters
-from recurrentkit.study.report import StudyReport, summarize_runs
-from recurrentkit.study.sample import Sample, generate, stepwise_loss, teacher_forced_loss
-from recurrentkit.study.train import TrainConfig, TrainingDiverged, fit
+from recurrentkit.study.report import StudyReport, summarize_runs, upgrade_results
+from recurrentkit.study.sample import (
+    MODES,
+    SAMPLERS,
+    Sample,
+    generate,
+    stepwise_loss,
+    teacher_forced_loss,
+)
+from recurrentkit.study.train import (
+    TrainConfig,
+    TrainingDiverged,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "ALIASES",
@@ -61,7 +76,9 @@ __all__ = [
     "PAD_GRAD_BATCH",
     "PRESETS",
     "ROUTINGS",
+    "ROUTING_CHOICES",
     "SCHEMA",
+    "SNAPSHOT_FORMAT",
     "SEED_ROUTINGS",
     "SPECS",
     "SPLIT_SEED",
@@ -69,25 +86,37 @@ __all__ = [
     "ModelSpec",
     "Preset",
     "RunKey",
+    "Sampling",
     "build_model",
     "evaluate_run",
     "finish_distributed",
     "init_distributed",
     "load_data",
     "make_report",
+    "merge_results",
     "pad_gradient_norm",
     "plan_runs",
     "rank",
     "run_specs",
+    "routing_policy",
     "run_study",
+    "sample_metrics",
     "train_run",
     "write_results",
 ]
 
-SCHEMA = "names_memory_ablation/1"
-"""The ``"schema"`` of the ``results.json`` a study writes."""
+SCHEMA = "names_memory_ablation/2"
+"""The ``"schema"`` of the ``results.json`` a study writes (``/1``: before the
+sampling-carried step-wise loss; ``report.upgrade_results`` reads both)."""
+SNAPSHOT_FORMAT = "recurrentkit.study.snapshot/1"
+"""The ``"format"`` of a model snapshot (best epoch, ``--save-epochs``): the model's
+``state_dict`` with its ``epoch`` and ``val_loss``, written by ``save_checkpoint``."""
 
 ROUTINGS = ("independent", "shared", "handoff", "residual", "cross_layer")
+ROUTING_CHOICES = (*ROUTINGS, "shared_last")
+"""Every policy a run may use: :data:`ROUTINGS` (the presets' policies) and
+``shared_last`` (``rk.routing.Shared(carry="last")``: one memory threaded through every
+layer, the top layer's write carried to the next step)."""
 MAX_LEN = 16
 SPLIT_SEED = 0
 PAD_GRAD_BATCH = 2048
@@ -218,31 +247,86 @@ PRESETS: dict[str, Preset] = {
 
 @dataclass(frozen=True)
 class RunKey:
-    """One run: model id, routing policy, protocol and seed; ``id`` names its files."""
+    """One run: model id, routing policy, protocol, seed and split seed; ``id`` names its
+    files (``-split<N>`` is appended when the split seed is not 0)."""
 
     model: str
     routing: str
     protocol: str
     seed: int
+    split_seed: int = SPLIT_SEED
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.routing}-{self.protocol}-s{self.seed}"
+        split = f"-split{self.split_seed}" if self.split_seed != SPLIT_SEED else ""
+        return f"{self.model}-{self.routing}-{self.protocol}-s{self.seed}{split}"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a run's samples are drawn (:func:`~recurrentkit.study.sample.generate`'s
+    options): ``sampler`` (``"step"``, the default, or ``"prefix"``), ``temperature``,
+    ``greedy`` (argmax decoding) and ``mode`` (``"eval"`` or ``"train"``: dropout on).
+
+    Raises:
+        ConfigError: an unknown sampler or mode, a temperature that is not > 0.
+    """
+
+    sampler: str = "step"
+    temperature: float = 1.0
+    greedy: bool = False
+    mode: str = "eval"
+
+    def __post_init__(self) -> None:
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("mode", self.mode, MODES)
+        check_real("temperature", self.temperature, strict=True)
+        check_bool("greedy", self.greedy)
+
+    @property
+    def label(self) -> str:
+        """The variant's name in tables: ``""`` for the default (step, T = 1, eval)."""
+        parts = []
+        if self.sampler != "step":
+            parts.append(f"{self.sampler} sampler")
+        if self.greedy:
+            parts.append("greedy")
+        elif self.temperature != 1.0:
+            parts.append(f"T={self.temperature:g}")
+        if self.mode != "eval":
+            parts.append(f"{self.mode} mode")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sampler": self.sampler,
+            "temperature": self.temperature,
+            "greedy": self.greedy,
+            "mode": self.mode,
+        }
 
 
 # -- building ----------------------------------------------------------------------------
+
+
+def routing_policy(routing: str) -> str | rk.routing.RoutingPolicy:
+    """What ``Stack`` is given for a routing name of :data:`ROUTING_CHOICES`: the name
+    itself, or ``Shared(carry="last")`` for ``"shared_last"``."""
+    check_choice("routing", routing, ROUTING_CHOICES)
+    return rk.routing.Shared(carry="last") if routing == "shared_last" else routing
 
 
 def build_model(spec: ModelSpec, routing: str, protocol: str = "seed") -> CharLM:
     """The original's model: embedding → stacked ``StudyGRUCell``\\s → (LayerNorm) → head
     (a backbone spec stacks its library cell instead, with dropout between layers)."""
     sizes = [(spec.embed if k == 0 else spec.hidden, spec.hidden) for k in range(spec.layers)]
+    policy = routing_policy(routing)
     if spec.cell == "study_gru":
         cells = [StudyGRUCell(i, h, spec.dropout) for i, h in sizes]
-        stack = rk.Stack(cells, routing, batch_first=True)
+        stack = rk.Stack(cells, policy, batch_first=True)
     else:
         cells = [LIBRARY_CELLS[spec.cell](i, h) for i, h in sizes]
-        stack = rk.Stack(cells, routing, dropout=spec.dropout, batch_first=True)
+        stack = rk.Stack(cells, policy, dropout=spec.dropout, batch_first=True)
     return CharLM(stack, data.vocab_size(protocol), spec.embed, layer_norm=spec.layer_norm)
 
 
@@ -252,8 +336,10 @@ def plan_runs(
     routings: Sequence[str] | None = None,
     protocols: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
+    split_seed: int = SPLIT_SEED,
 ) -> list[RunKey]:
-    """The runs of a preset, or of the grid its overrides describe.
+    """The runs of a preset, or of the grid its overrides describe (every run on the
+    train/validation split of ``split_seed``).
 
     Overriding models, routings or protocols turns the plan into the full grid of the
     given lists (the preset's lists fill in the rest). A one-layer model is the same
@@ -273,7 +359,7 @@ def plan_runs(
         for p in g.protocols:
             for r in rs:
                 for s in seeds if seeds is not None else preset.seeds:
-                    out.append(RunKey(g.model, r, p, s))
+                    out.append(RunKey(g.model, r, p, s, split_seed))
     return out
 
 
@@ -294,19 +380,33 @@ def pad_gradient_norm(model: CharLM, x: torch.Tensor, y: torch.Tensor) -> float:
     return value
 
 
-def evaluate_run(
+def sample_metrics(
     model: CharLM,
     key: RunKey,
-    sets: dict[str, Any],
+    sets: Mapping[str, Any],
     num_samples: int,
-    pad_row_init: torch.Tensor,
+    sampling: Sampling | None = None,
 ) -> tuple[dict[str, Any], list[Sample]]:
-    """Every measurement of a trained model (losses, samples, metrics, the PAD flaw, what
-    it remembers)."""
-    xv, yv = sets["val"]
-    xt, yt = sets["train"]
-    tf = teacher_forced_loss(model, xv, yv)
-    sw = stepwise_loss(model, xv, yv)
+    """Draw a run's samples and measure them.
+
+    The samples start from ``<PAD>`` (seed protocol) or ``<S>`` (fixed; ``<PAD>`` and
+    ``<S>`` forbidden), at most 20 steps, seeded by the run's seed, drawn as ``sampling``
+    says (default: the step sampler, temperature 1, eval mode).
+
+    Returns:
+        ``(metrics, samples)``. ``metrics``: ``runaway_rate``, ``runaways`` (count),
+        ``runaway_upper95`` (one-sided 95% Clopper–Pearson bound), ``mean_length``,
+        ``distinct2``, ``distinct3``, ``repetition``, ``loop_rate``
+        ([`has_loop`][recurrentkit.study.metrics.has_loop]), ``empty_rate`` (``.`` drawn
+        first), ``novelty`` (of the letters, ``<PAD>`` draws dropped, over all samples:
+        empty ones count as novel; kept as it was), ``novelty_nonempty`` (over the
+        non-empty samples, ``<PAD>`` draws kept, so a sample that drew ``<PAD>`` is never
+        a training name; ``None`` if all are empty), ``reproduction`` (share whose letters
+        are a training name), ``heldout_match``, ``first_letters`` (the samples'
+        first-letter distribution), ``first_letter_tv`` (its distance to the training
+        names'), ``pad_sampled`` (samples that drew ``<PAD>``).
+    """
+    sampling = sampling or Sampling()
     fixed = key.protocol == "fixed"
     samples = generate(
         model,
@@ -315,11 +415,63 @@ def evaluate_run(
         forbid=(data.PAD, data.START) if fixed else (),
         max_steps=20,
         seed=key.seed,
+        temperature=sampling.temperature,
+        greedy=sampling.greedy,
+        sampler=sampling.sampler,
+        mode=sampling.mode,
     )
     texts = [s.text for s in samples]
+    raws = [s.raw for s in samples]  # <PAD> draws kept (as "_"): such a sample is no name
+    ended = [s.ended for s in samples]
     train_names = sets["train_names"]
-    heldout = sets["heldout_names"]
-    first_data = sets["first_letters"]
+    firsts = metrics.first_letter_distribution(texts)
+    return {
+        "runaway_rate": metrics.runaway_rate(ended),
+        "samples": len(samples),
+        "runaways": sum(1 for e in ended if not e),
+        "runaway_upper95": metrics.runaway_upper(ended),
+        "mean_length": metrics.mean_length(texts),
+        "distinct2": metrics.distinct_n(texts, 2),
+        "distinct3": metrics.distinct_n(texts, 3),
+        "repetition": metrics.repetition_rate(texts),
+        "loop_rate": metrics.loop_rate(texts),
+        "empty_rate": metrics.empty_rate(raws),
+        "novelty": metrics.novelty(texts, train_names),
+        "novelty_nonempty": metrics.nonempty_novelty(raws, train_names),
+        "reproduction": metrics.reproduction_rate(texts, train_names),
+        "heldout_match": sum(t in sets["heldout_names"] for t in texts) / len(texts),
+        "first_letters": firsts,
+        "first_letter_tv": metrics.total_variation(firsts, sets["first_letters"]),
+        "pad_sampled": sum(1 for s in samples if s.pad_count > 0),
+    }, samples
+
+
+def evaluate_run(
+    model: CharLM,
+    key: RunKey,
+    sets: dict[str, Any],
+    num_samples: int,
+    pad_row_init: torch.Tensor,
+    sampling: Sampling | None = None,
+) -> tuple[dict[str, Any], list[Sample]]:
+    """Every measurement of a trained model (losses, samples, metrics, the PAD flaw, what
+    it remembers).
+
+    Losses: ``final_val_loss`` (teacher-forced), ``stepwise_val_loss`` (one token at a
+    time with the state carried exactly as the step sampler carries it: under the seed
+    protocol a ``<PAD>`` step first), ``stepwise_val_loss_zero`` (one token at a time
+    from the zero state at the first letter: the definition before schema ``/2``) and
+    ``leak_gap`` = ``stepwise_val_loss_zero - final_val_loss`` (0 for a causal policy).
+    The sample metrics are [`sample_metrics`][recurrentkit.study.ablation.sample_metrics]'s.
+    """
+    xv, yv = sets["val"]
+    xt, yt = sets["train"]
+    tf = teacher_forced_loss(model, xv, yv)
+    sw_zero = stepwise_loss(model, xv, yv)
+    fixed = key.protocol == "fixed"
+    # Under the fixed protocol x already starts with <S>, the sampler's first input.
+    sw = sw_zero if fixed else stepwise_loss(model, xv, yv, start_token=data.PAD)
+    measured, samples = sample_metrics(model, key, sets, num_samples, sampling)
     pad_row = model.embedding.weight.detach()[data.PAD].cpu()
     memory = analyse_run(
         model,
@@ -334,19 +486,9 @@ def evaluate_run(
     return {
         "final_val_loss": tf,
         "stepwise_val_loss": sw,
-        "leak_gap": sw - tf,
-        "runaway_rate": metrics.runaway_rate([s.ended for s in samples]),
-        "mean_length": metrics.mean_length(texts),
-        "distinct2": metrics.distinct_n(texts, 2),
-        "distinct3": metrics.distinct_n(texts, 3),
-        "repetition": metrics.repetition_rate(texts),
-        "novelty": metrics.novelty(texts, train_names),
-        "reproduction": metrics.reproduction_rate(texts, train_names),
-        "heldout_match": sum(t in heldout for t in texts) / len(texts),
-        "first_letter_tv": metrics.total_variation(
-            metrics.first_letter_distribution(texts), first_data
-        ),
-        "pad_sampled": sum(1 for s in samples if s.pad_count > 0),
+        "stepwise_val_loss_zero": sw_zero,
+        "leak_gap": sw_zero - tf,
+        **measured,
         "pad_grad_norm": pad_gradient_norm(model, xt[:PAD_GRAD_BATCH], yt[:PAD_GRAD_BATCH]),
         "pad_embedding_drift": float((pad_row - pad_row_init).norm()),
         **memory.summary(),
@@ -373,31 +515,45 @@ def load_data(
     protocols: Sequence[str] = data.PROTOCOLS,
     *,
     max_names: int | None = None,
+    split_seed: int = SPLIT_SEED,
+    dedupe: bool = False,
 ) -> dict[str, Any]:
     """The names a study trains and measures on, split and encoded.
 
-    The words of ``path`` (``None``: the packaged names), a subset of ``max_names`` of
-    them (seeded by ``SPLIT_SEED``) if given, split 80/20 (seeded by ``SPLIT_SEED``) and
+    The words of ``path`` (``None``: the packaged names), with repeats dropped if
+    ``dedupe`` (first occurrence kept: 29,494 unique of the 32,033 packaged names, so
+    that no validation name is also a training name), a subset of ``max_names`` of them
+    (seeded by ``split_seed``) if given, split 80/20 (seeded by ``split_seed``) and
     encoded to ``MAX_LEN`` under each protocol.
 
     Returns:
-        ``{"data": {"source", "train", "val"}, <protocol>: {"train": (x, y), "val": (x,
-        y)}, ..., "names": {"train_names", "heldout_names", "first_letters"}}``.
+        ``{"data": {"source", "train", "val", "split_seed", "dedupe", "words"},
+        <protocol>: {"train": (x, y), "val": (x, y)}, ..., "names": {"train_names",
+        "heldout_names", "first_letters"}}`` (``words``: names read, before any
+        subset or deduplication).
 
     Raises:
         ConfigError: a file :func:`~recurrentkit.study.data.load_words` refuses, or with
             fewer than 2 names (argument ``path``); a name too long for ``MAX_LEN``
             (argument ``words[i]``, from :func:`~recurrentkit.study.data.encode`).
     """
+    check_bool("dedupe", dedupe)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise ConfigError("split_seed", "an int >= 0", split_seed)
     words = data.load_words(path)
+    read = len(words)
     source = str(path) if path else "packaged names.txt"
+    if dedupe:
+        words = list(dict.fromkeys(words))
     if max_names and max_names < len(words):
-        g = torch.Generator().manual_seed(SPLIT_SEED)
+        g = torch.Generator().manual_seed(split_seed)
         words = [words[i] for i in torch.randperm(len(words), generator=g)[:max_names]]
     if len(words) < 2:
         raise ConfigError("path", "at least 2 names to split 80/20", len(words))
-    train, val = data.split(words, 0.8, seed=SPLIT_SEED)
+    train, val = data.split(words, 0.8, seed=split_seed)
     sets: dict[str, Any] = {"data": {"source": source, "train": len(train), "val": len(val)}}
+    if split_seed != SPLIT_SEED or dedupe:  # the default data keeps its old description
+        sets["data"].update(split_seed=split_seed, dedupe=dedupe, words=read)
     for p in protocols:
         sets[p] = {"train": data.encode(train, p, MAX_LEN), "val": data.encode(val, p, MAX_LEN)}
     train_set = set(train)
@@ -420,13 +576,27 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    sampling: Sampling | None = None,
+    save_epochs: Sequence[int] = (),
 ) -> tuple[str, dict[str, Any] | None]:
     """Build, train and (on rank 0) measure one run: ``(status, record)``, record ``None``
     on ranks other than 0.
 
-    The checkpoint is ``<out>/checkpoints/<run>.pt`` (``resume=True`` continues from it),
-    the samples ``<out>/samples/<run>.tsv``. ``sets`` is what
+    The checkpoint is ``<out>/checkpoints/<run>.pt`` (``resume=True`` continues from it;
+    a finished run is measured again without training), the samples
+    ``<out>/samples/<run>.tsv``. ``sets`` is what
     [`load_data`][recurrentkit.study.ablation.load_data] returns.
+
+    Beside the checkpoint, model snapshots (:data:`SNAPSHOT_FORMAT`) are kept: the
+    best-validation model, ``<run>.best.pt``, and the model after each epoch of
+    ``save_epochs``, ``<run>.e<N>.pt``. The record gets their sample metrics:
+    ``best_checkpoint`` (``epoch``, ``val_loss`` and
+    [`sample_metrics`][recurrentkit.study.ablation.sample_metrics] of the best epoch's
+    model; ``None`` when no snapshot of that epoch exists, e.g. a run trained before
+    snapshots were kept) and ``saved_epochs`` (one such entry per epoch of
+    ``save_epochs`` that has a snapshot, the last epoch from the final model).
+    Snapshots change nothing in training: the run's figures are the same with or
+    without them.
     """
     torch.manual_seed(key.seed)
     model = build_model(spec, key.routing, key.protocol).to(device)
@@ -443,8 +613,18 @@ def train_run(
         checkpoint=Path(out) / "checkpoints" / f"{key.id}.pt",
         progress=progress,
     )
+    ckpt_dir = Path(out) / "checkpoints"
+    keep = _Snapshots(model, ckpt_dir, key.id, tuple(save_epochs), resume)
     t0 = time.perf_counter()
-    result = fit(model, (xt, yt), sets[key.protocol]["val"], config, resume=resume, log=log)
+    result = fit(
+        model,
+        (xt, yt),
+        sets[key.protocol]["val"],
+        config,
+        resume=resume,
+        log=log,
+        on_epoch=keep,
+    )
     seconds = time.perf_counter() - t0
     if rank() != 0:
         return result.status, None
@@ -454,6 +634,9 @@ def train_run(
         "routing": key.routing,
         "protocol": key.protocol,
         "seed": key.seed,
+        "split_seed": key.split_seed,
+        "variant": _variant(sampling, sets["data"]),
+        "sampling": (sampling or Sampling()).to_dict(),
         "layers": spec.layers,
         "params": params,
         "epochs": spec.epochs,
@@ -466,10 +649,29 @@ def train_run(
     if result.status != "completed":
         return result.status, record
     t1 = time.perf_counter()
-    measured, samples = evaluate_run(
-        model, key, {**sets[key.protocol], **sets["names"]}, num_samples, pad_row_init
-    )
+    run_sets = {**sets[key.protocol], **sets["names"]}
+    measured, samples = evaluate_run(model, key, run_sets, num_samples, pad_row_init, sampling)
     record.update(measured)
+    last = len(result.history)
+    final = {k: v for k, v in measured.items() if k in _SNAPSHOT_KEYS}
+
+    def snapshot_entry(epoch: int) -> dict[str, Any] | None:
+        val = result.history[epoch - 1]["val_loss"] if 0 < epoch <= last else None
+        if epoch == last:
+            return {"epoch": epoch, "val_loss": val, **final}
+        saved = keep.load(epoch)
+        if saved is None:
+            return None
+        return {
+            "epoch": epoch,
+            "val_loss": val,
+            **sample_metrics(saved, key, run_sets, num_samples, sampling)[0],
+        }
+
+    record["best_checkpoint"] = snapshot_entry(result.best_epoch)
+    record["saved_epochs"] = [
+        e for e in (snapshot_entry(n) for n in sorted(set(save_epochs)) if n <= last) if e
+    ]
     record["eval_seconds"] = time.perf_counter() - t1
     sample_dir = Path(out) / "samples"
     sample_dir.mkdir(parents=True, exist_ok=True)
@@ -478,6 +680,65 @@ def train_run(
     record["samples_file"] = str(path.relative_to(out))
     record["examples"] = [s.text for s in samples[:12]]
     return result.status, record
+
+
+_SNAPSHOT_KEYS = (
+    "runaway_rate", "samples", "runaways", "runaway_upper95", "mean_length", "distinct2",
+    "distinct3", "repetition", "loop_rate", "empty_rate", "novelty", "novelty_nonempty",
+    "reproduction", "heldout_match", "first_letters", "first_letter_tv", "pad_sampled",
+)  # fmt: skip
+
+
+def _variant(sampling: Sampling | None, data_info: Mapping[str, Any]) -> str:
+    """The run's variant label: how it sampled and which data, ``""`` for the defaults
+    (the summary keeps variants apart)."""
+    parts = [(sampling or Sampling()).label]
+    if data_info.get("dedupe"):
+        parts.append("deduplicated names")
+    return ", ".join(p for p in parts if p)
+
+
+class _Snapshots:
+    """``fit``'s ``on_epoch``: keeps ``<run>.best.pt`` (the best validation loss so far)
+    and ``<run>.e<N>.pt`` for the epochs asked for (model weights only)."""
+
+    def __init__(
+        self, model: CharLM, folder: Path, run: str, epochs: tuple[int, ...], resume: bool
+    ) -> None:
+        self.model, self.folder, self.run, self.epochs = model, folder, run, epochs
+        self.best = math.inf
+        best = self.path("best")
+        if resume and best.is_file():  # a resumed run continues the best it had
+            self.best = float(load_checkpoint(best)["val_loss"])
+
+    def path(self, tag: str) -> Path:
+        return self.folder / f"{self.run}.{tag}.pt"
+
+    def __call__(self, epoch: int, val_loss: float) -> None:
+        payload = {
+            "format": SNAPSHOT_FORMAT,
+            "epoch": epoch,
+            "val_loss": val_loss,
+            "model": self.model.state_dict(),
+        }
+        if val_loss < self.best:
+            self.best = val_loss
+            save_checkpoint(self.path("best"), payload)
+        if epoch in self.epochs:
+            save_checkpoint(self.path(f"e{epoch}"), payload)
+
+    def load(self, epoch: int) -> CharLM | None:
+        """A copy of the model with the weights of ``epoch``'s snapshot (the best one or an
+        ``e<N>`` one), or ``None`` if no snapshot of that epoch was kept."""
+        for tag in ("best", f"e{epoch}"):
+            path = self.path(tag)
+            if path.is_file():
+                saved = load_checkpoint(path)
+                if saved.get("format") == SNAPSHOT_FORMAT and int(saved["epoch"]) == epoch:
+                    model = copy.deepcopy(self.model)
+                    model.load_state_dict(saved["model"])
+                    return model
+        return None
 
 
 # -- reporting (rendering lives in recurrentkit.study.report) -------------------------
@@ -564,6 +825,8 @@ def run_study(
     command: str,
     resume: bool = False,
     progress: bool = True,
+    sampling: Sampling | None = None,
+    save_epochs: Sequence[int] = (),
 ) -> int:
     """Train and measure every run in turn; write the results after each and the figures
     at the end.
@@ -589,6 +852,9 @@ def run_study(
         command: the command line, for the report.
         resume: continue each run from its checkpoint in ``out``.
         progress: show progress bars.
+        sampling: how samples are drawn (default: step sampler, temperature 1, eval).
+        save_epochs: epochs after which a model snapshot is kept and measured
+            ([`train_run`][recurrentkit.study.ablation.train_run]).
 
     Returns:
         The exit status: 0, 1 if a run diverged, 130 if interrupted.
@@ -621,6 +887,8 @@ def run_study(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data": sets["data"],
         "num_samples": num_samples,
+        "sampling": (sampling or Sampling()).to_dict(),
+        "save_epochs": sorted(set(save_epochs)),
         "original": ORIGINAL,
         "runs": [],
         "summary": [],
@@ -648,6 +916,8 @@ def run_study(
                     resume=resume,
                     progress=progress,
                     log=log,
+                    sampling=sampling,
+                    save_epochs=save_epochs,
                 )
             except TrainingDiverged as e:
                 log(f"{key.id}: {e}")
@@ -659,6 +929,7 @@ def run_study(
                         "routing": key.routing,
                         "protocol": key.protocol,
                         "seed": key.seed,
+                        "split_seed": key.split_seed,
                         "status": "diverged",
                         "error": str(e),
                     }
@@ -693,3 +964,70 @@ def run_study(
             f"({time.perf_counter() - start:.0f} s)"
         )
     return status
+
+
+def merge_results(
+    paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, command: str = ""
+) -> dict[str, Any]:
+    """One report from runs made in separate invocations: their records pooled, the
+    summary (means, 95% CIs, paired differences) computed over all of them, and
+    ``results.json`` and ``results.md`` written to ``out``.
+
+    Records of schema ``/1`` are read as ``report.upgrade_results`` reads them. The
+    merged file's ``preset`` is the first file's; ``merged_from`` lists the inputs (as
+    given), ``wall_seconds`` is the sum of theirs, and ``num_samples``, ``data`` and the
+    header fields come from the first file (a run's own ``num_samples``-based figures
+    are its own). The figures are not redrawn (they live beside the inputs).
+
+    Raises:
+        ConfigError: fewer than one file, a file that is not a study's results, two
+            records of the same run id, or inputs that differ in ``num_samples``.
+    """
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence) or not paths:
+        raise ConfigError("paths", "one or more results.json files", describe(paths))
+    loaded = []
+    for path in paths:
+        try:
+            saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                "paths", "readable results.json files", f"{str(path)!r} ({e})"
+            ) from None
+        if not isinstance(saved, dict) or not str(saved.get("schema", "")).startswith(
+            "names_memory_ablation/"
+        ):
+            raise ConfigError("paths", f"results.json files of schema {SCHEMA!r}", repr(str(path)))
+        loaded.append(upgrade_results(saved))
+    first = loaded[0]
+    counts = {r["num_samples"] for r in loaded}
+    if len(counts) > 1:
+        raise ConfigError(
+            "paths", "results drawn with one number of samples per run", sorted(counts)
+        )
+    runs: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for path, r in zip(paths, loaded):
+        for record in r["runs"]:
+            rid = f"{record['run']} [{record.get('variant', '')}]"
+            if rid in seen:
+                raise ConfigError(
+                    "paths",
+                    "each run in one file only",
+                    f"run {record['run']!r} in both {seen[rid]!r} and {str(path)!r}",
+                )
+            seen[rid] = str(path)
+            runs.append(record)
+    merged = {
+        **{k: v for k, v in first.items() if k not in ("runs", "summary", "plots", "memory_plots")},
+        "schema": SCHEMA,
+        "command": command or first["command"],
+        "merged_from": [str(p) for p in paths],
+        "runs": runs,
+        "plots": [],
+        "memory_plots": [],
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter() - sum(float(r.get("wall_seconds", 0.0)) for r in loaded)
+    write_results(out, merged, start)
+    return merged

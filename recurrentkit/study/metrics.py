@@ -15,15 +15,22 @@ from recurrentkit._validation import check_int, describe
 from recurrentkit.errors import ConfigError, InputTypeError
 
 __all__ = [
+    "binomial_upper",
     "distinct_n",
+    "empty_rate",
     "first_letter_distribution",
+    "has_loop",
+    "loop_rate",
     "mean_ci",
     "mean_length",
+    "nonempty_novelty",
     "novelty",
+    "paired_difference",
     "repeats",
     "repetition_rate",
     "reproduction_rate",
     "runaway_rate",
+    "runaway_upper",
     "total_variation",
 ]
 
@@ -59,6 +66,78 @@ def runaway_rate(ended: Sequence[bool]) -> float:
             raise InputTypeError(f"ended[{i}]", "a bool", describe(e))
     _nonempty("ended", ended)
     return sum(1 for e in ended if not e) / len(ended)
+
+
+def binomial_upper(k: int, n: int, confidence: float = 0.95) -> float:
+    r"""Exact one-sided upper confidence bound of a proportion (Clopper–Pearson).
+
+    The largest $p$ still consistent with seeing at most ``k`` events in ``n`` trials:
+    the $p$ solving
+
+    $$
+    P(X \le k \mid n, p) = \sum_{i=0}^{k} \binom{n}{i} p^i (1 - p)^{n-i} = 1 - c,
+    $$
+
+    with $c$ the ``confidence``; 1.0 when ``k == n``. For ``k = 0`` it is
+    $1 - (1 - c)^{1/n}$, about $3/n$ at 95% (the rule of three): 0 of 1,000 gives
+    0.30%. Found by bisection to 1e-12 (the tail is monotone in $p$).
+
+    Args:
+        k: events seen (``0 <= k <= n``).
+        n: trials (``>= 1``).
+        confidence: the one-sided level ``c`` in (0, 1).
+
+    Example:
+        >>> round(binomial_upper(0, 1000), 5)
+        0.00299
+        >>> binomial_upper(5, 5)
+        1.0
+    """
+    check_int("n", n)
+    check_int("k", k, minimum=0)
+    if k > n:
+        raise ConfigError("k", f"at most n = {n}", k)
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real):
+        raise InputTypeError("confidence", "a float in (0, 1)", describe(confidence))
+    if not 0.0 < float(confidence) < 1.0:
+        raise ConfigError("confidence", "a float in (0, 1)", confidence)
+    if k == n:
+        return 1.0
+    alpha = 1.0 - float(confidence)
+    if k == 0:
+        return 1.0 - alpha ** (1.0 / n)
+
+    def tail(p: float) -> float:  # P(X <= k), summed in log space (n may be large)
+        lp, lq = math.log(p), math.log1p(-p)
+        terms = [
+            math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+            for i in range(k + 1)
+        ]
+        top = max(terms)
+        return math.exp(top) * sum(math.exp(t - top) for t in terms)
+
+    lo, hi = k / n, 1.0
+    while hi - lo > 1e-12:
+        mid = 0.5 * (lo + hi)
+        if tail(mid) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def runaway_upper(ended: Sequence[bool], confidence: float = 0.95) -> float:
+    """One-sided 95% upper bound of the runaway rate
+    ([`binomial_upper`][recurrentkit.study.metrics.binomial_upper] of the runaways).
+
+    A runaway rate of 0 out of 1,000 samples is reported as "≤ 0.3%", not "0 ± 0".
+
+    Example:
+        >>> round(runaway_upper([True] * 1000), 4)
+        0.003
+    """
+    rate = runaway_rate(ended)
+    return binomial_upper(round(rate * len(ended)), len(ended), confidence)
 
 
 def mean_length(samples: Sequence[str]) -> float:
@@ -119,6 +198,58 @@ def repeats(sample: str, ns: Iterable[int] = (2, 3), min_count: int = 3) -> bool
     return False
 
 
+def has_loop(sample: str, min_len: int = 2, min_count: int = 3) -> bool:
+    """Whether some substring of at least ``min_len`` characters occurs ``min_count`` times
+    or more, counting **non-overlapping** occurrences.
+
+    Occurrences are counted as ``str.count`` does (left to right, each match starting after
+    the previous one ends), which is the largest number of non-overlapping copies: in
+    ``"aaaa"`` the substring ``"aa"`` occurs twice, not three times. Any length counts,
+    so a long unit that loops (``"nitanitanita"``) is caught as well as a syllable.
+
+    Of the six shared-memory samples the original study shows, this flags five
+    ("Manitanitanitanitani": ``"nita"`` 4 times; "Yanidandindediddiddi": ``"di"``;
+    "Lintinzitinititielit": ``"it"``; "Lanikyunlikyunlejanl": ``"nl"``;
+    "Lanlikyunelanaranlik": ``"an"``); "Laneronelanarisyutyu" repeats ``"lan"`` only twice
+    and is not flagged at the default ``min_count = 3``.
+
+    Args:
+        sample: the text.
+        min_len: shortest substring that counts (``>= 1``).
+        min_count: occurrences that make a loop (``>= 2``).
+
+    Example:
+        >>> has_loop("manitanitanitanitani"), has_loop("annabella"), has_loop("aaaa")
+        (True, False, False)
+    """
+    if not isinstance(sample, str):
+        raise InputTypeError("sample", "a string", describe(sample))
+    check_int("min_len", min_len)
+    check_int("min_count", min_count, minimum=2)
+    n = len(sample)
+    for length in range(min_len, n // min_count + 1):
+        seen: set[str] = set()
+        for i in range(n - length + 1):
+            unit = sample[i : i + length]
+            if unit not in seen:
+                seen.add(unit)
+                if sample.count(unit) >= min_count:
+                    return True
+    return False
+
+
+def loop_rate(samples: Sequence[str], min_len: int = 2, min_count: int = 3) -> float:
+    """Share of samples with a loop ([`has_loop`][recurrentkit.study.metrics.has_loop]).
+
+    Example:
+        >>> loop_rate(["manitanitanitanitani", "anna", "abcabcabc", "bob"])
+        0.5
+    """
+    _check_texts("samples", samples)
+    _nonempty("samples", samples)
+    return sum(has_loop(s, min_len, min_count) for s in samples) / len(samples)
+
+
 def _check_ns(ns: object) -> tuple[int, ...]:
     if isinstance(ns, (str, bytes)) or not isinstance(ns, Iterable):
         raise InputTypeError("ns", "a sequence of n-gram sizes (ints >= 1)", describe(ns))
@@ -164,6 +295,36 @@ def novelty(samples: Sequence[str], training: Collection[str]) -> float:
         0.5
     """
     return 1.0 - reproduction_rate(samples, training)
+
+
+def empty_rate(samples: Sequence[str]) -> float:
+    """Share of empty samples: no letter before the end token (``.`` drawn first).
+
+    Example:
+        >>> empty_rate(["", "anna", "", "bob"])
+        0.5
+    """
+    _check_texts("samples", samples)
+    _nonempty("samples", samples)
+    return sum(1 for s in samples if not s) / len(samples)
+
+
+def nonempty_novelty(samples: Sequence[str], training: Collection[str]) -> float | None:
+    """Share of the *non-empty* samples that are not a training name.
+
+    [`novelty`][recurrentkit.study.metrics.novelty] counts an empty sample as novel;
+    this leaves them out (report them with
+    [`empty_rate`][recurrentkit.study.metrics.empty_rate]). ``None`` when every sample
+    is empty.
+
+    Example:
+        >>> nonempty_novelty(["", "", "emma", "zed"], {"emma"})
+        0.5
+    """
+    _check_texts("samples", samples)
+    _nonempty("samples", samples)
+    kept = [s for s in samples if s]
+    return novelty(kept, training) if kept else None
 
 
 def reproduction_rate(samples: Sequence[str], training: Collection[str]) -> float:
@@ -218,6 +379,44 @@ def total_variation(p: Mapping[str, float], q: Mapping[str, float]) -> float:
                 raise InputTypeError(f"{name}[{k!r}]", "a probability (a float)", describe(v))
     keys = sorted(set(p) | set(q))  # a fixed order: the sum is the same in every process
     return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)
+
+
+def paired_difference(
+    a: Mapping[object, float], b: Mapping[object, float]
+) -> tuple[float, float | None, int]:
+    r"""Mean and 95% CI half-width of ``a - b`` over the keys both have (paired by seed).
+
+    $$
+    d_i = a_i - b_i, \qquad \bar d \pm t_{0.975,\,n-1}\, s_d / \sqrt n
+    $$
+
+    Pairing removes what two runs of one seed share (the split, the shuffling), so the
+    interval is the one to read when asking whether ``a`` and ``b`` differ: an interval
+    that contains 0 is no measurable difference.
+
+    Args:
+        a: pairing key (e.g. the seed) → value.
+        b: the same keys → value.
+
+    Returns:
+        ``(mean, half_width or None, n)``: ``None`` with one pair.
+
+    Raises:
+        ConfigError: no key in common.
+
+    Example:
+        >>> m, h, n = paired_difference({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5, 2: 9.0})
+        >>> m, h, n
+        (0.5, 0.0, 2)
+    """
+    for name, d in (("a", a), ("b", b)):
+        if not isinstance(d, Mapping):
+            raise InputTypeError(name, "a mapping {pairing key: value}", describe(d))
+    keys = [k for k in a if k in b]
+    if not keys:
+        raise ConfigError("b", "values paired with a's (a key in common)", sorted(map(str, b)))
+    mean, half = mean_ci([float(a[k]) - float(b[k]) for k in keys])
+    return mean, half, len(keys)
 
 
 # Student's t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal's 1.96).

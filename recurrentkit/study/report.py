@@ -33,16 +33,20 @@ from recurrentkit._validation import check_choice, check_int, check_real, descri
 from recurrentkit.analysis import RunAnalysis, analysis_tables, plot_comparison
 from recurrentkit.errors import ConfigError, InputTypeError
 from recurrentkit.study.data import PROTOCOLS
-from recurrentkit.study.metrics import mean_ci
+from recurrentkit.study.metrics import binomial_upper, mean_ci, paired_difference
 
 __all__ = [
     "COMPARE",
+    "OPTIONAL_METRICS",
+    "PAIRED_METRICS",
     "SUMMARY_METRICS",
     "ModelInfo",
     "StudyReport",
     "compare_reach",
+    "difference_verdict",
     "format_stat",
     "summarize_runs",
+    "upgrade_results",
 ]
 
 COMPARE = ("routing", "model")
@@ -75,6 +79,29 @@ SUMMARY_METRICS: tuple[str, ...] = (
 )
 """The run-record keys [`summarize_runs`][recurrentkit.study.report.summarize_runs]
 averages over seeds."""
+
+OPTIONAL_METRICS: tuple[str, ...] = (
+    "stepwise_val_loss_zero",
+    "runaway_upper95",
+    "loop_rate",
+    "empty_rate",
+    "novelty_nonempty",
+)
+"""Keys averaged like [`SUMMARY_METRICS`][recurrentkit.study.report.SUMMARY_METRICS]
+where every run of a group has them (records written before they existed lack them)."""
+
+PAIRED_METRICS: tuple[str, ...] = (
+    "best_val_loss",
+    "final_val_loss",
+    "stepwise_val_loss",
+    "runaway_rate",
+    "mean_length",
+    "repetition",
+    "loop_rate",
+    "far_share",
+)
+"""The metrics whose difference from ``independent`` each summary entry states, paired by
+(seed, split seed): ``entry["vs_independent"][metric] = {"mean", "ci95", "n"}``."""
 
 _RESULTS_KEYS = (
     "command", "preset", "device", "torch", "threads", "world_size", "wall_seconds", "data",
@@ -155,15 +182,16 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """
     if isinstance(runs, (str, Mapping)) or not isinstance(runs, Sequence):
         raise InputTypeError("runs", "a sequence of run records (dicts)", describe(runs))
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = {}
     for i, r in enumerate(runs):
         if not isinstance(r, Mapping):
             raise InputTypeError(f"runs[{i}]", "a run record (a dict)", describe(r))
         if r.get("status") == "completed" and "runaway_rate" in r:
             _require(f"runs[{i}]", r, ("model", "routing", "protocol"))
-            groups.setdefault((r["model"], r["routing"], r["protocol"]), []).append(r)
+            key = (r["model"], r["routing"], r["protocol"], r.get("variant", ""))
+            groups.setdefault(key, []).append(r)
     out = []
-    for (m, rt, p), rs in groups.items():
+    for (m, rt, p, variant), rs in groups.items():
         for r in rs:
             _require(f"the run {r.get('run', (m, rt, p))!r}", r, (*_GROUP_KEYS, *SUMMARY_METRICS))
         entry: dict[str, Any] = {
@@ -176,10 +204,110 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "n_seeds": len(rs),
             "seeds": [r["seed"] for r in rs],
         }
-        for k in SUMMARY_METRICS:
+        if variant:
+            entry["variant"] = variant
+        if any(r.get("split_seed", 0) != 0 for r in rs):
+            entry["split_seeds"] = [r.get("split_seed", 0) for r in rs]
+        optional = [k for k in OPTIONAL_METRICS if all(k in r for r in rs)]
+        for k in (*SUMMARY_METRICS, *optional):
             mean, ci = mean_ci([math.nan if r[k] is None else float(r[k]) for r in rs])
             entry[k] = {"mean": mean, "ci95": ci}
+        if all("runaways" in r and "samples" in r for r in rs):
+            hits = sum(int(r["runaways"]) for r in rs)
+            drawn = sum(int(r["samples"]) for r in rs)
+            entry["runaway_pooled"] = {
+                "runaways": hits,
+                "samples": drawn,
+                "upper95": binomial_upper(hits, drawn),
+            }
         out.append(entry)
+    _pair_with_independent(out, groups)
+    return out
+
+
+def _pair_key(r: Mapping[str, Any]) -> tuple[int, int]:
+    return (int(r["seed"]), int(r.get("split_seed", 0)))
+
+
+def _pair_with_independent(
+    entries: list[dict[str, Any]],
+    groups: Mapping[tuple[str, str, str, str], list[Mapping[str, Any]]],
+) -> None:
+    """Add ``vs_independent`` to each entry that has an ``independent`` group beside it:
+    the paired difference of each of
+    [`PAIRED_METRICS`][recurrentkit.study.report.PAIRED_METRICS]."""
+    for e in entries:
+        variant = e.get("variant", "")
+        base = groups.get((e["model"], "independent", e["protocol"], variant))
+        own = groups[(e["model"], e["routing"], e["protocol"], variant)]
+        if e["routing"] == "independent" or base is None:
+            continue
+        paired: dict[str, Any] = {}
+        for k in PAIRED_METRICS:
+            a: dict[object, float] = {
+                _pair_key(r): float(r[k]) for r in own if r.get(k) is not None
+            }
+            b: dict[object, float] = {
+                _pair_key(r): float(r[k]) for r in base if r.get(k) is not None
+            }
+            if any(key in b for key in a):
+                mean, ci, n = paired_difference(a, b)
+                if math.isfinite(mean):
+                    paired[k] = {"mean": mean, "ci95": ci, "n": n}
+        if paired:
+            e["vs_independent"] = paired
+
+
+def difference_verdict(diff: Mapping[str, Any] | None) -> str:
+    """How a paired difference reads: ``"one seed"`` (no interval), ``"no measurable
+    difference"`` (its 95% interval contains 0) or ``"higher"`` / ``"lower"``.
+
+    Example:
+        >>> difference_verdict({"mean": -0.005, "ci95": 0.007, "n": 3})
+        'no measurable difference'
+        >>> difference_verdict({"mean": -0.02, "ci95": 0.007, "n": 3})
+        'lower'
+    """
+    if diff is None or diff.get("ci95") is None:
+        return "one seed"
+    mean, ci = float(diff["mean"]), float(diff["ci95"])
+    if mean - ci <= 0.0 <= mean + ci:
+        return "no measurable difference"
+    return "higher" if mean > 0 else "lower"
+
+
+def upgrade_results(results: Mapping[str, Any]) -> dict[str, Any]:
+    """``results.json`` of schema ``/1`` read as schema ``/2`` (a copy; ``/2`` is returned
+    as it is, copied).
+
+    Schema ``/1`` records measured the step-wise loss from the zero state at the first
+    letter: it becomes ``stepwise_val_loss_zero``, and ``stepwise_val_loss`` (carried as
+    sampling carries it) is the same under the fixed protocol and unknown (``None``)
+    under the seed protocol, whose sampler steps ``<PAD>`` first. Each record also gets
+    ``samples`` (the file's ``num_samples``), ``runaways`` and ``runaway_upper95``, and
+    the summary is computed again.
+    """
+    if not isinstance(results, Mapping):
+        raise InputTypeError("results", "a mapping as results.json holds", describe(results))
+    out = dict(results)
+    if results.get("schema") != "names_memory_ablation/1" or "runs" not in results:
+        return out
+    n = results.get("num_samples")
+    runs = []
+    for r in results["runs"]:
+        r = dict(r)
+        if "stepwise_val_loss" in r and "stepwise_val_loss_zero" not in r:
+            r["stepwise_val_loss_zero"] = r["stepwise_val_loss"]
+            if r.get("protocol") != "fixed":
+                r["stepwise_val_loss"] = None
+        if isinstance(n, int) and r.get("runaway_rate") is not None and "runaways" not in r:
+            r["samples"] = n
+            r["runaways"] = round(float(r["runaway_rate"]) * n)
+            r["runaway_upper95"] = binomial_upper(r["runaways"], n)
+        runs.append(r)
+    out["runs"] = runs
+    out["summary"] = summarize_runs(runs)
+    out["schema"] = "names_memory_ablation/2"
     return out
 
 
@@ -213,6 +341,49 @@ def format_stat(stat: Mapping[str, Any], digits: int = 3, *, pct: bool = False) 
         return s if ci is None else f"{s} ± {100 * ci:.1f}"
     s = f"{mean:.{digits}f}"
     return s if ci is None else f"{s} ± {ci:.{digits}f}"
+
+
+def _missing(stat: Mapping[str, Any] | None) -> bool:
+    return stat is None or stat.get("mean") is None or not math.isfinite(float(stat["mean"]))
+
+
+def _opt(entry: Mapping[str, Any], key: str, digits: int = 3, *, pct: bool = False) -> str:
+    """``format_stat`` of ``entry[key]``, or ``—`` where it was not measured."""
+    stat = entry.get(key)
+    if stat is None or _missing(stat):
+        return "—"
+    return format_stat(stat, digits, pct=pct)
+
+
+def _runaway(entry: Mapping[str, Any]) -> str:
+    """The runaway rate with its pooled one-sided 95% upper bound, e.g. ``0.7% (≤ 1.3%)``, or
+    ``0 of 3,000 (≤ 0.10%)`` when no sample ran away."""
+    pooled = entry.get("runaway_pooled")
+    if pooled and pooled["runaways"] == 0:  # not "0 ± 0": none seen, and how few that bounds
+        return f"0 of {pooled['samples']:,} (≤ {_pct_bound(pooled['upper95'])})"
+    text = format_stat(entry["runaway_rate"], pct=True)
+    if pooled:
+        text += f" (≤ {_pct_bound(pooled['upper95'])})"
+    return text
+
+
+def _pct_bound(p: float) -> str:
+    return f"{100 * p:.2f}%" if p < 0.01 else f"{100 * p:.1f}%"
+
+
+def _diff_cell(
+    diffs: Mapping[str, Mapping[str, Any]], key: str, digits: int = 4, scale: float = 1.0
+) -> str:
+    """A paired difference as text, e.g. ``-0.0052 ± 0.0070 (no measurable difference)``."""
+    if key not in diffs:
+        return "—"
+    d = diffs[key]
+    text = f"{scale * d['mean']:+.{digits}f}"
+    if d["ci95"] is not None:
+        text += f" ± {scale * d['ci95']:.{digits}f}"
+    if difference_verdict(d) == "no measurable difference":
+        text += " (no measurable difference)"
+    return text
 
 
 def _fmt_sci(stat: Mapping[str, Any]) -> str:
@@ -403,6 +574,8 @@ class StudyReport:
         routing = entry["routing"]
         if entry["layers"] == 1:
             routing += " (1 layer: every policy is this model)"
+        if entry.get("variant"):
+            routing += f" [{entry['variant']}]"
         return f"{self.label(entry['model'])} | {routing}"
 
     def comparison_groups(
@@ -452,12 +625,20 @@ class StudyReport:
             The lines, in order.
         """
         lines: list[str] = []
-        n_min = min((e["n_seeds"] for e in summary), default=0)
-        if n_min <= 1:
+        single = [e for e in summary if e["n_seeds"] <= 1]
+        if single and len(single) == len(summary):
             lines.append(
                 "Every figure comes from **one seed**: there is no confidence interval, so small "
                 "differences (a few points of runaway rate, a few hundredths of a nat) are not "
                 "evidence either way; run with `--seeds 0,1,2` to resolve them."
+            )
+        elif single:
+            names = ", ".join(f"{self.label(e['model'])} `{e['routing']}`" for e in single)
+            lines.append(
+                f"Some groups come from **one seed** ({names}): their figures have no "
+                "confidence interval, and small differences involving them are not evidence "
+                "either way. Differences between groups of several seeds are read from their "
+                "paired 95% intervals."
             )
         if self.compare == "routing":
             lines += self._policy_conclusions(summary, num_samples)
@@ -491,16 +672,44 @@ class StudyReport:
                     else f"step-wise validation loss is lower than teacher-forced by {-gap:.3f} "
                     "nats"
                 )
-            parts.append(f"runaway rate {100 * run:.1f}%")
+            pooled = e.get("runaway_pooled")
+            bound = f" (95% upper bound {_pct_bound(pooled['upper95'])})" if pooled else ""
+            parts.append(f"runaway rate {100 * run:.1f}%{bound}")
             if ind is not None and r != "independent":
                 d_run = run - ind["runaway_rate"]["mean"]
                 d_rep = e["repetition"]["mean"] - ind["repetition"]["mean"]
-                d_loss = e["stepwise_val_loss"]["mean"] - ind["stepwise_val_loss"]["mean"]
+                # the sampling-carried step-wise loss, or (runs before it) the zero-start one
+                keys = ("stepwise_val_loss", "stepwise_val_loss_zero")
+                loss_key = next(
+                    (k for k in keys if not _missing(e.get(k)) and not _missing(ind.get(k))), None
+                )
+                d_loss = (
+                    ""
+                    if loss_key is None
+                    else f", step-wise val loss {e[loss_key]['mean'] - ind[loss_key]['mean']:+.3f} "
+                    "nats"
+                )
                 parts.append(
                     f"vs independent: runaway {100 * d_run:+.1f} points, repetition "
                     f"{100 * d_rep:+.1f} points, mean length {e['mean_length']['mean']:.2f} vs "
-                    f"{ind['mean_length']['mean']:.2f}, step-wise val loss {d_loss:+.3f} nats"
+                    f"{ind['mean_length']['mean']:.2f}{d_loss}"
                 )
+                paired = e.get("vs_independent", {})
+                read = [
+                    f"{what} {difference_verdict(paired[k])}"
+                    + (
+                        f" ({paired[k]['mean'] * scale:+.{digits}f} ± "
+                        f"{paired[k]['ci95'] * scale:.{digits}f}{unit} over {paired[k]['n']} "
+                        "seeds)"
+                    )
+                    for k, what, scale, digits, unit in (
+                        ("best_val_loss", "best validation loss:", 1.0, 4, " nats"),
+                        ("runaway_rate", "runaway:", 100.0, 1, " points"),
+                    )
+                    if k in paired and paired[k]["ci95"] is not None
+                ]
+                if read:
+                    parts.append("paired 95% intervals: " + "; ".join(read))
             lines.append(f"- **{label}**: " + "; ".join(parts) + ".")
         lines += self._claim_conclusions(summary, by)
         # The protocol.
@@ -556,15 +765,40 @@ class StudyReport:
             if ind is None:
                 continue
             d = e["runaway_rate"]["mean"] - ind["runaway_rate"]["mean"]
+            paired = e.get("vs_independent", {}).get("runaway_rate")
+            reading = difference_verdict(paired)
+            where = (
+                f'{self.label(e["model"])} `shared` (`carry="first"`, {e["protocol"]} '
+                f"protocol, {e['epochs']} epochs, {e['n_seeds']} seed"
+                f"{'' if e['n_seeds'] == 1 else 's'})"
+            )
+            rates = (
+                f"{100 * e['runaway_rate']['mean']:.1f}% vs independent "
+                f"{100 * ind['runaway_rate']['mean']:.1f}%"
+            )
+            if reading == "no measurable difference":
+                assert paired is not None
+                lines.append(
+                    f"- {where}: no measurable difference in runaway rate from independent "
+                    f"({rates}; paired difference {100 * paired['mean']:+.1f} ± "
+                    f"{100 * paired['ci95']:.1f} points, the interval contains 0), so this "
+                    "model does not support the claim that sharing memory makes generation "
+                    "run away."
+                )
+                continue
             verdict = (
                 "supports" if d >= 0.2 else "does not support" if d < 0.05 else "weakly supports"
             )
+            how = (
+                "one seed: no paired interval"
+                if paired is None or paired["ci95"] is None
+                else f"paired difference {100 * paired['mean']:+.1f} ± "
+                f"{100 * paired['ci95']:.1f} points"
+            )
             lines.append(
-                f"- {self.label(e['model'])} ({e['protocol']} protocol): causal shared memory "
-                f"{verdict} the claim that sharing memory makes generation run away "
-                f"({100 * e['runaway_rate']['mean']:.1f}% vs independent "
-                f"{100 * ind['runaway_rate']['mean']:.1f}%; thresholds: ≥ 20 points supports, "
-                "< 5 points does not)."
+                f"- {where}: causal shared memory {verdict} the claim that sharing memory "
+                f"makes generation run away ({rates}; {how}; thresholds: ≥ 20 points "
+                "supports, < 5 points does not)."
             )
         return lines
 
@@ -649,12 +883,14 @@ class StudyReport:
         if not isinstance(results, Mapping):
             raise InputTypeError("results", "a mapping as results.json holds", describe(results))
         _require("results", results, _RESULTS_KEYS)
+        results = upgrade_results(results)
         study = self.compare == "routing"
         L = self._header(results) + self._models_table(results["summary"])
         if study:
             L += self._protocol_tables(results) + self._pad_table(results)
         else:
             L += self._comparison_tables(results)
+        L += self._snapshot_section(results["runs"])
         L += self._memory_section(results)
         L += self._conclusion_section(results)
         L += self._samples_section(results["runs"])
@@ -689,7 +925,15 @@ class StudyReport:
             f"{results['threads']} CPU thread(s); {results['world_size']} process(es).  \n"
             f"Wall time: {results['wall_seconds']:.0f} s. Data: {d['source']} "
             f"({d['train']} training / {d['val']} validation names, "
-            f"split seed {self.split_seed}).\n",
+            f"split seed {d.get('split_seed', self.split_seed)}"
+            f"{', names deduplicated' if d.get('dedupe') else ''}).\n"
+            + (
+                f"Merged from {len(results['merged_from'])} results files: "
+                + ", ".join(f"`{Path(f).name}`" for f in results["merged_from"])
+                + ".\n"
+                if results.get("merged_from")
+                else ""
+            ),
         ]
 
     def _models_table(self, summary: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -742,33 +986,108 @@ class StudyReport:
                 continue
             L.append(f"## Results, `{protocol}` protocol\n")
             L.append(
-                "Mean ± 95% CI over seeds (a bare number: one seed). Losses in nats per "
-                "predicted character; *teacher-forced* runs whole validation names at once, "
-                "*step-wise* feeds them one token at a time as sampling does. "
-                f"{self._samples_text(results['num_samples'])}; *distinct-n* = distinct / "
-                "total character n-grams over all samples; *repetition* = share of samples in "
-                "which some 2- or 3-gram occurs 3+ times; *novelty* = share that is not a "
-                "training name; *held-out match* = share equal to a validation name absent "
-                "from training.\n"
+                "Mean ± 95% CI over seeds where a group has more than one (a bare number: one "
+                "seed, no interval). Losses in nats per predicted character; "
+                "*teacher-forced* runs whole validation names at once; *step-wise* feeds them "
+                "one token at a time with the state carried exactly as the step sampler "
+                "carries it (under the `seed` protocol a `<PAD>` step first; — where the run "
+                "predates this measurement); *from zero* is step-wise from the zero state at "
+                "the first letter (equal to teacher-forced for a causal policy: the leak "
+                f"test). {self._samples_text(results['num_samples'])}, with its one-sided 95% "
+                "upper bound (Clopper–Pearson, pooled over seeds) in brackets; *distinct-n* = "
+                "distinct / total character n-grams over all samples; *repetition* = share "
+                "of samples in which some 2- or 3-gram occurs 3+ times (overlapping); *loop* "
+                "= share in which some substring of 2+ characters occurs 3+ times "
+                "(non-overlapping); *empty* = share in which `.` was drawn first; *novelty* = "
+                "share whose letters are not a training name (empty samples count as "
+                "novel), *novelty (non-empty)* leaves them out and counts a sample that drew "
+                "`<PAD>` as novel; *held-out match* = share "
+                "equal to a validation name absent from training.\n"
             )
             L.append(
                 "| model | routing | seeds | best val (epoch) | val, teacher-forced "
-                "| val, step-wise | runaway | mean length | distinct-2 | distinct-3 "
-                "| repetition | novelty | held-out match |"
+                "| val, step-wise | from zero | runaway | mean length | distinct-2 "
+                "| distinct-3 | repetition | loop | empty | novelty | novelty (non-empty) "
+                "| held-out match |"
             )
-            L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for e in rows:
                 L.append(
                     f"| {self._row(e)} | {e['n_seeds']} | {format_stat(e['best_val_loss'], 4)} "
                     f"({e['best_epoch']['mean']:.0f}) | {format_stat(e['final_val_loss'], 4)} "
-                    f"| {format_stat(e['stepwise_val_loss'], 4)} "
-                    f"| {format_stat(e['runaway_rate'], pct=True)} "
+                    f"| {_opt(e, 'stepwise_val_loss', 4)} "
+                    f"| {_opt(e, 'stepwise_val_loss_zero', 4)} | {_runaway(e)} "
                     f"| {format_stat(e['mean_length'], 2)} | {format_stat(e['distinct2'])} "
                     f"| {format_stat(e['distinct3'])} | {format_stat(e['repetition'], pct=True)} "
+                    f"| {_opt(e, 'loop_rate', pct=True)} | {_opt(e, 'empty_rate', pct=True)} "
                     f"| {format_stat(e['novelty'], pct=True)} "
+                    f"| {_opt(e, 'novelty_nonempty', pct=True)} "
                     f"| {format_stat(e['heldout_match'], pct=True)} |"
                 )
             L.append("")
+            L += self._paired_table(rows)
+        return L
+
+    def _paired_table(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Each policy's paired difference from ``independent`` (same seeds), if any."""
+        paired = [e for e in rows if e.get("vs_independent")]
+        if not paired:
+            return []
+        L = [
+            "Difference from `independent`, paired by seed (this policy's run minus "
+            "independent's run of the same seed and split), mean ± 95% CI over the pairs; "
+            "an interval that contains 0 is *no measurable difference*; with one pair "
+            "there is no interval.\n",
+            "| model | routing | pairs | best val | val, teacher-forced | val, step-wise "
+            "| runaway (points) | mean length | loop (points) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for e in paired:
+            d = e["vs_independent"]
+            n = max(v["n"] for v in d.values())
+            L.append(
+                f"| {self._row(e)} | {n} | {_diff_cell(d, 'best_val_loss')} "
+                f"| {_diff_cell(d, 'final_val_loss')} | {_diff_cell(d, 'stepwise_val_loss')} "
+                f"| {_diff_cell(d, 'runaway_rate', 1, 100.0)} "
+                f"| {_diff_cell(d, 'mean_length', 2)} | {_diff_cell(d, 'loop_rate', 1, 100.0)} |"
+            )
+        L.append("")
+        return L
+
+    def _snapshot_section(self, runs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Sample metrics of the best-validation model and of each saved epoch, per run."""
+        rows = []
+        for r in runs:
+            entries = list(r.get("saved_epochs") or [])
+            best = r.get("best_checkpoint")
+            if best and all(e["epoch"] != best["epoch"] for e in entries):
+                entries.append(best)
+            for e in sorted(entries, key=lambda e: e["epoch"]):
+                rows.append((r, e, best is not None and e["epoch"] == best["epoch"]))
+        if not rows:
+            return []
+        L = [
+            "## Samples by checkpoint\n",
+            "Sample metrics of the best-validation model (★) and of each epoch saved with "
+            "`--save-epochs`, drawn as the run's samples were. *Runaway* with its one-sided "
+            "95% upper bound; *loop* as above; *first letters*: the three most common, and "
+            "the total-variation distance to the training names'.\n",
+            "| run | epoch | val loss | runaway | mean length | loop | first-letter TV "
+            "| first letters |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r, e, is_best in rows:
+            top = sorted(e.get("first_letters", {}).items(), key=lambda kv: -kv[1])[:3]
+            letters = ", ".join(f"{k} {100 * v:.0f}%" for k, v in top) or "—"
+            val = "—" if e.get("val_loss") is None else f"{e['val_loss']:.4f}"
+            run = r["run"] + (f" [{r['variant']}]" if r.get("variant") else "")
+            L.append(
+                f"| {run} | {e['epoch']}{' ★' if is_best else ''} | {val} "
+                f"| {100 * e['runaway_rate']:.1f}% (≤ {_pct_bound(e['runaway_upper95'])}) "
+                f"| {e['mean_length']:.2f} | {100 * e['loop_rate']:.1f}% "
+                f"| {e['first_letter_tv']:.3f} | {letters} |"
+            )
+        L.append("")
         return L
 
     def _comparison_tables(self, results: Mapping[str, Any]) -> list[str]:
@@ -956,7 +1275,7 @@ class StudyReport:
                 label = f"{r['routing']} s{r['seed']}"
                 val = [h["val_loss"] for h in r["history"]]
                 ax.plot(ep, val, "-o", color=color, label=f"{label} val")
-                if "stepwise_val_loss" in r:
+                if r.get("stepwise_val_loss") is not None:
                     ax.plot(ep[-1], r["stepwise_val_loss"], "*", color=color, markersize=12)
                 train = [h["train_loss"] for h in r["history"]]
                 ax.plot(ep, train, "--", color=color, alpha=0.6, label=f"{label} train")

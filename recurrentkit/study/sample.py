@@ -15,12 +15,19 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_int, describe
+from recurrentkit._validation import check_bool, check_choice, check_int, describe
 from recurrentkit.errors import ConfigError, InputTypeError, ShapeError
 from recurrentkit.study.data import END, IGNORE_INDEX, PAD, itos
 from recurrentkit.study.lm import CharLM
 
-__all__ = ["Sample", "generate", "stepwise_loss", "teacher_forced_loss"]
+__all__ = ["MODES", "SAMPLERS", "Sample", "generate", "stepwise_loss", "teacher_forced_loss"]
+
+SAMPLERS = ("step", "prefix")
+"""How :func:`generate` computes each next-token distribution: ``"step"`` carries the
+state one token at a time (:meth:`CharLM.step`); ``"prefix"`` re-runs the whole prefix
+from the zero state at every step (``model(prefix)``, makemore style)."""
+MODES = ("eval", "train")
+"""The module mode :func:`generate` samples in (``"train"``: dropout on)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,21 @@ class Sample:
     tokens: tuple[int, ...]
     pad_count: int
 
+    @property
+    def raw(self) -> str:
+        """Every id sampled before the end token, ``<PAD>`` written ``_`` (``<S>`` dropped).
+
+        Unlike :attr:`text` it keeps the ``<PAD>`` draws, so a sample that drew ``<PAD>``
+        never equals a name, and it is empty only when ``.`` was drawn first.
+
+        Example:
+            >>> Sample("anna", True, (2, 15, 0, 15, 2, 1), 1).raw
+            'an_na'
+        """
+        return "".join(
+            "_" if t == PAD else itos[t] for t in self.tokens if t == PAD or 2 <= t <= 27
+        )
+
 
 @torch.no_grad()
 def generate(
@@ -51,21 +73,32 @@ def generate(
     seed: int = 0,
     forbid: Sequence[int] = (),
     batch_size: int = 1000,
+    greedy: bool = False,
+    sampler: str = "step",
+    mode: str = "eval",
 ) -> list[Sample]:
     r"""Sample names autoregressively: softmax at ``temperature``, categorical draw, stop at ``.``.
 
     Every sample starts from the zero state with ``start_token`` as its first input;
     each sampled id is fed back as the next input. A sample that has not produced
     ``.`` after ``max_steps`` ids is a *runaway*. The model runs in eval mode (its
-    mode is restored afterwards). Each draw is a multinomial (categorical) draw made
-    by inverse CDF from one uniform number per (sample, step), drawn up front from a
-    CPU generator seeded with ``seed``: samples are reproducible, independent of
-    ``batch_size`` and the same on every device.
+    mode is restored afterwards) unless ``mode="train"``. Each draw is a multinomial
+    (categorical) draw made by inverse CDF from one uniform number per (sample, step),
+    drawn up front from a CPU generator seeded with ``seed``: samples are reproducible,
+    independent of ``batch_size`` and the same on every device.
 
     $$
     p_t = \text{softmax}(\text{logits}_t / \tau), \qquad
     \text{id}_{t+1} \sim \text{Categorical}(p_t)
     $$
+
+    With ``sampler="step"`` (the default) the state is carried one token at a time
+    (:meth:`CharLM.step`: what the original's sampler does, a T = 1 call with the
+    carried states); with ``sampler="prefix"`` every step re-runs the whole prefix
+    ``(start, id_1, ..., id_t)`` from the zero state (``model(prefix)``, makemore style)
+    and reads the last position. The two agree for a causal policy; under ``handoff``
+    they are different samplers (the prefix pass hands each layer the final state of
+    the layer below *over the prefix*).
 
     Args:
         model: the language model.
@@ -79,6 +112,12 @@ def generate(
             ``(PAD, START)`` under the fixed protocol. Empty by default: the original
             protocol can sample ``<PAD>``, and :attr:`Sample.pad_count` counts it.
         batch_size: names generated in parallel.
+        greedy: take the most likely id at every step (``argmax``) instead of drawing;
+            ``temperature`` then has no effect.
+        sampler: ``"step"`` or ``"prefix"`` (:data:`SAMPLERS`).
+        mode: ``"eval"`` or ``"train"`` (:data:`MODES`): in ``"train"`` mode dropout is
+            on while sampling; its masks come from a generator seeded with ``seed`` (the
+            global RNG is left as it was), so the samples are still reproducible.
 
     Returns:
         ``num_samples`` :class:`Sample` objects.
@@ -115,45 +154,66 @@ def generate(
             raise ConfigError(name, f"a token id in [0, {V})", describe(t))
     if len(set(forbid)) >= V:
         raise ConfigError("forbid", "at least one id left to sample", sorted(set(forbid)))
+    check_bool("greedy", greedy)
+    check_choice("sampler", sampler, SAMPLERS)
+    check_choice("mode", mode, MODES)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     uniforms = torch.rand(num_samples, max_steps, generator=gen, dtype=torch.float64)  # (N, S)
+    draw = _Draw(start_token, temperature, tuple(forbid), greedy, sampler == "prefix")
     was_training = model.training
-    model.eval()
+    model.train(mode == "train")
     try:
-        out: list[Sample] = []
-        for lo in range(0, num_samples, batch_size):
-            u = uniforms[lo : lo + batch_size]  # (B, S)
-            out.extend(_generate_batch(model, u, start_token, temperature, forbid, device))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(seed))  # dropout masks in train mode
+            out: list[Sample] = []
+            for lo in range(0, num_samples, batch_size):
+                u = uniforms[lo : lo + batch_size]  # (B, S)
+                out.extend(_generate_batch(model, u, draw, device))
     finally:
         model.train(was_training)
     return out
 
 
+@dataclass(frozen=True)
+class _Draw:
+    """How each id is drawn (the checked arguments of :func:`generate`)."""
+
+    start_token: int
+    temperature: float
+    forbid: tuple[int, ...]
+    greedy: bool
+    prefix: bool
+
+
 def _generate_batch(
-    model: CharLM,
-    uniforms: Tensor,
-    start_token: int,
-    temperature: float,
-    forbid: Sequence[int],
-    device: torch.device,
+    model: CharLM, uniforms: Tensor, draw: _Draw, device: torch.device
 ) -> list[Sample]:
     B, steps = uniforms.shape
-    idx = torch.full((B,), start_token, dtype=torch.long, device=device)  # (B,)
+    idx = torch.full((B,), draw.start_token, dtype=torch.long, device=device)  # (B,)
+    prefix = idx[:, None]  # (B, 1): the whole input so far, for the prefix sampler
     state = None
     drawn = torch.empty(B, steps, dtype=torch.long)  # (B, S) on CPU
     for t in range(steps):
-        logits, state = model.step(idx, state)  # (B, V)
-        logits = logits.detach().double().cpu() / temperature
-        if forbid:
-            logits[:, list(forbid)] = float("-inf")
-        cdf = F.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
-        # Inverse-CDF draw: the first id whose cumulative probability exceeds u * total
-        # (ids of probability zero can never be drawn).
-        u = uniforms[:, t : t + 1] * cdf[:, -1:]  # (B, 1)
-        nxt = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+        if draw.prefix:
+            logits = model(prefix)[0][:, -1]  # (B, V): the whole prefix re-run from zeros
+        else:
+            logits, state = model.step(idx, state)  # (B, V)
+        logits = logits.detach().double().cpu() / draw.temperature
+        if draw.forbid:
+            logits[:, list(draw.forbid)] = float("-inf")
+        if draw.greedy:
+            nxt = logits.argmax(dim=-1)  # (B,)
+        else:
+            cdf = F.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
+            # Inverse-CDF draw: the first id whose cumulative probability exceeds u * total
+            # (ids of probability zero can never be drawn).
+            u = uniforms[:, t : t + 1] * cdf[:, -1:]  # (B, 1)
+            nxt = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
         drawn[:, t] = nxt
         idx = nxt.to(device)
+        if draw.prefix:
+            prefix = torch.cat([prefix, idx[:, None]], dim=1)  # (B, t + 2)
     samples = []
     for row in drawn.tolist():
         end = row.index(END) + 1 if END in row else len(row)
@@ -195,19 +255,38 @@ def teacher_forced_loss(model: CharLM, x: Tensor, y: Tensor, *, batch_size: int 
 
 
 @torch.no_grad()
-def stepwise_loss(model: CharLM, x: Tensor, y: Tensor, *, batch_size: int = 1024) -> float:
+def stepwise_loss(
+    model: CharLM,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 1024,
+    start_token: int | None = None,
+) -> float:
     r"""Token-mean cross-entropy with the inputs fed one token at a time (eval mode).
 
-    Each sequence starts from the zero state and :meth:`CharLM.step` carries the state
-    exactly as :func:`generate` does. For a causal policy this equals
-    :func:`teacher_forced_loss` up to float rounding; a larger value means the
-    teacher-forced loss was helped by seeing future inputs.
+    :meth:`CharLM.step` carries the state as :func:`generate` does. With
+    ``start_token=None`` each sequence starts from the zero state at ``x[:, 0]``: for a
+    causal policy this equals :func:`teacher_forced_loss` up to float rounding, and a
+    larger value means the teacher-forced loss was helped by seeing future inputs (the
+    leak). With ``start_token`` set, that token is stepped first and its output
+    discarded, so the state is carried *exactly* as sampling carries it: under the seed
+    protocol (``x`` = the name, sampling starts from ``<PAD>``) pass ``PAD``, and the
+    first letter is read from the state after the ``<PAD>`` step, as in a sample.
+
+    $$
+    s_0 = \text{step}(\text{start}, 0)\ \text{(if given, else } 0), \quad
+    (\ell_t, s_t) = \text{step}(x_t, s_{t-1}), \quad
+    L = \frac{\sum_t \text{CE}(\ell_t, y_t)}{\#\{y_t \ne -100\}}
+    $$
 
     Args:
         model: the language model.
         x: ``(N, T)`` inputs.
         y: ``(N, T)`` targets, ``-100`` where ignored.
         batch_size: sequences stepped in parallel.
+        start_token: a token stepped before ``x[:, 0]`` whose output is not scored
+            (``None``: start from the zero state).
 
     Returns:
         The mean over every non-ignored target of the whole set.
@@ -222,10 +301,27 @@ def stepwise_loss(model: CharLM, x: Tensor, y: Tensor, *, batch_size: int = 1024
         True
     """
     _check_xy(x, y)
-    return _loss(model, x, y, batch_size, stepwise=True)
+    if start_token is not None:
+        _check_model(model)
+        V = model.vocab_size
+        if isinstance(start_token, bool) or not isinstance(start_token, int):
+            raise InputTypeError(
+                "start_token", f"a token id in [0, {V}) or None", describe(start_token)
+            )
+        if not 0 <= start_token < V:
+            raise ConfigError("start_token", f"a token id in [0, {V}) or None", start_token)
+    return _loss(model, x, y, batch_size, stepwise=True, start_token=start_token)
 
 
-def _loss(model: CharLM, x: Tensor, y: Tensor, batch_size: int, *, stepwise: bool) -> float:
+def _loss(
+    model: CharLM,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    *,
+    stepwise: bool,
+    start_token: int | None = None,
+) -> float:
     _check_model(model)
     check_int("batch_size", batch_size)
     device = next(model.parameters()).device
@@ -238,6 +334,8 @@ def _loss(model: CharLM, x: Tensor, y: Tensor, batch_size: int, *, stepwise: boo
             yb = y[lo : lo + batch_size].to(device)  # (B, T)
             if stepwise:
                 state = None
+                if start_token is not None:  # stepped, not scored: the sampler's first call
+                    _, state = model.step(torch.full_like(xb[:, 0], start_token), None)
                 cols = []
                 for t in range(xb.shape[1]):
                     logits_t, state = model.step(xb[:, t], state)  # (B, V)

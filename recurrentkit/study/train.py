@@ -389,6 +389,7 @@ def fit(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     r"""Train ``model`` on ``train``, measuring ``val`` after every epoch.
 
@@ -403,6 +404,9 @@ def fit(
         log: called with one line per epoch (rank 0 only).
         on_batch: called as ``on_batch(epoch, batch)`` (0-based) after each completed
             optimizer step; raising ``KeyboardInterrupt`` there acts like Ctrl-C.
+        on_epoch: called as ``on_epoch(epoch, val_loss)`` (1-based epoch) on rank 0 after
+            each completed epoch, once its checkpoint is written: a place to keep
+            snapshots of the model (it must not change the model or the RNG).
 
     Returns:
         A :class:`TrainResult`: the per-epoch history, best epoch and status.
@@ -587,6 +591,8 @@ def fit(
             history.append(record)
             done = epoch + 1 == config.epochs
             write(epoch + 1, 0, 0.0, _rng_state(device), "completed" if done else "running")
+            if on_epoch is not None and rank == 0:
+                on_epoch(epoch + 1, val_loss)
             if log is not None and rank == 0:
                 log(
                     f"epoch {epoch + 1}/{config.epochs}  train {record['train_loss']:.4f}  "

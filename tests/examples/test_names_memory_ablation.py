@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from recurrentkit.study.lm import count_parameters
+from recurrentkit.study.metrics import paired_difference
+from recurrentkit.study.report import summarize_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "names_memory_ablation.py"
@@ -149,6 +151,13 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path: Path) -> None:
         (["--data", "{tmp}/caps.txt"], "line 2"),
         (["--data", "{tmp}/long.txt"], "at most 16 characters"),
         (["--preset", "backbones", "--routing", "shared"], "independent routing only"),
+        (["--temperature", "0"], "number > 0"),
+        (["--save-epochs", "0,5"], "epochs >= 1"),
+        (["--split-seed", "-1"], "integer >= 0"),
+        (["--sampler", "beam"], "invalid choice"),
+        (["--sample-mode", "test"], "invalid choice"),
+        (["--routing", "shared_first"], "unknown routing policy"),
+        (["--merge", "{tmp}/none.json"], "paths: expected readable results.json files"),
     ],
 )
 def test_bad_input_gives_one_line_errors(
@@ -223,10 +232,139 @@ def test_cuda_without_a_gpu_is_a_one_line_error(
 # -- the committed reports --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", ["quick", "backbones"])
+@pytest.mark.parametrize("run", ["quick", "backbones", "seed/merged"])
 def test_the_committed_reports_are_what_the_renderer_makes(run: str) -> None:
     """docs/study/<run>/results.md is the rendering of the results.json beside it."""
     folder = ROOT / "docs" / "study" / run
     saved = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     report = study.make_report(saved["preset"])
     assert report.markdown(saved) == (folder / "results.md").read_text(encoding="utf-8")
+
+
+# -- round 2: the new flags --------------------------------------------------------------
+
+
+def test_the_round_2_flags_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "--preset", "tiny", "--routing", "independent,shared_last", "--split-seed", "1",
+        "--dedupe", "--save-epochs", "1", "--sampler", "prefix", "--greedy",
+        "--sample-mode", "train", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert study.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == "names_memory_ablation/2"
+    assert results["data"]["split_seed"] == 1 and results["data"]["dedupe"] is True
+    sampling = {"sampler": "prefix", "temperature": 1.0, "greedy": True, "mode": "train"}
+    assert results["sampling"] == sampling and results["save_epochs"] == [1]
+    runs = {r["routing"]: r for r in results["runs"]}
+    assert set(runs) == {"independent", "shared_last"}
+    for r in runs.values():
+        assert r["run"].endswith("-split1") and r["split_seed"] == 1
+        assert r["sampling"] == sampling
+        assert r["variant"] == "prefix sampler, greedy, train mode, deduplicated names"
+        for key in ("stepwise_val_loss", "stepwise_val_loss_zero", "runaway_upper95",
+                    "loop_rate", "empty_rate", "novelty_nonempty"):  # fmt: skip
+            assert key in r, key
+        [saved] = r["saved_epochs"]
+        assert saved["epoch"] == 1 and saved["val_loss"] == r["history"][0]["val_loss"]
+        assert {"runaway_rate", "runaway_upper95", "mean_length", "loop_rate",
+                "first_letters", "first_letter_tv"} <= set(saved)  # fmt: skip
+        assert r["best_checkpoint"]["epoch"] == r["best_epoch"]
+        assert (out / "checkpoints" / f"{r['run']}.e1.pt").is_file()
+        assert (out / "checkpoints" / f"{r['run']}.best.pt").is_file()
+    # shared_last is Shared(carry="last"), and causal: step-wise from zero = teacher-forced.
+    assert abs(runs["shared_last"]["leak_gap"]) < 1e-6
+    md = (out / "results.md").read_text()
+    assert "## Samples by checkpoint" in md
+    assert "| tiny | shared_last [prefix sampler, greedy, train mode, deduplicated names] |" in md
+    label = (
+        "tiny-shared_last-seed-s0-split1 [prefix sampler, greedy, train mode, deduplicated names]"
+    )
+    assert f"| {label} | 1 " in md
+    assert "split seed 1, names deduplicated" in md
+
+
+def test_merge_makes_one_report_with_intervals_from_separate_invocations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seed in (0, 1):
+        argv = ["--preset", "tiny", "--seeds", str(seed), "--out", str(tmp_path / f"s{seed}"),
+                "--no-progress"]  # fmt: skip
+        assert study.main(argv) == 0
+    inputs = [str(tmp_path / f"s{seed}" / "results.json") for seed in (0, 1)]
+    merged_dir = tmp_path / "merged"
+    assert study.main(["--merge", *inputs, "--out", str(merged_dir)]) == 0
+    merged = json.loads((merged_dir / "results.json").read_text())
+    assert merged["merged_from"] == inputs and len(merged["runs"]) == 4
+    handoff = next(e for e in merged["summary"] if e["routing"] == "handoff")
+    assert handoff["n_seeds"] == 2 and handoff["runaway_rate"]["ci95"] is not None
+    assert handoff["vs_independent"]["best_val_loss"]["n"] == 2
+    # The summary is the one of the pooled runs (not of either file).
+    pooled = [r for f in inputs for r in json.loads(Path(f).read_text())["runs"]]
+    assert summarize_runs(pooled) == merged["summary"]
+    md = (merged_dir / "results.md").read_text()
+    assert "Merged from 2 results files" in md and "| tiny | handoff | 2 |" in md
+    # The same run twice is refused, in one line.
+    capsys.readouterr()
+    assert study.main(["--merge", inputs[0], inputs[0], "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "each run in one file only" in err
+
+
+def test_resume_measures_a_finished_run_without_snapshots(tmp_path: Path) -> None:
+    """A run trained before snapshots existed (the checkpoint format is unchanged): --resume
+    loads its finished checkpoint and reports the new metrics without training."""
+    out = tmp_path / "out"
+    argv = ["--preset", "tiny", "--routing", "handoff", "--epochs", "3", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert study.main(argv) == 0
+    first = json.loads((out / "results.json").read_text())["runs"][0]
+    for snapshot in (out / "checkpoints").glob("*.*.pt"):  # what the old code never wrote
+        snapshot.unlink()
+    ck = out / "checkpoints" / f"{first['run']}.pt"
+    before = ck.read_bytes()
+    assert study.main([*argv, "--resume", "--save-epochs", "2"]) == 0
+    assert ck.read_bytes() == before  # nothing trained, nothing written
+    again = json.loads((out / "results.json").read_text())["runs"][0]
+    assert again["history"] == first["history"]
+    assert again["runaway_upper95"] == first["runaway_upper95"]
+    assert again["saved_epochs"] == []  # no snapshot of epoch 2 was kept
+    if first["best_epoch"] == 3:  # the best is the last epoch: the final model's figures
+        assert again["best_checkpoint"]["runaway_rate"] == again["runaway_rate"]
+    else:
+        assert again["best_checkpoint"] is None
+
+
+def test_the_sampling_flags_reach_the_runs() -> None:
+    args = study.make_parser().parse_args(["--temperature", "0.8", "--save-epochs", "10,5,10"])
+    assert (args.temperature, args.save_epochs, args.sampler, args.sample_mode) == (
+        0.8, (5, 10), "step", "eval")  # fmt: skip
+    help_text = study.make_parser().format_help()
+    for flag in ("--split-seed", "--dedupe", "--merge", "shared_last", "--sampler",
+                 "--temperature", "--greedy", "--sample-mode", "--save-epochs"):  # fmt: skip
+        assert flag in help_text
+
+
+def test_the_committed_merged_report_is_the_merge_of_the_committed_runs(tmp_path: Path) -> None:
+    """docs/study/seed/merged: `--merge` of the separate 40-epoch (and α 35-epoch) runs."""
+    folder = ROOT / "docs" / "study" / "seed"
+    saved = json.loads((folder / "merged" / "results.json").read_text(encoding="utf-8"))
+    inputs = [str(ROOT / f) for f in saved["merged_from"]]
+    assert len(inputs) == 9 and all(Path(f).is_file() for f in inputs)
+    study.merge_results(inputs, tmp_path / "m")
+    again = json.loads((tmp_path / "m" / "results.json").read_text(encoding="utf-8"))
+    assert again["summary"] == saved["summary"]
+    shared = next(e for e in saved["summary"] if (e["model"], e["routing"]) == ("beta", "shared"))
+    runs = [r for f in inputs for r in json.loads(Path(f).read_text())["runs"]]
+    per_seed = {
+        rt: {
+            r["seed"]: r["best_val_loss"]
+            for r in runs
+            if (r["model"], r["routing"]) == ("beta", rt)
+        }
+        for rt in ("shared", "independent")
+    }
+    mean, ci, n = paired_difference(per_seed["shared"], per_seed["independent"])
+    assert shared["vs_independent"]["best_val_loss"] == {"mean": mean, "ci95": ci, "n": n}
+    assert n == 3 and mean - ci < 0 < mean + ci  # what the docs state: no measurable difference

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recurrentkit import routing as rk_routing
 from recurrentkit.errors import ConfigError
 from recurrentkit.study import ablation, data
 
@@ -92,3 +93,53 @@ def test_the_study_module_is_reached_from_the_subpackage() -> None:
 
     assert study.ablation is ablation and study.data is data
     assert ablation.rank() == 0  # no process group here
+
+
+# -- round 2: split seed, deduplication, shared_last, sampling variants ------------------
+
+
+def test_the_split_seed_changes_the_split_and_0_is_the_old_one() -> None:
+    old = ablation.load_data(None, ("seed",), max_names=200)
+    same = ablation.load_data(None, ("seed",), max_names=200, split_seed=0)
+    other = ablation.load_data(None, ("seed",), max_names=200, split_seed=3)
+    assert old["data"] == same["data"] == {"source": "packaged names.txt", "train": 160, "val": 40}
+    assert torch.equal(old["seed"]["val"][0], same["seed"]["val"][0])
+    assert old["names"]["train_names"] != other["names"]["train_names"]
+    assert other["data"]["split_seed"] == 3 and other["data"]["dedupe"] is False
+
+
+def test_dedupe_drops_repeated_names_before_the_split(tmp_path: Path) -> None:
+    words = tmp_path / "w.txt"
+    words.write_text("anna\nbob\nanna\nzed\nbob\neve\nanna\nlea\nmia\nkai\n")
+    sets = ablation.load_data(words, ("seed",), dedupe=True)
+    assert sets["data"]["train"] + sets["data"]["val"] == 7  # unique names
+    assert sets["data"]["words"] == 10
+    assert not (sets["names"]["train_names"] & sets["names"]["heldout_names"])
+    full = data.load_words()
+    assert len(full) == 32_033 and len(set(full)) == 29_494
+
+
+def test_shared_last_is_shared_carrying_the_top_layers_state() -> None:
+    policy = ablation.routing_policy("shared_last")
+    assert isinstance(policy, rk_routing.Shared) and policy.carry == "last"
+    assert ablation.routing_policy("shared") == "shared"
+    model = ablation.build_model(ablation.SPECS["tiny"], "shared_last")
+    assert model.stack.routing.carry == "last"
+    with pytest.raises(ConfigError, match="routing"):
+        ablation.routing_policy("sideways")
+
+
+def test_sampling_variants_are_labelled_and_checked() -> None:
+    assert ablation.Sampling().label == ""
+    assert (
+        ablation.Sampling("prefix", 0.8, False, "train").label
+        == "prefix sampler, T=0.8, train mode"
+    )
+    assert ablation.Sampling(greedy=True, temperature=0.5).label == "greedy"
+    with pytest.raises(ConfigError, match="sampler"):
+        ablation.Sampling(sampler="beam")
+    with pytest.raises(ConfigError, match="temperature"):
+        ablation.Sampling(temperature=0.0)
+    key = ablation.RunKey("tiny", "handoff", "seed", 0, split_seed=2)
+    assert key.id == "tiny-handoff-seed-s0-split2"
+    assert ablation.RunKey("tiny", "handoff", "seed", 0).id == "tiny-handoff-seed-s0"

@@ -94,3 +94,131 @@ def test_bad_input() -> None:
         metrics.distinct_n(["ab"], 0)
     with pytest.raises(ConfigError):
         metrics.mean_ci([])
+
+
+# -- round 2: runaway bound, loops, empty samples, paired differences --------------------
+
+# The six shared-memory samples the original study shows (Setup-1, its β and γ).
+ORIGINAL_SHARED = {
+    "laneronelanarisyutyu": False,  # "lan" twice only: no unit occurs 3 times
+    "lanikyunlikyunlejanl": True,  # "nl" 3 times
+    "lanlikyunelanaranlik": True,  # "an" 3 times
+    "yanidandindediddiddi": True,  # "di" 4 times
+    "manitanitanitanitani": True,  # "nita" 4 times
+    "lintinzitinititielit": True,  # "it" 4 times
+}
+
+
+def _tail(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def test_the_runaway_bound_is_the_exact_one_sided_clopper_pearson_bound() -> None:
+    assert metrics.binomial_upper(0, 1000) == pytest.approx(1 - 0.05 ** (1 / 1000))
+    assert metrics.binomial_upper(0, 1000) <= 0.003  # "≤ 0.3%": the rule of three
+    assert metrics.binomial_upper(4, 4) == 1.0
+    for k, n in [(1, 10), (7, 1000), (180, 1000), (3, 50)]:
+        upper = metrics.binomial_upper(k, n)
+        assert k / n < upper < 1.0
+        assert _tail(k, n, upper) == pytest.approx(0.05, abs=1e-9)  # P(X <= k | upper) = 5%
+    assert metrics.binomial_upper(1, 10, 0.99) > metrics.binomial_upper(1, 10)
+    assert metrics.runaway_upper([True] * 999 + [False]) == metrics.binomial_upper(1, 1000)
+
+
+@given(st.integers(1, 60), st.data())
+def test_the_bound_grows_with_the_count(n: int, data: st.DataObject) -> None:
+    k = data.draw(st.integers(0, n - 1))
+    assert metrics.binomial_upper(k, n) < metrics.binomial_upper(k + 1, n)
+
+
+def test_the_loop_detector_on_the_originals_shared_samples() -> None:
+    for sample, looped in ORIGINAL_SHARED.items():
+        assert metrics.has_loop(sample) is looped, sample
+        assert metrics.has_loop(sample.capitalize()) is looped  # as printed
+    # The one it misses repeats "lan" twice: a 3-letter unit twice catches it.
+    assert metrics.has_loop("laneronelanarisyutyu", min_len=3, min_count=2)
+    assert metrics.loop_rate(list(ORIGINAL_SHARED)) == pytest.approx(5 / 6)
+    # The tiny handoff run's sample repeats no substring of 2+ letters 3 times ("an"
+    # twice): this definition does not flag it either.
+    assert not metrics.has_loop("analanlisariabevelre")
+
+
+@pytest.mark.parametrize(
+    ("sample", "looped"),
+    [
+        ("abcabcabc", True),  # a 3-letter unit 3 times
+        ("xyzwxyzwxyzw", True),
+        ("aaaa", False),  # "aa" twice without overlapping (repeats() counts it 3 times)
+        ("aaaaaa", True),
+        ("ababa", False),  # "ab" twice, "ba" twice
+        ("ababab", True),
+        ("emma", False),
+        ("annabella", False),
+        ("", False),
+        ("ab", False),
+    ],
+)
+def test_the_loop_detector_counts_non_overlapping_occurrences(sample: str, looped: bool) -> None:
+    assert metrics.has_loop(sample) is looped
+
+
+def _loop_reference(s: str, min_len: int, min_count: int) -> bool:
+    """The definition, by brute force: a set of min_count disjoint equal substrings."""
+
+    def disjoint(unit: str) -> int:
+        count, i = 0, 0
+        while i + len(unit) <= len(s):
+            if s[i : i + len(unit)] == unit:
+                count, i = count + 1, i + len(unit)
+            else:
+                i += 1
+        return count
+
+    return any(
+        disjoint(s[i : i + n]) >= min_count
+        for n in range(min_len, len(s) + 1)
+        for i in range(len(s) - n + 1)
+    )
+
+
+@given(st.text(alphabet="ab", max_size=14), st.integers(1, 4), st.integers(2, 4))
+def test_the_loop_detector_matches_its_definition(s: str, min_len: int, min_count: int) -> None:
+    assert metrics.has_loop(s, min_len, min_count) is _loop_reference(s, min_len, min_count)
+
+
+@given(st.text(alphabet="abcd", min_size=2, max_size=5), st.text(alphabet="xyz", max_size=6))
+def test_a_unit_written_three_times_is_a_loop(unit: str, filler: str) -> None:
+    assert metrics.has_loop(filler + unit * 3 + filler)
+
+
+def test_empty_samples_and_novelty_over_the_non_empty() -> None:
+    samples = ["", "emma", "", "zed"]
+    assert metrics.empty_rate(samples) == 0.5
+    assert metrics.novelty(samples, {"emma"}) == 0.75  # empty counted as novel
+    assert metrics.nonempty_novelty(samples, {"emma"}) == 0.5
+    assert metrics.reproduction_rate(samples, {"emma"}) == 0.25  # share that are training names
+    assert metrics.nonempty_novelty(["", ""], {"emma"}) is None
+
+
+def test_paired_difference_pairs_by_key() -> None:
+    mean, half, n = metrics.paired_difference(
+        {0: 1.70, 1: 1.72, 2: 1.71}, {2: 1.7, 0: 1.71, 1: 1.7}
+    )
+    assert n == 3
+    assert (mean, half) == metrics.mean_ci([1.70 - 1.71, 1.72 - 1.7, 1.71 - 1.7])
+    assert metrics.paired_difference({0: 2.0}, {0: 1.0, 5: 0.0}) == (1.0, None, 1)
+
+
+def test_bad_input_round_2() -> None:
+    with pytest.raises(ConfigError, match="k: expected at most n = 3"):
+        metrics.binomial_upper(4, 3)
+    with pytest.raises(ConfigError, match="confidence"):
+        metrics.binomial_upper(0, 3, 1.0)
+    with pytest.raises(InputTypeError, match="sample"):
+        metrics.has_loop(["ab"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="min_count"):
+        metrics.has_loop("abab", min_count=1)
+    with pytest.raises(ConfigError, match="b: expected values paired"):
+        metrics.paired_difference({0: 1.0}, {1: 1.0})
+    with pytest.raises(ConfigError):
+        metrics.empty_rate([])

@@ -24,8 +24,10 @@ from recurrentkit.study.report import (
     SUMMARY_METRICS,
     StudyReport,
     compare_reach,
+    difference_verdict,
     format_stat,
     summarize_runs,
+    upgrade_results,
 )
 
 
@@ -387,3 +389,82 @@ def test_matplotlib_is_imported_only_to_draw() -> None:
     code = "import sys, recurrentkit.study.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- round 2: paired intervals, verdicts that read them, old results, snapshots ----------
+
+
+def test_paired_differences_pair_runs_by_seed() -> None:
+    runs = [
+        record("beta", "independent", seed=s, best_val_loss=v)
+        for s, v in [(0, 1.7386), (1, 1.7385), (2, 1.7349)]
+    ]
+    runs += [record("beta", "shared", seed=s, best_val_loss=v)
+             for s, v in [(2, 1.7328), (0, 1.7306), (1, 1.7328)]]  # fmt: skip
+    shared = next(e for e in summarize_runs(runs) if e["routing"] == "shared")
+    d = shared["vs_independent"]["best_val_loss"]
+    mean, ci = mean_ci([1.7306 - 1.7386, 1.7328 - 1.7385, 1.7328 - 1.7349])
+    assert d == {"mean": pytest.approx(mean), "ci95": pytest.approx(ci), "n": 3}
+    assert difference_verdict(d) == "no measurable difference"  # -0.005 ± 0.007
+    assert "vs_independent" not in summarize_runs(runs)[0]  # independent itself
+
+
+def test_a_verdict_whose_interval_contains_0_is_no_measurable_difference() -> None:
+    runs = [record("beta", "independent", seed=s, runaway_rate=0.0) for s in (0, 1, 2)]
+    runs += [record("beta", "shared", seed=s, runaway_rate=v)
+             for s, v in [(0, 0.30), (1, 0.0), (2, 0.0)]]  # fmt: skip
+    text = "\n".join(STUDY.conclusions(summarize_runs(runs), num_samples=1000))
+    # 10 points on average would "weakly support" the claim, but the interval contains 0.
+    assert "no measurable difference in runaway rate from independent" in text
+    assert "weakly supports" not in text
+    md = STUDY.markdown(results(runs))
+    assert "| GRU-β | shared | 3 |" in md and "(no measurable difference)" in md
+    # A separated interval keeps the thresholds' verdict, and says so.
+    runs = [record("beta", "independent", seed=s, runaway_rate=0.0) for s in (0, 1)]
+    runs += [record("beta", "shared", seed=s, runaway_rate=v) for s, v in [(0, 0.3), (1, 0.31)]]
+    text = "\n".join(STUDY.conclusions(summarize_runs(runs), num_samples=1000))
+    assert "causal shared memory supports the claim" in text and "paired difference" in text
+
+
+def test_runaway_rates_carry_their_pooled_upper_bound() -> None:
+    runs = [record("beta", "shared", seed=s, runaways=0, samples=1000) for s in (0, 1, 2)]
+    [entry] = summarize_runs(runs)
+    assert entry["runaway_pooled"]["upper95"] == pytest.approx(1 - 0.05 ** (1 / 3000))
+    md = STUDY.markdown(results(runs))
+    assert "| 0 of 3,000 (≤ 0.10%) |" in md  # not "0.0% ± 0.0"
+
+
+def test_old_results_are_read_as_the_new_schema() -> None:
+    old = results([record("beta", "shared", stepwise_val_loss=1.9),
+                   record("alpha", "independent", "fixed", stepwise_val_loss=2.05)],
+                  schema="names_memory_ablation/1")  # fmt: skip
+    new = upgrade_results(old)
+    seed_run, fixed_run = new["runs"]
+    assert seed_run["stepwise_val_loss_zero"] == 1.9 and seed_run["stepwise_val_loss"] is None
+    assert fixed_run["stepwise_val_loss"] == fixed_run["stepwise_val_loss_zero"] == 2.05
+    assert seed_run["runaways"] == 0 and seed_run["runaway_upper95"] == pytest.approx(
+        0.002991, 1e-3
+    )
+    assert old["runs"][0]["stepwise_val_loss"] == 1.9  # the input is not changed
+    assert upgrade_results(new) == new
+    assert "| 1.9000 |" in STUDY.markdown(old)  # the from-zero column
+
+
+def test_the_checkpoint_section_lists_best_and_saved_epochs() -> None:
+    snap = {"runaway_rate": 0.18, "runaway_upper95": 0.2, "mean_length": 12.5, "loop_rate": 0.1,
+            "first_letter_tv": 0.3, "first_letters": {"a": 0.5, "l": 0.3, "m": 0.2}}  # fmt: skip
+    r = record("beta", "handoff", saved_epochs=[{"epoch": 1, "val_loss": 2.4, **snap}],
+               best_checkpoint={"epoch": 2, "val_loss": 2.0, **snap})  # fmt: skip
+    md = STUDY.markdown(results([r]))
+    assert "## Samples by checkpoint" in md
+    assert "| beta-handoff-seed-s0 | 1 | 2.4000 | 18.0% (≤ 20.0%) | 12.50 | 10.0% | 0.300 " \
+           "| a 50%, l 30%, m 20% |" in md  # fmt: skip
+    assert "| beta-handoff-seed-s0 | 2 ★ | 2.0000 |" in md
+    assert "## Samples by checkpoint" not in STUDY.markdown(results([record("beta", "shared")]))
+
+
+def test_a_mix_of_seed_counts_names_the_one_seed_groups() -> None:
+    runs = [record("beta", r, seed=s) for r in ("independent", "shared") for s in (0, 1)]
+    runs.append(record("beta", "handoff"))
+    first = STUDY.conclusions(summarize_runs(runs), 1000)[0]
+    assert first.startswith("Some groups come from **one seed** (GRU-β `handoff`)")

@@ -238,3 +238,13 @@ def test_ctrl_c_during_validation_stops_at_the_epoch_boundary(
     resumed = make()
     fit(resumed, TRAIN, VAL, config(tmp_path), resume=True)
     assert same_params(resumed, ref)
+
+
+def test_on_epoch_sees_every_epoch_and_changes_nothing(tmp_path: Path) -> None:
+    seen: list[tuple[int, float]] = []
+    plain = make()
+    hooked = make()
+    a = fit(plain, TRAIN, VAL, config(epochs=3))
+    b = fit(hooked, TRAIN, VAL, config(epochs=3), on_epoch=lambda e, v: seen.append((e, v)))
+    assert seen == [(h["epoch"], h["val_loss"]) for h in b.history]
+    assert losses(a) == losses(b) and same_params(plain, hooked)
