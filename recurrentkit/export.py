@@ -5,28 +5,25 @@ The torch.nn drop-ins (:class:`recurrentkit.RNN`, :class:`~recurrentkit.GRU`,
 ``GRU`` and ``LSTM`` operators, one node per layer (both directions in one node), so
 runtimes such as onnxruntime run their fused kernels:
 
-=====================  ==========================================================
-drop-in                ONNX node(s)
-=====================  ==========================================================
-``GRU``                ``GRU``, ``linear_before_reset=1`` (torch's GRU; ``0`` is
-                       the other GRU), rows ``r | z | n`` reordered to ``z | r | h``
-``LSTM``               ``LSTM``, rows ``i | f | g | o`` reordered to ``i | o | f | c``
-                       (no ``proj_size``: ONNX's LSTM has no projection)
-``RNN``                ``RNN``, ``activations=["Tanh"]`` or ``["Relu"]``
-``num_layers=L``       ``L`` nodes, chained
-``bidirectional``      ``direction="bidirectional"``
-``batch_first``        a ``Transpose`` on each side
-=====================  ==========================================================
+- ``GRU`` → ``GRU`` with ``linear_before_reset=1`` (torch's GRU; ``0`` is the other
+  GRU), rows ``r | z | n`` reordered to ONNX's ``z | r | h``;
+- ``LSTM`` → ``LSTM``, rows ``i | f | g | o`` reordered to ``i | o | f | c`` (no
+  ``proj_size``: ONNX's LSTM has no projection);
+- ``RNN`` → ``RNN`` with ``activations=["Tanh"]`` or ``["Relu"]``;
+- ``num_layers=L`` → ``L`` nodes, chained; ``bidirectional`` →
+  ``direction="bidirectional"``; ``batch_first`` → a ``Transpose`` on each side.
 
 Each node's bias is torch's two biases concatenated, ``[b_ih; b_hh]`` (ONNX's
 ``[W_b; R_b]``); ``hx`` (``h_0``, ``c_0``) becomes ``initial_h``/``initial_c`` and is
 omitted where the model passes none. Dropout is inactive: the model is exported in eval
 mode.
 
-The same happens under ``torch.onnx.export(model, args, dynamo=True)`` called directly
-(the drop-ins emit the ONNX operators through ``torch.onnx.ops.symbolic_multi_out``
-while that exporter traces them); :func:`onnx` adds the dynamic axes, the checks and an
-atomic write. Under ``torch.export.export`` the drop-ins are one custom op per layer
+The same happens under ``torch.onnx.export(model.eval(), args, dynamo=True)`` called
+directly (the drop-ins emit the ONNX operators through
+``torch.onnx.ops.symbolic_multi_out`` while that exporter traces them; a drop-in in
+training mode with dropout traces its plain-op parts instead); :func:`onnx` adds eval
+mode, the dynamic axes, the checks, the names and an atomic write. Under
+``torch.export.export`` the drop-ins are one custom op per layer
 (``recurrentkit::gru_layer`` & co.), so the exported program keeps ``T`` and ``B``
 symbolic. Any other module (a :class:`~recurrentkit.Stack`) goes through the same
 exporter and becomes what its forward traces to.
@@ -65,10 +62,12 @@ def onnx(
 ) -> Path:
     r"""Write ``module`` as an ONNX model, the time and batch axes left free.
 
-    Runs ``torch.onnx.export(module, args, dynamo=True, dynamic_shapes=...)`` in eval mode
-    (the module's mode is restored afterwards) and writes the model to ``path``
-    atomically: to a temporary file beside it, then renamed, so a failed export leaves
-    no file (and an earlier file at ``path`` untouched).
+    Traces ``module`` in eval mode (its mode is restored afterwards) with
+    ``torch.export.export(module, args, dynamic_shapes=...)``, once (an axis that cannot
+    stay free is an error, never silently fixed to the example's size), converts the
+    program with ``torch.onnx.export(program, dynamo=True)`` and writes the model to
+    ``path`` atomically: to a temporary file beside it, then renamed, so a failed export
+    leaves no file (and an earlier file at ``path`` untouched).
 
     Which axes are free: in the input (the first argument), ``T`` and ``B`` (axes
     ``(1, 0)`` if the module has ``batch_first=True``, else ``(0, 1)``; a 2-D input is
@@ -96,7 +95,9 @@ def onnx(
         ShapeError: a free axis of size < 2 in the example.
         ConfigError: ``path``'s folder does not exist, or ``path`` is a folder.
         UnsupportedError: onnx or onnxscript is not installed; an LSTM drop-in with
-            ``proj_size`` (ONNX's LSTM has no projection).
+            ``proj_size`` (ONNX's LSTM has no projection); a free axis that the module's
+            forward fixes ("Constraints violated"; pass ``dynamic_time=False`` or
+            ``dynamic_batch=False``).
 
     Example:
         >>> import torch, recurrentkit as rk, onnxruntime, tempfile, os

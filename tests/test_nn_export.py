@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.export import Dim
 from torch.utils._pytree import tree_leaves
@@ -95,6 +97,36 @@ def test_export_with_free_time_and_batch_equals_eager(case) -> None:
             assert [g.shape for g in got] == [w.shape for w in want]
             for g, w in zip(got, want):
                 torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+@settings(max_examples=6)
+@given(
+    mode=st.sampled_from(list(KINDS)),
+    L=st.integers(1, 3),
+    bi=st.booleans(),
+    bf=st.booleans(),
+    with_hx=st.booleans(),
+    proj=st.integers(0, 4),
+    T=st.integers(1, 12),
+    B=st.integers(1, 4),
+    strict=st.booleans(),
+)
+def test_export_holds_over_configurations_and_shapes(
+    mode: str, L: int, bi: bool, bf: bool, with_hx: bool, proj: int, T: int, B: int, strict: bool
+) -> None:
+    """Any configuration, exported at one shape (strict or not), runs at any other."""
+    case = (mode, L, bi, bf, with_hx, proj if mode == "LSTM" else 0)
+    module = make(case, dtype=torch.float64).eval()
+    reference = make(case, dtype=torch.float64, executor="reference").eval()
+    program = torch.export.export(
+        module,
+        example(module, 4, 2, with_hx),
+        dynamic_shapes=free_axes(module, with_hx),
+        strict=strict,
+    )
+    args = example(module, T, B, with_hx)
+    for g, w in zip(tree_leaves(program.module()(*args)), tree_leaves(reference(*args))):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
 
 
 def test_export_unbatched_input_keeps_time_free() -> None:
