@@ -10,7 +10,7 @@ exporter traces them:
   and the batch ``B`` stay symbolic (torch's own ``aten.gru`` is unrolled over the
   example's ``T`` instead: "Constraints violated (T)"). Run eagerly (an
   ``ExportedProgram``'s ``module()``), each calls torch's fused op for one layer
-  (``torch._VF.gru`` & co.). They carry no autograd formula: they are for inference.
+  (``torch._VF.gru`` & co.); their gradient runs that op again under autograd.
 - under ``torch.onnx.export(..., dynamo=True)``: ONNX's own ``RNN``/``GRU``/``LSTM``
   operator, through ``torch.onnx.ops.symbolic_multi_out``, with torch's semantics
   (``linear_before_reset=1`` for the GRU; gate rows reordered, torch GRU ``r | z | n``
@@ -133,9 +133,35 @@ def _define(mode: str) -> Any:
         x, _, _, weights, _, bidirectional = parts(args)
         return _fake(mode, x, weights, bidirectional)
 
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x, h0, c0, weights, has_biases, bidirectional = parts(inputs)
+        ctx.config = (h0 is not None, c0 is not None, has_biases, bidirectional)
+        ctx.save_for_backward(x, *(s for s in (h0, c0) if s is not None), *weights)
+
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Any, ...]:
+        """torch's op run again under autograd, differentiated (a second forward: these
+        ops serve exported programs, rarely trained)."""
+        has_h, has_c, has_biases, bidirectional = ctx.config
+        leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in ctx.saved_tensors]
+        x, rest = leaves[0], leaves[1:]
+        h0 = rest.pop(0) if has_h else None
+        c0 = rest.pop(0) if has_c else None
+        with torch.enable_grad():
+            outs = _fused(mode, x, h0, c0, rest, has_biases, bidirectional)
+            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+            found = torch.autograd.grad(
+                [o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True
+            )
+        found_x, found_rest = found[0], list(found[1:])
+        g_h = found_rest.pop(0) if has_h else None
+        g_c = found_rest.pop(0) if has_c else None
+        states = (g_h, g_c) if lstm else (g_h,)
+        return (found_x, *states, found_rest, None, None)
+
     name = f"recurrentkit::{_OP_NAMES[mode]}"
     op = torch.library.custom_op(name, real, mutates_args=(), schema=f"{schema} -> {outputs}")
     op.register_fake(fake)
+    op.register_autograd(backward, setup_context=setup_context)
     return op
 
 

@@ -166,6 +166,55 @@ def test_jit_trace_equals_eager_at_the_traced_shape_and_others(case) -> None:
             torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] == 2], ids=case_id)
+def test_exported_program_gradients_equal_the_reference(case) -> None:
+    """Exported in training mode (no dropout), the program differentiates: its layer ops'
+    registered gradient equals the reference executor's, for inputs, states and weights."""
+    with_hx = case[4]
+    module = make(case, dtype=torch.float64)
+    reference = make(case, dtype=torch.float64, executor="reference")
+    program = torch.export.export(
+        module, example(module, 4, 2, with_hx), dynamic_shapes=free_axes(module, with_hx)
+    )
+    run = program.module()
+    args = example(module, 6, 3, with_hx)
+    leaves = [t.requires_grad_() for t in tree_leaves(args)]
+    outs = [tree_leaves(run(*args)), tree_leaves(reference(*args))]
+    weights = [dict(run.named_parameters()), dict(reference.named_parameters())]
+    found = []
+    for out, named in zip(outs, weights):
+        probe = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out)
+        found.append(torch.autograd.grad(probe, [*leaves, *named.values()]))
+    assert list(weights[0]) == list(weights[1])  # the same parameters, in the same order
+    for g, w in zip(*found):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", list(KINDS))
+def test_layer_op_gradcheck(mode) -> None:
+    from recurrentkit._layer_ops import _OPS
+
+    torch.manual_seed(0)
+    module = make((mode, 1, True, False, True, 0), dtype=torch.float64)
+    weights = [getattr(module, n).detach().requires_grad_() for n in module._flat_weights_names]
+    x = torch.randn(3, 2, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, H, dtype=torch.float64, requires_grad=True)
+    op = _OPS[mode]
+    if mode == "LSTM":
+        c0 = torch.randn(2, 2, H, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda x, h0, c0, *w: op(x, h0, c0, list(w), True, True), (x, h0, c0, *weights)
+        )
+    else:
+        assert torch.autograd.gradcheck(
+            lambda x, h0, *w: op(x, h0, list(w), True, True), (x, h0, *weights)
+        )
+    assert torch.autograd.gradcheck(  # no initial state: zeros inside the op
+        lambda x, *w: op(x, *([None] * (2 if mode == "LSTM" else 1)), list(w), True, True),
+        (x, *weights),
+    )
+
+
 def test_layer_op_outside_export_is_torchs_fused_op() -> None:
     """The custom op run eagerly (what an ExportedProgram's module() calls) is torch's
     one-layer op: equal to the reference executor's layer."""
