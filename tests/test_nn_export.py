@@ -129,6 +129,19 @@ def test_export_holds_over_configurations_and_shapes(
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
 
 
+def test_exported_program_saves_and_loads(tmp_path) -> None:
+    """``torch.export.save``/``load`` keep the layer ops (importing recurrentkit registers
+    them) and the free axes."""
+    lstm = rk.LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64).eval()
+    x = torch.randn(4, 2, I, dtype=torch.float64)
+    program = torch.export.export(lstm, (x,), dynamic_shapes=free_axes(lstm, False))
+    torch.export.save(program, tmp_path / "lstm.pt2")
+    loaded = torch.export.load(tmp_path / "lstm.pt2").module()
+    x = torch.randn(9, 3, I, dtype=torch.float64)
+    for g, w in zip(tree_leaves(loaded(x)), tree_leaves(lstm(x))):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
 def test_export_unbatched_input_keeps_time_free() -> None:
     gru = rk.GRU(I, H, num_layers=2, dtype=torch.float64).eval()
     program = torch.export.export(
