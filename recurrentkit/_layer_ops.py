@@ -3,8 +3,8 @@ r"""One recurrent layer (one or both directions) as an op that exporters keep wh
 The torch.nn drop-ins (:mod:`recurrentkit.nn`) run through :func:`run_layer` while an
 exporter traces them:
 
-- under ``torch.export`` (and so ``torch.compile``'s export mode): the ``torch.library``
-  custom ops ``recurrentkit::rnn_tanh_layer``, ``recurrentkit::rnn_relu_layer``,
+- under ``torch.export`` (strict or not): the ``torch.library`` custom ops
+  ``recurrentkit::rnn_tanh_layer``, ``recurrentkit::rnn_relu_layer``,
   ``recurrentkit::gru_layer`` and ``recurrentkit::lstm_layer``. Each has a fake
   implementation that gives the output shapes from the input's, so the time axis ``T``
   and the batch ``B`` stay symbolic (torch's own ``aten.gru`` is unrolled over the
