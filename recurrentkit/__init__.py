@@ -3,7 +3,7 @@
 The public names, re-exported; nothing is defined here.
 """
 
-from recurrentkit import interop, routing, state
+from recurrentkit import export, interop, routing, state
 from recurrentkit.analysis.causality import causality_violation, check_causal
 from recurrentkit.cells import (
     Cell,
@@ -90,6 +90,7 @@ __all__ = [
     "Zoneout",
     "causality_violation",
     "check_causal",
+    "export",
     "interop",
     "routing",
     "state",

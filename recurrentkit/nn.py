@@ -31,6 +31,13 @@ How it is built:
 - Before the parts run, the cells' parameters are pointed at those weights (a dictionary
   write per tensor), so ``.to()``, ``.double()``, ``load_state_dict(assign=True)``,
   ``copy.deepcopy`` and ``torch.func.functional_call`` all act on what runs.
+- Under ``torch.export`` (in eval mode, or without dropout) each layer is one custom op,
+  ``recurrentkit::gru_layer`` & co., whose fake implementation keeps the time axis and
+  the batch symbolic, so ``torch.export.export(gru.eval(), (x,), dynamic_shapes=...)``
+  runs at any length (torch.nn's modules are unrolled to the example's); under
+  ``torch.onnx.export(..., dynamo=True)`` each layer is ONNX's own ``RNN``/``GRU``/
+  ``LSTM`` operator with torch's semantics (see :mod:`recurrentkit.export`).
+  ``torch.jit.trace`` records torch's fused op, which runs at any shape.
 - Bad input raises recurrentkit errors that are also the class torch.nn raises for the
   same mistake (a :class:`~recurrentkit.errors.ShapeRuntimeError` for a wrong feature
   size, ...), with torch's own message in parentheses (see :mod:`recurrentkit.errors`).
@@ -51,6 +58,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from recurrentkit._layer_ops import exporting, run_layer
 from recurrentkit._validation import (
     allocate,
     check_bool,
@@ -365,7 +373,9 @@ class RecurrentBase(nn.RNNBase):
         if resets is not None:
             return self._run_resets(x, packed, h0, resets, unbatched, weights)
         fused = None
-        if self._executor == "auto" and not plain_mode():
+        if packed is None and exporting() and not (self.training and self.dropout > 0):
+            fused = self._run_layer_ops(x, h0, weights)  # one op per layer, T and B symbolic
+        elif self._executor == "auto" and not plain_mode():
             fused = self._run_fused(x, packed, h0, weights)  # None where torch's op refuses
         if fused is not None:
             y, h_n = fused  # packed: (N, D H_out)
@@ -466,6 +476,25 @@ class RecurrentBase(nn.RNNBase):
             back = packed.unsorted_indices  # the caller's batch order again
             h_n = tuple(h.index_select(1, back) for h in h_n) if lstm else h_n.index_select(1, back)
         return y, h_n
+
+    def _run_layer_ops(self, x: Tensor, h0: Any, weights: list[Tensor]) -> tuple[Tensor, Any]:
+        """The module as one exportable op per layer (:func:`~._layer_ops.run_layer`):
+        ``x (T, B, I)``, ``h0`` ``(D L, B, ·)`` (a pair for LSTM) or ``None``; no dropout
+        (eval mode, or ``dropout=0``)."""
+        D = 2 if self.bidirectional else 1
+        per = len(weights) // (D * self.num_layers)  # tensors per layer and direction
+        lstm = self.mode == "LSTM"
+        finals: list[Any] = []  # per layer: (D, B, H_out), or a pair for LSTM
+        y = x
+        for k in range(self.num_layers):
+            rows = slice(D * k, D * (k + 1))
+            hx = None if h0 is None else (h0[0][rows], h0[1][rows]) if lstm else h0[rows]
+            layer = weights[D * per * k : D * per * (k + 1)]
+            y, h_n = run_layer(self.mode, y, hx, layer, self.bias, self.bidirectional)
+            finals.append(h_n)  # (D, B, ·) or a pair
+        if lstm:
+            return y, (torch.cat([h for h, _ in finals]), torch.cat([c for _, c in finals]))
+        return y, torch.cat(finals)  # (D L, B, H_out)
 
     def _weights(self) -> list[Tensor]:
         """What a forward runs with, in torch's flat order: ``_flat_weights``, brought up

@@ -18,6 +18,8 @@ def test_the_api_tour_runs() -> None:
 def test_the_quick_start_test_command_is_the_ci_s() -> None:
     readme = README.read_text(encoding="utf-8")
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
-    command = 'pip install "torch==2.13.0" && pip install -e ".[dev,study]" && python -m pytest'
+    command = (
+        'pip install "torch==2.13.0" && pip install -e ".[dev,study,export]" && python -m pytest'
+    )
     assert command in readme
     assert command in ci

@@ -38,6 +38,7 @@ RUN_PAGES = [
     "guides/fast-cell.md",
     "guides/custom-policy.md",
     "guides/connectivity.md",
+    "guides/deploy-onnx.md",
     "guides/state.md",
 ]
 
@@ -101,6 +102,8 @@ def test_the_python_blocks_of_a_page_run(
     monkeypatch.chdir(tmp_path)  # files a page writes (figures) land in a temporary folder
     if page == "guides/connectivity.md":
         pytest.importorskip("matplotlib")
+    if page == "guides/deploy-onnx.md":
+        pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
     blocks = _python_blocks(page)
     assert blocks, f"{page} has no ```python blocks to run"
     namespace: dict = {"__name__": f"docs_{Path(page).stem.replace('-', '_')}"}
