@@ -80,6 +80,7 @@ __all__ = [
     "rank",
     "run_specs",
     "run_study",
+    "split_words",
     "train_run",
     "write_results",
 ]
@@ -389,14 +390,8 @@ def load_data(
             fewer than 2 names (argument ``path``); a name too long for ``MAX_LEN``
             (argument ``words[i]``, from :func:`~recurrentkit.study.data.encode`).
     """
-    words = data.load_words(path)
+    train, val = split_words(path, max_names=max_names)
     source = str(path) if path else "packaged names.txt"
-    if max_names and max_names < len(words):
-        g = torch.Generator().manual_seed(SPLIT_SEED)
-        words = [words[i] for i in torch.randperm(len(words), generator=g)[:max_names]]
-    if len(words) < 2:
-        raise ConfigError("path", "at least 2 names to split 80/20", len(words))
-    train, val = data.split(words, 0.8, seed=SPLIT_SEED)
     sets: dict[str, Any] = {"data": {"source": source, "train": len(train), "val": len(val)}}
     for p in protocols:
         sets[p] = {"train": data.encode(train, p, MAX_LEN), "val": data.encode(val, p, MAX_LEN)}
@@ -407,6 +402,25 @@ def load_data(
         "first_letters": metrics.first_letter_distribution(train),
     }
     return sets
+
+
+def split_words(
+    path: str | os.PathLike[str] | None = None, *, max_names: int | None = None
+) -> tuple[list[str], list[str]]:
+    """The training and validation names of :func:`load_data`, as words: those of
+    ``path`` (``None``: the packaged names), a subset of ``max_names`` of them (seeded by
+    ``SPLIT_SEED``) if given, split 80/20 (seeded by ``SPLIT_SEED``).
+
+    Raises:
+        ConfigError: as :func:`load_data`.
+    """
+    words = data.load_words(path)
+    if max_names and max_names < len(words):
+        g = torch.Generator().manual_seed(SPLIT_SEED)
+        words = [words[i] for i in torch.randperm(len(words), generator=g)[:max_names]]
+    if len(words) < 2:
+        raise ConfigError("path", "at least 2 names to split 80/20", len(words))
+    return data.split(words, 0.8, seed=SPLIT_SEED)
 
 
 def train_run(
