@@ -104,6 +104,36 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
+def check_lengths(name: str, lengths: object, T: int, B: int) -> Tensor:
+    """Sequence lengths: an integer tensor ``(B,)`` with values in ``1..T`` (with values:
+    not on the meta device). Under ``torch.compile`` tracing the range is asserted on the
+    device instead (no Python branch on values).
+
+    Raises:
+        InputTypeError: not a 1-D integer tensor.
+        DeviceError: on the meta device.
+        ShapeError: another number of lengths, or a value outside ``1..T``.
+    """
+    if (
+        not isinstance(lengths, Tensor)
+        or lengths.is_floating_point()
+        or lengths.is_complex()
+        or lengths.dtype == torch.bool
+        or lengths.dim() != 1
+    ):
+        raise InputTypeError(name, f"an integer tensor of shape ({B},)", describe(lengths))
+    if lengths.is_meta:
+        raise DeviceError(name, "a tensor with values (on the CPU or x's device)", "meta")
+    if lengths.shape[0] != B:
+        raise ShapeError(name, f"shape ({B},) (one length per sequence)", shape_str(lengths.shape))
+    if torch.compiler.is_compiling():  # no Python branch on values while tracing
+        ok = ((lengths >= 1) & (lengths <= T)).all()
+        torch._assert_async(ok, f"{name}: expected values in 1..{T} (T)")
+    elif bool((lengths < 1).any()) or bool((lengths > T).any()):
+        raise ShapeError(name, f"values in 1..{T} (T)", lengths.tolist())
+    return lengths
+
+
 def check_choice(name: str, value: object, choices: Sequence[T]) -> T:
     """One of ``choices``; the message lists them all."""
     if value not in choices:

@@ -21,6 +21,7 @@ from recurrentkit._scan import length_mask
 from recurrentkit._validation import (
     check_choice,
     check_int,
+    check_lengths,
     check_nonempty,
     check_params_like,
     check_probability,
@@ -670,29 +671,9 @@ class Stack(nn.Module):
         check_params_like(name, x, self)
 
     def _check_lengths(self, lengths: object, x_tm: Tensor, unbatched: bool) -> Tensor:
-        T, B = x_tm.shape[0], x_tm.shape[1]
         if unbatched:
             raise ConfigError("lengths", "None for unbatched input", describe(lengths))
-        if (
-            not isinstance(lengths, Tensor)
-            or lengths.is_floating_point()
-            or lengths.is_complex()
-            or lengths.dtype == torch.bool
-            or lengths.dim() != 1
-        ):
-            raise InputTypeError("lengths", f"an integer tensor of shape ({B},)", describe(lengths))
-        if lengths.is_meta:
-            raise DeviceError("lengths", "a tensor with values (on the CPU or x's device)", "meta")
-        if lengths.shape[0] != B:
-            raise ShapeError(
-                "lengths", f"shape ({B},) (one length per sequence)", shape_str(lengths.shape)
-            )
-        if torch.compiler.is_compiling():  # no Python branch on values while tracing
-            ok = ((lengths >= 1) & (lengths <= T)).all()
-            torch._assert_async(ok, f"lengths: expected values in 1..{T} (T)")
-        elif bool((lengths < 1).any()) or bool((lengths > T).any()):
-            raise ShapeError("lengths", f"values in 1..{T} (T)", lengths.tolist())
-        return lengths
+        return check_lengths("lengths", lengths, x_tm.shape[0], x_tm.shape[1])
 
     def _check_state(self, state: object, B: int, x: Tensor, unbatched: bool) -> tuple[Any, ...]:
         """``state`` checked for batch ``B`` and ``x``'s dtype and device (``None``: the
