@@ -404,7 +404,14 @@ class Stack(nn.Module):
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """A run with ``resets`` (``mask (T, B)``, on the CPU): see :func:`run_segments`."""
         init = self.initial_state(1, device=x_tm.device, dtype=x_tm.dtype)
-        out, finals = run_segments(x_tm, states, lengths, mask, init, self._run)
+
+        def run(
+            x: Tensor, s: tuple[Any, ...], seg_lengths: Tensor | None
+        ) -> tuple[Tensor, tuple[Any, ...]]:
+            layers = self._make_executor(segments=_kernel_lstm(x.device, seg_lengths))
+            return self._run(x, s, seg_lengths, layers)
+
+        out, finals = run_segments(x_tm, states, lengths, mask, init, run)
         return out, tuple(finals)
 
     def _step_checked(
@@ -517,7 +524,8 @@ class Stack(nn.Module):
             empty = x_tm.shape[1] == 0
         seg = None if mask is None or empty else _Segments(mask, lengths, steps)
         if seg is not None and seg.cut:
-            return self._explain_segments(seg, lengths)
+            device = x.data.device if isinstance(x, PackedSequence) else x.device
+            return self._explain_segments(seg, lengths, device)
         if empty:
             assert isinstance(x, Tensor)
             return self._explain_empty(x, lengths, step)
@@ -537,7 +545,9 @@ class Stack(nn.Module):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _explain_segments(self, seg: _Segments, lengths: Tensor | None) -> Explanation:
+    def _explain_segments(
+        self, seg: _Segments, lengths: Tensor | None, device: torch.device
+    ) -> Explanation:
         """:meth:`explain` for a call whose resets cut rows into segments."""
         B = int(seg.last.shape[0])
         head = (
@@ -548,7 +558,7 @@ class Stack(nn.Module):
         )
         if self._executor == "reference":
             return Explanation("reference", "segments", head, None, "reference")
-        layers = self._make_executor()
+        layers = self._make_executor(segments=_kernel_lstm(device, seg.lengths))
         assert isinstance(layers, FastExecutor)
         plan, why, per_layer = layers.explain(self.routing, seg.steps, seg.lengths, packed=False)
         return Explanation(
@@ -601,12 +611,20 @@ class Stack(nn.Module):
         )
         return Explanation(inner.executor, "empty_batch", why, inner.layers)
 
-    def _make_executor(self) -> ReferenceExecutor | FastExecutor:
-        """The executor for this call, as :attr:`executor` selects."""
+    def _make_executor(self, *, segments: bool = False) -> ReferenceExecutor | FastExecutor:
+        """The executor for this call, as :attr:`executor` selects (``segments``: for
+        segments of unequal lengths on the CPU, LSTM layers on their kernel, see
+        :func:`_kernel_lstm`)."""
         cells = tuple(self.cells)
         if self._executor == "reference":
             return ReferenceExecutor(cells, self.dropout, self.training)
-        return FastExecutor(cells, self.dropout, self.training, torch_ops=self._executor == "auto")
+        return FastExecutor(
+            cells,
+            self.dropout,
+            self.training,
+            torch_ops=self._executor == "auto",
+            torch_lstm_rows=not segments,
+        )
 
     def _run(
         self,
@@ -926,6 +944,15 @@ class _Segments:
         self.last = torch.tensor(last)
         self.steps = Ts
         self.count = len(rows)
+
+
+def _kernel_lstm(device: torch.device, lengths: Tensor | None) -> bool:
+    """Whether segments run with LSTM layers on their hand-built kernel instead of
+    torch's op: segments of unequal ``lengths`` on the CPU. There torch's LSTM op runs
+    padded input on oneDNN but ``lengths`` (packed rows) on its slower native loop;
+    measured on the segments of ``benchmarks/state_bench.py`` (1 thread, a loaded
+    2-core machine), the kernel took 0.80-0.88 of that op's time."""
+    return lengths is not None and device.type == "cpu"
 
 
 def _none_of(states: tuple[Any, ...]) -> tuple[Any, ...]:
