@@ -202,6 +202,23 @@ def check_like(name: str, x: Tensor, like: Tensor) -> None:
         raise DeviceError(name, f"device {like.device} (the module's parameters)", x.device)
 
 
+def params_match(module: torch.nn.Module, x: Tensor) -> bool:
+    """Whether every parameter of ``module`` (and its submodules) has ``x``'s dtype and
+    device: :func:`check_params_like`'s test as one walk over the modules'
+    ``_parameters``, building no names (a call's check where nothing is wrong)."""
+    dtype, device = x.dtype, x.device
+    todo: list[torch.nn.Module | None] = [module]
+    while todo:
+        m = todo.pop()
+        if m is None:
+            continue
+        for p in m._parameters.values():
+            if p is not None and (p.dtype != dtype or p.device != device):
+                return False
+        todo.extend(m._modules.values())
+    return True
+
+
 def check_params_like(
     name: str, x: Tensor, params: torch.nn.Module | Iterable[tuple[str, Tensor]]
 ) -> None:
