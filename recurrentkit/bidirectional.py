@@ -260,13 +260,8 @@ class Bidirectional(nn.Module):
         if lengths is not None:
             lengths = check_lengths("lengths", lengths, T, B)
         stacks = (self.forward_stack, self.backward_stack)
-        parts: list[Any] = []
-        for stack, s in zip(stacks, (s_f, s_b)):
-            if s is None:
-                s = stack.initial_state(B, device=x.device, dtype=x.dtype)
-            elif unbatched:
-                s = rstate.map(lambda t: t.unsqueeze(0), s)
-            parts.append(s)
+        # each stack's state checked as its call checks it (None: its initial state)
+        parts = [stack._check_state(s, B, x_tm, unbatched) for stack, s in zip(stacks, (s_f, s_b))]
         L = len(parts[0])
         initial = tuple(
             layer

@@ -223,6 +223,9 @@ def test_resets_in_every_layout(layout: str) -> None:
         bi(x if layout != "batch_first" else x.transpose(0, 1), resets=resets[:5])
     with pytest.raises(rk.InputTypeError, match="resets"):
         bi(x, resets=resets.int())
+    if layout == "unbatched":  # a state checked as the stacks check it
+        with pytest.raises(rk.StateError, match="state"):
+            bi(x[:, 0], rk.state.map(lambda t: t[None], (wf, wb)), resets=resets[:, 0])
 
 
 def _bi_copy(bi: Bidirectional, batch_first: bool) -> Bidirectional:
