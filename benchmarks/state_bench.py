@@ -13,7 +13,7 @@ thread count and at one thread (the state issue's rows):
 - **streaming**: a forward and backward over ``T = 1024`` in chunks of 16 steps with the
   state carried (not detached), over one call.
 
-    python benchmarks/state_bench.py [--sizes beta,gamma] [--rounds 7]
+    python benchmarks/state_bench.py [--sizes beta,gamma] [--rounds 7] [--cells GRU,LSTM]
 """
 
 from __future__ import annotations
@@ -96,13 +96,15 @@ def stack(cell: str, executor: str, E: int, H: int, L: int) -> rk.Stack:
     return rk.Stack([make(E if k == 0 else H, H) for k in range(L)], executor=executor)
 
 
-def measure(sizes: list[str], rounds: int) -> list[dict[str, Any]]:
+def measure(
+    sizes: list[str], rounds: int, cells: tuple[str, ...] = ("GRU", "LSTM")
+) -> list[dict[str, Any]]:
     rows = []
     mask = resets_mask()
     for size in sizes:
         E, H, L = SIZES[size]
         x = torch.randn(T, B, E)
-        for cell in ("GRU", "LSTM"):
+        for cell in cells:
             for executor in ("handbuilt", "auto"):
                 s = stack(cell, executor, E, H, L)
                 params = list(s.parameters())
@@ -159,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="beta,gamma")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cells", default="GRU,LSTM", help="GRU, LSTM or both")
     args = parser.parse_args(argv)
+    if not set(args.cells.split(",")) <= {"GRU", "LSTM"}:
+        parser.error(f"--cells: expected GRU, LSTM or GRU,LSTM, got {args.cells!r}")
     default = torch.get_num_threads()
     for threads in sorted({default, 1}, reverse=True):
         torch.set_num_threads(threads)
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n### {label}\n")
         print("| size | row | plan | ratio | goal |")
         print("|---|---|---|---|---|")
-        for r in measure(args.sizes.split(","), args.rounds):
+        for r in measure(args.sizes.split(","), args.rounds, tuple(args.cells.split(","))):
             verdict = "ok" if round(r["ratio"], 2) <= r["goal"] else "MISS"
             print(
                 f"| {r['size']} | {r['row']} | {r['plan']} | {r['ratio']:.2f} "

@@ -104,6 +104,36 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
+def check_lengths(name: str, lengths: object, T: int, B: int) -> Tensor:
+    """Sequence lengths: an integer tensor ``(B,)`` with values in ``1..T`` (with values:
+    not on the meta device). Under ``torch.compile`` tracing the range is asserted on the
+    device instead (no Python branch on values).
+
+    Raises:
+        InputTypeError: not a 1-D integer tensor.
+        DeviceError: on the meta device.
+        ShapeError: another number of lengths, or a value outside ``1..T``.
+    """
+    if (
+        not isinstance(lengths, Tensor)
+        or lengths.is_floating_point()
+        or lengths.is_complex()
+        or lengths.dtype == torch.bool
+        or lengths.dim() != 1
+    ):
+        raise InputTypeError(name, f"an integer tensor of shape ({B},)", describe(lengths))
+    if lengths.is_meta:
+        raise DeviceError(name, "a tensor with values (on the CPU or x's device)", "meta")
+    if lengths.shape[0] != B:
+        raise ShapeError(name, f"shape ({B},) (one length per sequence)", shape_str(lengths.shape))
+    if torch.compiler.is_compiling():  # no Python branch on values while tracing
+        ok = ((lengths >= 1) & (lengths <= T)).all()
+        torch._assert_async(ok, f"{name}: expected values in 1..{T} (T)")
+    elif bool((lengths < 1).any()) or bool((lengths > T).any()):
+        raise ShapeError(name, f"values in 1..{T} (T)", lengths.tolist())
+    return lengths
+
+
 def check_choice(name: str, value: object, choices: Sequence[T]) -> T:
     """One of ``choices``; the message lists them all."""
     if value not in choices:
@@ -170,6 +200,23 @@ def check_like(name: str, x: Tensor, like: Tensor) -> None:
         raise DeviceError(name, f"dtype {like.dtype} (the module's parameters)", x.dtype)
     if x.device != like.device:
         raise DeviceError(name, f"device {like.device} (the module's parameters)", x.device)
+
+
+def params_match(module: torch.nn.Module, x: Tensor) -> bool:
+    """Whether every parameter of ``module`` (and its submodules) has ``x``'s dtype and
+    device: :func:`check_params_like`'s test as one walk over the modules'
+    ``_parameters``, building no names (a call's check where nothing is wrong)."""
+    dtype, device = x.dtype, x.device
+    todo: list[torch.nn.Module | None] = [module]
+    while todo:
+        m = todo.pop()
+        if m is None:
+            continue
+        for p in m._parameters.values():
+            if p is not None and (p.dtype != dtype or p.device != device):
+                return False
+        todo.extend(m._modules.values())
+    return True
 
 
 def check_params_like(

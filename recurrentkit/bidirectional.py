@@ -11,16 +11,17 @@ serves them. Shapes here are time-major, ``(T, B, F)``; a :class:`Bidirectional`
 
 from __future__ import annotations
 
-from typing import overload
+from typing import Any, overload
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from recurrentkit._validation import describe
+from recurrentkit import state as rstate
+from recurrentkit._validation import check_lengths, describe
 from recurrentkit.cells.protocol import StackState
 from recurrentkit.errors import ConfigError, InputTypeError, StateError
-from recurrentkit.stack import Stack, repack
+from recurrentkit.stack import Stack, check_resets, repack, run_segments
 
 __all__ = ["Bidirectional", "reverse_within_lengths"]
 
@@ -150,6 +151,7 @@ class Bidirectional(nn.Module):
         state: tuple[StackState | None, StackState | None] | None = None,
         *,
         lengths: Tensor | None = None,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor, tuple[StackState, StackState]]: ...
 
     @overload
@@ -159,6 +161,7 @@ class Bidirectional(nn.Module):
         state: tuple[StackState | None, StackState | None] | None = None,
         *,
         lengths: None = None,
+        resets: Tensor | None = None,
     ) -> tuple[PackedSequence, tuple[StackState, StackState]]: ...
 
     def forward(
@@ -167,6 +170,7 @@ class Bidirectional(nn.Module):
         state: tuple[StackState | None, StackState | None] | None = None,
         *,
         lengths: Tensor | None = None,
+        resets: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, tuple[StackState, StackState]]:
         """Run both directions over the whole sequence.
 
@@ -177,6 +181,17 @@ class Bidirectional(nn.Module):
                 (both stacks' initial states). Either element may be ``None``.
             lengths: optional ``(B,)`` integer lengths in ``1..T`` (not with a
                 ``PackedSequence``, which carries its own).
+            resets: optional bool mask, as :meth:`Stack.forward <recurrentkit.Stack.forward>`
+                takes it (``(T, B)``, ``(B, T)`` if :attr:`batch_first`, ``(T,)``
+                unbatched, ``(T, B)`` for a ``PackedSequence``): where ``resets[t, b]``
+                is true, a new sequence starts at step ``t`` of row ``b``, in both
+                directions. Each row is cut at its resets into segments, and the result
+                is each segment run through this module apart: the forward stack reads a
+                segment from its first step, the backward stack from its *last* step
+                (its state restarts at each segment's end, not the row's), each from
+                its initial state except a row's first segment, which starts from
+                ``state`` (a reset at ``t = 0`` ignores ``state`` for that row in both
+                directions); the final states are each row's last segment's.
 
         Returns:
             ``(outputs (T, B, O_f + O_b), (forward_state, backward_state))`` (outputs
@@ -192,7 +207,10 @@ class Bidirectional(nn.Module):
             if lengths is not None:
                 raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
             padded, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
-            y, states = self.forward(padded, state, lengths=lengths)  # original batch order
+            if resets is not None and self.batch_first and isinstance(resets, Tensor):
+                resets = resets.transpose(0, 1)  # (T, B) for packed input, as Stack's
+            # original batch order
+            y, states = self.forward(padded, state, lengths=lengths, resets=resets)
             assert isinstance(y, Tensor)
             y_tm = y.transpose(0, 1) if self.batch_first else y  # (T, B, O)
             return repack(y_tm, lengths, x), states
@@ -204,11 +222,66 @@ class Bidirectional(nn.Module):
             )
         else:
             s_f, s_b = state
+        if resets is not None and isinstance(x, Tensor):
+            return self._run_resets(x, s_f, s_b, lengths, resets)
+        return self._run(x, s_f, s_b, lengths)
+
+    def _run(
+        self, x: Tensor, s_f: StackState | None, s_b: StackState | None, lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[StackState, StackState]]:
+        """Both directions over ``x`` (this module's layout), no resets."""
         y_f, s_f = self.forward_stack(x, s_f, lengths=lengths)  # (T, B, O_f)
         x_rev = self._reverse(x, lengths)  # (T, B, I)
         y_rev, s_b = self.backward_stack(x_rev, s_b, lengths=lengths)  # (T, B, O_b)
         y_b = self._reverse(y_rev, lengths)  # (T, B, O_b)
         return torch.cat([y_f, y_b], dim=-1), (s_f, s_b)  # (T, B, O_f + O_b)
+
+    def _run_resets(
+        self,
+        x: Tensor,
+        s_f: StackState | None,
+        s_b: StackState | None,
+        lengths: Tensor | None,
+        resets: Tensor,
+    ) -> tuple[Tensor, tuple[StackState, StackState]]:
+        """:meth:`_run` on the segments ``resets`` cut (:func:`~recurrentkit.stack.run_segments`),
+        the states of both stacks carried as one tuple of per-layer states."""
+        unbatched = x.dim() == 2
+        if unbatched:
+            if lengths is not None:
+                raise ConfigError("lengths", "None for unbatched input", describe(lengths))
+            x_tm = x.unsqueeze(1)  # (T, 1, I)
+        else:
+            x_tm = x.transpose(0, 1) if self.batch_first else x  # (T, B, I)
+        mask = check_resets(
+            "resets", resets, x_tm, unbatched=unbatched, batch_first=self.batch_first
+        )  # (T, B)
+        T, B = x_tm.shape[0], x_tm.shape[1]
+        if lengths is not None:
+            lengths = check_lengths("lengths", lengths, T, B)
+        stacks = (self.forward_stack, self.backward_stack)
+        # each stack's state checked as its call checks it (None: its initial state)
+        parts = [stack._check_state(s, B, x_tm, unbatched) for stack, s in zip(stacks, (s_f, s_b))]
+        L = len(parts[0])
+        initial = tuple(
+            layer
+            for stack in stacks
+            for layer in stack.initial_state(1, device=x.device, dtype=x.dtype)
+        )
+
+        def run(
+            x_seg: Tensor, states: tuple[Any, ...], seg_lengths: Tensor | None
+        ) -> tuple[Tensor, tuple[Any, ...]]:
+            xs = x_seg.transpose(0, 1) if self.batch_first else x_seg  # this module's layout
+            y, (f, b) = self._run(xs, states[:L], states[L:], seg_lengths)
+            return (y.transpose(0, 1) if self.batch_first else y), (*f, *b)  # (T', S, O)
+
+        out, finals = run_segments(x_tm, (*parts[0], *parts[1]), lengths, mask, initial, run)
+        if unbatched:
+            out, finals = out[:, 0], rstate.index(finals, 0)  # (T, O)
+        elif self.batch_first:
+            out = out.transpose(0, 1)  # (B, T, O)
+        return out, (tuple(finals[:L]), tuple(finals[L:]))
 
     def _reverse(self, x: Tensor, lengths: Tensor | None) -> Tensor:
         """:func:`reverse_within_lengths` in this module's layout (batched

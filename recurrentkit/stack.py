@@ -21,6 +21,7 @@ from recurrentkit._scan import length_mask
 from recurrentkit._validation import (
     check_choice,
     check_int,
+    check_lengths,
     check_nonempty,
     check_params_like,
     check_probability,
@@ -29,6 +30,7 @@ from recurrentkit._validation import (
     describe,
     map_state,
     param_like,
+    params_match,
     shape_str,
     zip_state,
 )
@@ -133,6 +135,7 @@ class Stack(nn.Module):
         self.routing = policy
         self.executor = executor
         self._step_token = object()  # marks the states this stack's step has checked
+        self._templates: tuple[Any, tuple[Any, ...]] | None = None  # see _state_templates
         self.initial = check_choice("initial_state", initial_state, INITIAL_STATES)
         self.initial_states = nn.ParameterDict()
         if self.initial == "learned":
@@ -403,7 +406,14 @@ class Stack(nn.Module):
     ) -> tuple[Tensor, tuple[Any, ...]]:
         """A run with ``resets`` (``mask (T, B)``, on the CPU): see :func:`run_segments`."""
         init = self.initial_state(1, device=x_tm.device, dtype=x_tm.dtype)
-        out, finals = run_segments(x_tm, states, lengths, mask, init, self._run)
+
+        def run(
+            x: Tensor, s: tuple[Any, ...], seg_lengths: Tensor | None
+        ) -> tuple[Tensor, tuple[Any, ...]]:
+            layers = self._make_executor(segments=_kernel_lstm(x.device, seg_lengths))
+            return self._run(x, s, seg_lengths, layers)
+
+        out, finals = run_segments(x_tm, states, lengths, mask, init, run)
         return out, tuple(finals)
 
     def _step_checked(
@@ -516,7 +526,8 @@ class Stack(nn.Module):
             empty = x_tm.shape[1] == 0
         seg = None if mask is None or empty else _Segments(mask, lengths, steps)
         if seg is not None and seg.cut:
-            return self._explain_segments(seg, lengths)
+            device = x.data.device if isinstance(x, PackedSequence) else x.device
+            return self._explain_segments(seg, lengths, device)
         if empty:
             assert isinstance(x, Tensor)
             return self._explain_empty(x, lengths, step)
@@ -536,7 +547,9 @@ class Stack(nn.Module):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _explain_segments(self, seg: _Segments, lengths: Tensor | None) -> Explanation:
+    def _explain_segments(
+        self, seg: _Segments, lengths: Tensor | None, device: torch.device
+    ) -> Explanation:
         """:meth:`explain` for a call whose resets cut rows into segments."""
         B = int(seg.last.shape[0])
         head = (
@@ -547,7 +560,7 @@ class Stack(nn.Module):
         )
         if self._executor == "reference":
             return Explanation("reference", "segments", head, None, "reference")
-        layers = self._make_executor()
+        layers = self._make_executor(segments=_kernel_lstm(device, seg.lengths))
         assert isinstance(layers, FastExecutor)
         plan, why, per_layer = layers.explain(self.routing, seg.steps, seg.lengths, packed=False)
         return Explanation(
@@ -600,12 +613,20 @@ class Stack(nn.Module):
         )
         return Explanation(inner.executor, "empty_batch", why, inner.layers)
 
-    def _make_executor(self) -> ReferenceExecutor | FastExecutor:
-        """The executor for this call, as :attr:`executor` selects."""
+    def _make_executor(self, *, segments: bool = False) -> ReferenceExecutor | FastExecutor:
+        """The executor for this call, as :attr:`executor` selects (``segments``: for
+        segments of unequal lengths on the CPU, LSTM layers on their kernel, see
+        :func:`_kernel_lstm`)."""
         cells = tuple(self.cells)
         if self._executor == "reference":
             return ReferenceExecutor(cells, self.dropout, self.training)
-        return FastExecutor(cells, self.dropout, self.training, torch_ops=self._executor == "auto")
+        return FastExecutor(
+            cells,
+            self.dropout,
+            self.training,
+            torch_ops=self._executor == "auto",
+            torch_lstm_rows=not segments,
+        )
 
     def _run(
         self,
@@ -654,6 +675,15 @@ class Stack(nn.Module):
         return out[0], _owned(states)
 
     def _check_input(self, name: str, x: object, ranks: tuple[int, ...]) -> None:
+        size = self.input_size
+        if (  # what the checks below test, without building their messages
+            isinstance(x, Tensor)
+            and x.is_floating_point()
+            and x.dim() in ranks
+            and (size is None or x.shape[-1] == size)
+            and params_match(self, x)
+        ):
+            return
         I = self.input_size if self.input_size is not None else "I"  # noqa: E741
         if name == "x_t":
             layout = f"(B, {I}) or ({I},)"
@@ -670,29 +700,9 @@ class Stack(nn.Module):
         check_params_like(name, x, self)
 
     def _check_lengths(self, lengths: object, x_tm: Tensor, unbatched: bool) -> Tensor:
-        T, B = x_tm.shape[0], x_tm.shape[1]
         if unbatched:
             raise ConfigError("lengths", "None for unbatched input", describe(lengths))
-        if (
-            not isinstance(lengths, Tensor)
-            or lengths.is_floating_point()
-            or lengths.is_complex()
-            or lengths.dtype == torch.bool
-            or lengths.dim() != 1
-        ):
-            raise InputTypeError("lengths", f"an integer tensor of shape ({B},)", describe(lengths))
-        if lengths.is_meta:
-            raise DeviceError("lengths", "a tensor with values (on the CPU or x's device)", "meta")
-        if lengths.shape[0] != B:
-            raise ShapeError(
-                "lengths", f"shape ({B},) (one length per sequence)", shape_str(lengths.shape)
-            )
-        if torch.compiler.is_compiling():  # no Python branch on values while tracing
-            ok = ((lengths >= 1) & (lengths <= T)).all()
-            torch._assert_async(ok, f"lengths: expected values in 1..{T} (T)")
-        elif bool((lengths < 1).any()) or bool((lengths > T).any()):
-            raise ShapeError("lengths", f"values in 1..{T} (T)", lengths.tolist())
-        return lengths
+        return check_lengths("lengths", lengths, x_tm.shape[0], x_tm.shape[1])
 
     def _check_state(self, state: object, B: int, x: Tensor, unbatched: bool) -> tuple[Any, ...]:
         """``state`` checked for batch ``B`` and ``x``'s dtype and device (``None``: the
@@ -719,15 +729,30 @@ class Stack(nn.Module):
                 f"{len(state)} elements",
             )
         out = []
-        for k, (cell, s) in enumerate(zip(self.cells, state)):
+        for k, (s, template) in enumerate(zip(state, self._state_templates(B, x, unbatched))):
+            s = check_state(f"state[{k}]", s, template, device=x.device)
+            out.append(map_state(lambda t: t.unsqueeze(0), s) if unbatched else s)
+        return tuple(out)
+
+    def _state_templates(self, B: int, x: Tensor, unbatched: bool) -> tuple[Any, ...]:
+        """Each layer's state as :meth:`_check_state` expects it, on the meta device: the
+        cells' ``initial_state`` for ``B`` rows (no batch axis if ``unbatched``) in
+        ``x``'s dtype. Kept for the last key (the cells themselves, ``B``, dtype,
+        ``unbatched``): a stream of chunks checks each chunk's state against the same
+        templates, and making them took a third of the check."""
+        key = (tuple(self.cells), B, x.dtype, unbatched)
+        if self._templates is not None and self._templates[0] == key:
+            return self._templates[1]
+        templates = []
+        for cell in self.cells:
             template = cast(Cell, cell).initial_state(max(B, 1), device="meta", dtype=x.dtype)
             if B == 0:  # cells make states for B >= 1
                 template = map_state(lambda t: t[:0], template)
             if unbatched:
                 template = map_state(lambda t: t[0], template)
-            s = check_state(f"state[{k}]", s, template, device=x.device)
-            out.append(map_state(lambda t: t.unsqueeze(0), s) if unbatched else s)
-        return tuple(out)
+            templates.append(template)
+        self._templates = (key, tuple(templates))
+        return self._templates[1]
 
     @property
     def executor(self) -> str:
@@ -945,6 +970,15 @@ class _Segments:
         self.last = torch.tensor(last)
         self.steps = Ts
         self.count = len(rows)
+
+
+def _kernel_lstm(device: torch.device, lengths: Tensor | None) -> bool:
+    """Whether segments run with LSTM layers on their hand-built kernel instead of
+    torch's op: segments of unequal ``lengths`` on the CPU. There torch's LSTM op runs
+    padded input on oneDNN but ``lengths`` (packed rows) on its slower native loop;
+    measured on the segments of ``benchmarks/state_bench.py`` (1 thread, a loaded
+    2-core machine), the kernel took 0.80-0.88 of that op's time."""
+    return lengths is not None and device.type == "cpu"
 
 
 def _none_of(states: tuple[Any, ...]) -> tuple[Any, ...]:

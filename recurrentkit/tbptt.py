@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from recurrentkit import state as rstate
-from recurrentkit._validation import check_int, describe
-from recurrentkit.errors import InputTypeError, ShapeError
+from recurrentkit._validation import check_int, check_lengths, describe
+from recurrentkit.errors import ConfigError, InputTypeError, ShapeError
 
 __all__ = ["Chunk", "TBPTTResult", "chunks", "tbptt"]
 
@@ -39,6 +39,8 @@ class Chunk(NamedTuple):
         targets: the targets of those steps, or ``None``.
         resets: the resets of those steps (a reset at the chunk's first step replaces
             the carried state), or ``None``.
+        lengths: ``(B,)`` each row's steps in this chunk (``clamp(lengths - start, 0,
+            stop - start)``: ``0`` for a row that ended before it), or ``None``.
     """
 
     start: int
@@ -46,6 +48,7 @@ class Chunk(NamedTuple):
     x: Tensor
     targets: Tensor | None
     resets: Tensor | None
+    lengths: Tensor | None = None
 
 
 class TBPTTResult(NamedTuple):
@@ -68,6 +71,7 @@ def chunks(
     *,
     targets: Tensor | None = None,
     resets: Tensor | None = None,
+    lengths: Tensor | None = None,
     batch_first: bool = False,
 ) -> Iterator[Chunk]:
     """The batch in chunks of ``k`` steps (the last may be shorter).
@@ -78,6 +82,9 @@ def chunks(
         targets: sliced along the same time axis (any trailing shape), or ``None``.
         resets: ``(T, B)`` (``(B, T)`` if ``batch_first``, ``(T,)`` unbatched) bool
             mask, sliced the same way, or ``None``.
+        lengths: optional ``(B,)`` integer lengths of padded rows (each in ``1..T``; a
+            batched ``x``): each chunk carries each row's steps in it
+            (:attr:`Chunk.lengths`), and chunks past every row's end are not yielded.
         batch_first: the time axis is ``1`` (for rank-3 ``x``; rank 2 is unbatched,
             time first).
 
@@ -85,9 +92,11 @@ def chunks(
         :class:`Chunk` s, in order.
 
     Raises:
-        InputTypeError: ``x`` (or ``targets``, ``resets``) is not a tensor.
-        ShapeError: ``targets`` or ``resets`` has another number of steps.
-        ConfigError: ``k < 1``.
+        InputTypeError: ``x`` (or ``targets``, ``resets``) is not a tensor, ``lengths``
+            not an integer tensor.
+        ShapeError: ``targets`` or ``resets`` has another number of steps; ``lengths``
+            another number of rows or a value outside ``1..T``.
+        ConfigError: ``k < 1``; ``lengths`` with unbatched ``x``.
 
     Example:
         >>> import torch, recurrentkit as rk
@@ -116,7 +125,13 @@ def chunks(
             raise InputTypeError(name, "a tensor or None", describe(other))
         if other.dim() <= axis or other.shape[axis] != T:
             raise ShapeError(name, f"{T} steps along axis {axis} (x's)", tuple(other.shape))
-    for start in range(0, T, k):
+    end = T
+    if lengths is not None:
+        if x.dim() != 3:
+            raise ConfigError("lengths", "None for unbatched x (T, F)", describe(lengths))
+        lengths = check_lengths("lengths", lengths, T, x.shape[1 - axis]).cpu()
+        end = int(lengths.max())
+    for start in range(0, end, k):
         n = min(k, T - start)
         yield Chunk(
             start,
@@ -124,6 +139,7 @@ def chunks(
             x.narrow(axis, start, n),
             None if targets is None else targets.narrow(axis, start, n),
             None if resets is None else resets.narrow(axis, start, n),
+            None if lengths is None else (lengths - start).clamp(0, n),
         )
 
 
@@ -136,6 +152,7 @@ def tbptt(
     targets: Tensor | None = None,
     state: Any = None,
     resets: Tensor | None = None,
+    lengths: Tensor | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     batch_first: bool = False,
 ) -> TBPTTResult:
@@ -165,6 +182,14 @@ def tbptt(
         resets: an optional bool mask in the model's ``resets`` layout, sliced with
             ``x`` (passed as ``resets=``: :class:`~recurrentkit.Stack` and the
             drop-ins take it).
+        lengths: optional ``(B,)`` integer lengths of padded rows (each in ``1..T``),
+            for a model that takes ``lengths=`` and keeps the batch on its state's
+            first axis (a :class:`~recurrentkit.Stack`): each chunk runs with each
+            row's steps in it (``lengths=``), a row's state stops at its end and stays
+            there through later chunks, and rows that ended before a chunk are left out
+            of its call (their outputs zeros, their states kept as they were). Chunks
+            past every row's end do not run. With ``k >= T`` this is the model's call
+            with ``lengths``, exactly.
         optimizer: stepped (and its gradients zeroed) after each chunk; ``None``: the
             gradients add up over the chunks and nothing is stepped.
         batch_first: the time axis of rank-3 ``x`` is ``1`` (as the model's).
@@ -186,9 +211,13 @@ def tbptt(
         raise InputTypeError("model", "a module called as model(x, state)", describe(model))
     total = None
     n = 0
-    for chunk in chunks(x, k, targets=targets, resets=resets, batch_first=batch_first):
-        extra = {} if chunk.resets is None else {"resets": chunk.resets}
-        output, state = model(chunk.x, state, **extra)
+    parts = chunks(x, k, targets=targets, resets=resets, lengths=lengths, batch_first=batch_first)
+    for chunk in parts:
+        if chunk.lengths is None:
+            extra = {} if chunk.resets is None else {"resets": chunk.resets}
+            output, state = model(chunk.x, state, **extra)
+        else:
+            output, state = _run_rows(model, chunk, state, batch_first)
         loss = loss_fn(output) if targets is None else loss_fn(output, chunk.targets)
         loss.backward()
         if optimizer is not None:
@@ -199,3 +228,31 @@ def tbptt(
         n += 1
     assert total is not None  # (T >= 1: at least one chunk)
     return TBPTTResult(total, state, n)
+
+
+def _run_rows(model: Any, chunk: Chunk, state: Any, batch_first: bool) -> tuple[Tensor, Any]:
+    """``model`` over ``chunk`` with its lengths, only on the rows it has steps of: the
+    others' outputs are zeros and their states (batch on the first axis) stay."""
+    assert chunk.lengths is not None  # (a batched x, (T, B, F) or (B, T, F))
+    axis = 0 if batch_first else 1  # the batch axis of x and resets
+    live = chunk.lengths > 0
+    if bool(live.all()):
+        extra = {} if chunk.resets is None else {"resets": chunk.resets}
+        return model(chunk.x, state, lengths=chunk.lengths, **extra)
+    assert state is not None  # (the first chunk has a step of every row)
+    rows = live.nonzero().squeeze(1).to(chunk.x.device)
+    extra = (
+        {}
+        if chunk.resets is None
+        else {"resets": chunk.resets.index_select(axis, rows.to(chunk.resets.device))}
+    )
+    out, new = model(
+        chunk.x.index_select(axis, rows),
+        rstate.index(state, rows),
+        lengths=chunk.lengths[live],
+        **extra,
+    )
+    shape = list(out.shape)
+    shape[axis] = chunk.x.shape[axis]
+    output = out.new_zeros(shape).index_copy(axis, rows, out)
+    return output, rstate.map(lambda old, t: old.index_copy(0, rows, t), state, new)

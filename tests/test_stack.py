@@ -302,3 +302,26 @@ def test_changing_returned_states_in_place_leaves_the_backward_intact(
     assert grads[0] and len(grads[0]) == len(grads[1])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_state_checks_stay_exact_from_call_to_call() -> None:
+    """The state templates a stack keeps between calls (a stream checks every chunk
+    against the same ones) never let a wrong state through."""
+    stack = rk.Stack([rk.LSTMCell(3, 4), rk.LSTMCell(4, 4)])
+    x = torch.randn(5, 2, 3)
+    _, state = stack(x)
+    _, state = stack(x, state)  # the templates for B = 2 are kept now
+    with pytest.raises(rk.StateError, match="state"):
+        stack(torch.randn(5, 3, 3), state)  # another batch
+    with pytest.raises(rk.StateError, match=r"state\[1\]"):
+        stack(x, (state[0], rk.LSTMState(state[1].h[:, :3], state[1].c)))
+    with pytest.raises(rk.DeviceError, match="dtype"):
+        stack.double()(x.double(), state)
+    stack.float()
+    stack.cells[1] = rk.LSTMCell(4, 6)  # another cell: other templates
+    with pytest.raises(rk.StateError, match=r"state\[1\]"):
+        stack(x, state)
+    _, unbatched = stack(x[:, 0])
+    stack(x[:, 0], unbatched)
+    with pytest.raises(rk.StateError):
+        stack(x[:, 0], state)

@@ -348,3 +348,38 @@ def test_dropin_resets_with_hx_and_bad_masks() -> None:
         m(x, resets=r[:4])
     with pytest.raises(rk.InputTypeError, match="resets"):
         m(x, resets=r.int())
+
+
+@pytest.mark.parametrize("learned", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_torch_lstm_segments_of_unequal_lengths_run_on_the_kernel(
+    learned: bool, with_lengths: bool
+) -> None:
+    """Under 'auto' on the CPU, torch-exact LSTM layers run segments of unequal lengths
+    on their kernel (torch's LSTM op would take its slow packed path): equal to the
+    reference executor (outputs, final states, every gradient, float64)."""
+    stack = _stack("lstm", "independent", "auto", learned=learned)
+    T, B = 7, 3
+    x = torch.randn(T, B, I, dtype=D)
+    resets = torch.zeros(T, B, dtype=torch.bool)
+    resets[2, 0] = resets[5, 0] = resets[4, 2] = True
+    lengths = torch.tensor([7, 3, 6]) if with_lengths else None
+    state = tuple(rs.map(torch.randn_like, s) for s in stack.initial_state(B, dtype=D))
+    e = stack.explain(x, lengths, resets=resets)
+    assert e.plan == "segments" and e.inner == "layers_on_rows"
+    assert e.layers == ("kernel", "kernel")
+    assert stack.explain(x, lengths).layers != e.layers  # without resets: torch's op
+
+    def run(x: Tensor, s: Any) -> tuple[Tensor, Any]:
+        return stack(x, s, lengths=lengths, resets=resets)
+
+    fast = _grads(stack, run, x, state)
+    stack.executor = "reference"
+    reference = _grads(stack, run, x, state)
+    for a, b in zip(fast, reference):
+        _close(a, b)
+    # segments of one length keep torch's op (oneDNN's padded path on the CPU)
+    stack.executor = "auto"
+    even = torch.zeros(6, 2, dtype=torch.bool)
+    even[3] = True
+    assert stack.explain(torch.randn(6, 2, I, dtype=D), resets=even).inner == "torch_multilayer"

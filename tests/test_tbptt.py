@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -139,3 +141,83 @@ def test_chunks_slice_every_argument_along_time() -> None:
         list(rk.tbptt_chunks([1.0, 2.0], 2))
     with pytest.raises(rk.ShapeError, match="non-empty"):
         list(rk.tbptt_chunks(torch.zeros(0, 2, 3), 2))
+
+
+# -- lengths ------------------------------------------------------------------------------
+
+LENGTHS = torch.tensor([9, 4, 1, 6])
+
+
+@pytest.mark.parametrize("k", [9, 50])
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_lengths_with_k_at_least_T_is_the_call_with_lengths_exactly(
+    k: int, with_resets: bool
+) -> None:
+    stack = _stack()
+    x, y, r = _data(B=4)
+    resets = r if with_resets else None
+    out, state = stack(x, lengths=LENGTHS, resets=resets)
+    full = F.mse_loss(out, y)
+    full.backward()
+    want = _grads(stack)
+    stack.zero_grad()
+    result = rk.tbptt(stack, x, k, F.mse_loss, targets=y, resets=resets, lengths=LENGTHS)
+    assert all(torch.equal(a, b) for a, b in zip(_grads(stack), want))
+    assert result.chunks == 1 and torch.equal(result.loss, full.detach())
+    assert all(torch.equal(a, b) for a, b in zip(rs.leaves(result.state), rs.leaves(state)))
+
+
+@settings(max_examples=15)
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    k=st.integers(1, 8),
+    batch_first=st.booleans(),
+    with_resets=st.booleans(),
+)
+def test_lengths_in_chunks_stop_each_row_at_its_end(
+    lengths: list[int], k: int, batch_first: bool, with_resets: bool
+) -> None:
+    """Chunked with the state carried, each chunk's outputs are the whole call's (zeros
+    past each row's end), the final state is the whole call's (a row's state stays at
+    its end through later chunks), and chunks past every end do not run."""
+    stack = _stack("independent")
+    stack.batch_first = batch_first
+    B = len(lengths)
+    x, _, r = _data(B=B)
+    lens = torch.tensor(lengths)
+    resets = r if with_resets else None
+    if batch_first:
+        x, resets = x.transpose(0, 1), None if resets is None else resets.t()
+    with torch.no_grad():
+        want, final = stack(x, lengths=lens, resets=resets)
+    pieces: list[Tensor] = []
+
+    def keep(out: Tensor) -> Tensor:
+        pieces.append(out.detach())
+        return out.square().mean()
+
+    result = rk.tbptt(stack, x, k, keep, resets=resets, lengths=lens, batch_first=batch_first)
+    assert result.chunks == -(-max(lengths) // k)
+    got = torch.cat(pieces, 1 if batch_first else 0)  # up to the longest row
+    T_used = got.shape[1 if batch_first else 0]
+    assert T_used == min(9, result.chunks * k)
+    ref = want[:, :T_used] if batch_first else want[:T_used]
+    assert (got - ref).abs().max() <= 1e-12
+    for a, b in zip(rs.leaves(result.state), rs.leaves(final)):
+        assert (a - b).abs().max() <= 1e-12
+
+
+def test_chunks_carry_each_rows_steps_and_bad_lengths_are_refused() -> None:
+    x = torch.zeros(7, 3, 1)
+    cs = list(rk.tbptt_chunks(x, 3, lengths=torch.tensor([5, 1, 3])))
+    assert [c.lengths.tolist() for c in cs] == [[3, 1, 3], [2, 0, 0]]  # none past step 5
+    with pytest.raises(rk.ShapeError, match="lengths"):
+        list(rk.tbptt_chunks(x, 3, lengths=torch.tensor([5, 0, 3])))
+    with pytest.raises(rk.ShapeError, match="lengths"):
+        list(rk.tbptt_chunks(x, 3, lengths=torch.tensor([5, 8, 3])))
+    with pytest.raises(rk.ShapeError, match="lengths"):
+        list(rk.tbptt_chunks(x, 3, lengths=torch.tensor([5, 3])))
+    with pytest.raises(rk.InputTypeError, match="lengths"):
+        list(rk.tbptt_chunks(x, 3, lengths=torch.tensor([5.0, 1.0, 3.0])))
+    with pytest.raises(rk.ConfigError, match="lengths"):
+        list(rk.tbptt_chunks(torch.zeros(7, 1), 3, lengths=torch.tensor([5])))

@@ -116,6 +116,9 @@ class FastExecutor:
         dropout: inter-layer dropout probability.
         training: training mode (dropout on).
         torch_ops: run layers that are exactly torch layers on torch's fused ops.
+        torch_lstm_rows: with ``torch_ops``, LSTM layers too (``False``: on their
+            kernel: a run over rows of unequal lengths, where torch's LSTM op on the CPU
+            is slower than the kernel; see :class:`~recurrentkit.Stack`'s resets).
 
     Attributes (what the plans' predicates read):
         cells: the cells, bottom first.
@@ -129,7 +132,13 @@ class FastExecutor:
     """
 
     def __init__(
-        self, cells: Sequence[nn.Module], dropout: float, training: bool, *, torch_ops: bool
+        self,
+        cells: Sequence[nn.Module],
+        dropout: float,
+        training: bool,
+        *,
+        torch_ops: bool,
+        torch_lstm_rows: bool = True,
     ) -> None:
         cells = tuple(cells)  # (iterated several times below: a ModuleList is slow to walk)
         self.cells = cells
@@ -142,7 +151,8 @@ class FastExecutor:
             k if k is not None else split_kernel_for(c) for k, c in zip(self.kernels, cells)
         ]
         use_torch = torch_ops and not self.plain
-        self.modes = [torch_mode(c) if use_torch else None for c in cells]
+        modes = [torch_mode(c) if use_torch else None for c in cells]
+        self.modes = [None if m == "LSTM" and not torch_lstm_rows else m for m in modes]
         # hand-written autograd ops (fused steps, sequence kernels, deferred weight
         # gradients in step loops): not while tracing, under torch.func or autocast
         self.custom = not self.plain and not autocast_on()

@@ -101,6 +101,7 @@ __all__ = [
     "routing_policy",
     "run_study",
     "sample_metrics",
+    "split_words",
     "train_run",
     "write_results",
 ]
@@ -537,22 +538,11 @@ def load_data(
             fewer than 2 names (argument ``path``); a name too long for ``MAX_LEN``
             (argument ``words[i]``, from :func:`~recurrentkit.study.data.encode`).
     """
-    check_bool("dedupe", dedupe)
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        raise ConfigError("split_seed", "an int >= 0", split_seed)
-    words = data.load_words(path)
-    read = len(words)
+    train, val = split_words(path, max_names=max_names, split_seed=split_seed, dedupe=dedupe)
     source = str(path) if path else "packaged names.txt"
-    if dedupe:
-        words = list(dict.fromkeys(words))
-    if max_names and max_names < len(words):
-        g = torch.Generator().manual_seed(split_seed)
-        words = [words[i] for i in torch.randperm(len(words), generator=g)[:max_names]]
-    if len(words) < 2:
-        raise ConfigError("path", "at least 2 names to split 80/20", len(words))
-    train, val = data.split(words, 0.8, seed=split_seed)
     sets: dict[str, Any] = {"data": {"source": source, "train": len(train), "val": len(val)}}
     if split_seed != SPLIT_SEED or dedupe:  # the default data keeps its old description
+        read = len(data.load_words(path))
         sets["data"].update(split_seed=split_seed, dedupe=dedupe, words=read)
     for p in protocols:
         sets[p] = {"train": data.encode(train, p, MAX_LEN), "val": data.encode(val, p, MAX_LEN)}
@@ -563,6 +553,34 @@ def load_data(
         "first_letters": metrics.first_letter_distribution(train),
     }
     return sets
+
+
+def split_words(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    max_names: int | None = None,
+    split_seed: int = SPLIT_SEED,
+    dedupe: bool = False,
+) -> tuple[list[str], list[str]]:
+    """The training and validation names of :func:`load_data`, as words: those of
+    ``path`` (``None``: the packaged names), each kept once if ``dedupe``, a subset of
+    ``max_names`` of them if given, split 80/20 (subset and split seeded by ``split_seed``).
+
+    Raises:
+        ConfigError: as :func:`load_data`.
+    """
+    check_bool("dedupe", dedupe)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise ConfigError("split_seed", "an int >= 0", split_seed)
+    words = data.load_words(path)
+    if dedupe:
+        words = list(dict.fromkeys(words))
+    if max_names and max_names < len(words):
+        g = torch.Generator().manual_seed(split_seed)
+        words = [words[i] for i in torch.randperm(len(words), generator=g)[:max_names]]
+    if len(words) < 2:
+        raise ConfigError("path", "at least 2 names to split 80/20", len(words))
+    return data.split(words, 0.8, seed=split_seed)
 
 
 def train_run(

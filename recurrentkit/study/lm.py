@@ -42,6 +42,11 @@ class CharLM(nn.Module):
         layer_norm: apply ``LayerNorm(O)`` to the top layer's outputs before the head.
         hidden_size: ``O``, the stack's output width, needed only when its top cell
             does not declare ``output_size``.
+        reset_token: a token id at which every sequence starts afresh: where
+            ``idx[b, t]`` is this token, the stack's state is reset before step ``t``
+            (``resets = idx == reset_token``, see :meth:`recurrentkit.Stack.forward`).
+            With a name's start token, a row holding several names end to end computes
+            what each name alone computes. ``None`` (default): no resets.
 
     Raises:
         ConfigError: sizes that do not chain (``embed_dim`` vs the stack's input width).
@@ -72,6 +77,7 @@ class CharLM(nn.Module):
         *,
         layer_norm: bool = False,
         hidden_size: int | None = None,
+        reset_token: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(stack, Stack):
@@ -89,6 +95,11 @@ class CharLM(nn.Module):
             )
         self.hidden_size = check_int("hidden_size", width)
         check_bool("layer_norm", layer_norm)
+        if reset_token is not None:
+            check_int("reset_token", reset_token, minimum=0)
+            if reset_token >= vocab_size:
+                raise ConfigError("reset_token", f"a token id in [0, {vocab_size})", reset_token)
+        self.reset_token = reset_token
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.stack = stack
         self.norm: nn.Module = nn.LayerNorm(self.hidden_size) if layer_norm else nn.Identity()
@@ -111,7 +122,11 @@ class CharLM(nn.Module):
         idx = self._check_ids("idx", idx, ranks=(2,))
         emb = self.embedding(idx)  # (B, T, E)
         x = emb if self.stack.batch_first else emb.transpose(0, 1)  # stack layout
-        out, _ = self.stack(x)
+        resets = None
+        if self.reset_token is not None:
+            resets = idx == self.reset_token  # (B, T)
+            resets = resets if self.stack.batch_first else resets.t()  # stack layout
+        out, _ = self.stack(x, resets=resets)
         out = out if self.stack.batch_first else out.transpose(0, 1)  # (B, T, O)
         logits = self.head(self.norm(out))  # (B, T, V)
         if targets is None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
+import names_memory_ablation as study
 import pytest
 import torch
 
@@ -25,18 +24,6 @@ REQUIRED = {
     "distinct2", "distinct3", "repetition", "novelty", "mean_length",
 }  # fmt: skip
 ANALYSIS = {"far_share", "future_share", "top1_accuracy", "top2_accuracy", "top3_accuracy"}
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("names_memory_ablation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-study = load_script()
 
 
 @pytest.mark.parametrize(

@@ -134,3 +134,34 @@ def test_split_rejects_bad_fractions() -> None:
             data.split(["a", "b"], bad)
     with pytest.raises(ConfigError):
         data.split(["a"], 0.5)
+
+
+@given(words_st, st.integers(16, 40))
+def test_stream_rows_hold_whole_words_with_the_fixed_protocols_targets(
+    words: list[str], row_len: int
+) -> None:
+    x, y = data.encode_stream(words, row_len)
+    assert x.shape == y.shape and x.shape[1] == row_len and x.dtype == y.dtype == torch.long
+    per_word = data.encode(words, "fixed", max_len=16)
+    keep = per_word[1] != data.IGNORE_INDEX
+    # every target, in order, and each input beside its target
+    assert y[y != data.IGNORE_INDEX].tolist() == per_word[1][keep].tolist()
+    assert x[y != data.IGNORE_INDEX].tolist() == per_word[0][keep].tolist()
+    # a word never spans two rows: each row starts a word, padding only at a row's end
+    assert bool((x[:, 0] == data.START).all())
+    for r in range(x.shape[0]):
+        n = int((y[r] != data.IGNORE_INDEX).sum())
+        assert bool((y[r, :n] != data.IGNORE_INDEX).all()) and bool((x[r, n:] == data.PAD).all())
+        if r + 1 < x.shape[0]:  # the next row's first word did not fit here
+            first = int((y[r + 1] == data.END).nonzero()[0]) + 1
+            assert n + first > row_len
+
+
+def test_stream_rows_reject_long_words_and_bad_lengths() -> None:
+    assert data.encode_stream([], 8)[0].shape == (0, 8)
+    with pytest.raises(ConfigError, match="at most 7"):
+        data.encode_stream(["a" * 8], 8)
+    with pytest.raises(ConfigError):
+        data.encode_stream(["ab"], 1)
+    with pytest.raises(InputTypeError):
+        data.encode_stream(["ab"], 8.0)  # type: ignore[arg-type]

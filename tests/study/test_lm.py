@@ -113,3 +113,32 @@ def test_bad_input_raises_recurrentkit_errors() -> None:
         CharLM(rk.Stack([rk.GRUCell(6, 8)]), 28, 5)
     with pytest.raises(rk.InputTypeError):
         CharLM(rk.GRUCell(6, 8), 28, 6)  # type: ignore[arg-type]
+
+
+def test_reset_token_makes_a_row_of_names_compute_each_name_alone() -> None:
+    torch.manual_seed(0)
+    V = data.vocab_size("fixed")
+    for batch_first in (True, False):
+        stacks = [
+            rk.Stack([rk.LSTMCell(6, 8), rk.LSTMCell(8, 8)], batch_first=batch_first) for _ in "ab"
+        ]
+        plain = CharLM(stacks[0], V, 6).double()
+        resetting = CharLM(stacks[1], V, 6, reset_token=data.START).double()
+        resetting.load_state_dict(plain.state_dict())
+        words = ["anna", "bo", "christopher", "eve"]
+        x, y = data.encode(words, "fixed", max_len=16)
+        xs, ys = data.encode_stream(words, row_len=20)  # rows: anna bo | christopher eve
+        alone, loss = plain(x, y)
+        together, loss_s = resetting(xs, ys)
+        keep, keep_s = y != data.IGNORE_INDEX, ys != data.IGNORE_INDEX
+        torch.testing.assert_close(together[keep_s], alone[keep], rtol=0, atol=1e-12)
+        torch.testing.assert_close(loss_s, loss, rtol=0, atol=1e-12)
+        # without resets each name reads the one before it
+        assert float((plain(xs)[0][keep_s] - alone[keep]).detach().abs().max()) > 1e-3
+
+
+def test_reset_token_is_checked() -> None:
+    with pytest.raises(rk.ConfigError, match="reset_token"):
+        make(reset_token=28)
+    with pytest.raises(rk.InputTypeError, match="reset_token"):
+        make(reset_token=1.0)

@@ -51,6 +51,7 @@ __all__ = [
     "START",
     "decode",
     "encode",
+    "encode_stream",
     "itos",
     "load_words",
     "split",
@@ -212,6 +213,55 @@ def encode(
             xs, ys = [START] + ids, ids + [END]
         x[i, : len(xs)] = torch.tensor(xs)
         y[i, : len(ys)] = torch.tensor(ys)
+    return x, y
+
+
+def encode_stream(words: Sequence[str], row_len: int) -> tuple[Tensor, Tensor]:
+    """Words laid end to end in one stream, cut into rows of ``row_len`` tokens.
+
+    Each word is encoded as the ``"fixed"`` protocol encodes it (``<S>`` + characters
+    as inputs, characters + ``.`` as targets) and the words follow one another in the
+    given order; the stream is cut at word boundaries into rows of ``row_len`` tokens,
+    each row holding as many whole words as fit (a word never spans two rows), the
+    rest of a row padded (``PAD`` inputs, ``IGNORE_INDEX`` targets). A word's ``<S>``
+    marks where a model's state must restart
+    (:class:`~recurrentkit.study.lm.CharLM`'s ``reset_token``): with it, every target
+    is predicted from its own word's prefix, as in :func:`encode`'s one row per word.
+
+    Args:
+        words: names made of ``a``–``z``, each at most ``row_len - 1`` characters.
+        row_len: ``T``, the tokens per row (``>= 2``).
+
+    Returns:
+        ``(x, y)``, int64 tensors of shape ``(R, T)``: the same targets as
+        ``encode(words, "fixed", ...)``, in fewer rows.
+
+    Raises:
+        ConfigError: an empty word, a character outside the vocabulary, or a word too
+            long for ``row_len``.
+
+    Example:
+        >>> x, y = encode_stream(["ab", "c", "de"], row_len=6)
+        >>> x.tolist()
+        [[28, 2, 3, 28, 4, 0], [28, 5, 6, 0, 0, 0]]
+        >>> y.tolist()
+        [[2, 3, 1, 4, 1, -100], [5, 6, 1, -100, -100, -100]]
+    """
+    check_int("row_len", row_len, minimum=2)
+    longest = max((len(w) + 1 for w in words if isinstance(w, str)), default=2)
+    width = max(2, min(row_len, longest))  # (a word too long: encode says so, with row_len)
+    xs, ys = encode(words, "fixed", width)  # (N, width): each word in a row of its own
+    rows: list[list[int]] = []
+    for i, n in enumerate((ys != IGNORE_INDEX).sum(1).tolist()):
+        if not rows or len(rows[-1]) + n > row_len:
+            rows.append([])
+        rows[-1].extend(i * width + t for t in range(n))
+    x = torch.full((len(rows), row_len), PAD, dtype=torch.long)  # (R, T)
+    y = torch.full((len(rows), row_len), IGNORE_INDEX, dtype=torch.long)  # (R, T)
+    for r, src in enumerate(rows):
+        pick = torch.tensor(src, dtype=torch.long)
+        x[r, : len(src)] = xs.flatten()[pick]
+        y[r, : len(src)] = ys.flatten()[pick]
     return x, y
 
 
