@@ -113,14 +113,16 @@ def linear(
     """
     a, b, h0 = _check(a, b, h0)
     how = resolve_method(method, b.device)
-    a = a.expand_as(b)
     if lengths is not None:
         alive = _alive(lengths, b)  # (T, B, 1)
         a = torch.where(alive, a, 1)
         b = torch.where(alive, b, 0)
     if how == "log":
-        return _log_scan(a, b, h0)
-    out = _LinearScan.apply(a, b, h0, how == "parallel")
+        return _log_scan(a.expand_as(b), b, h0)
+    if how == "sequential" and (a.dim() < 3 or a.shape[0] == 1):
+        # one decay for every step: kept (B, N)-broadcastable, its gradient one sum
+        return _ConstantScan.apply(a.reshape(a.shape[-2:] if a.dim() > 1 else a.shape), b, h0)
+    out = _LinearScan.apply(a.expand_as(b), b, h0, how == "parallel")
     return out
 
 
@@ -184,17 +186,52 @@ class _LinearScan(torch.autograd.Function):
     def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor | None, ...]:
         a, h0, h = ctx.saved_tensors
         need_a, need_b, need_h0 = ctx.needs_input_grad[:3]
-        # g_t = grad_h_t + conj(a_{t+1}) g_{t+1}: the same recurrence, backwards in time,
-        # with decays conj(a) shifted one step (the last step's g is grad_h_T alone)
-        decay = a[1:].conj()  # (T-1, B, N)
-        g = _reverse(decay, grad_h, ctx.parallel)  # (T, B, N)
+        # g_t = grad_h_t + conj(a_{t+1}) g_{t+1}: the same recurrence backwards in time,
+        # its decays shifted one step (the last step's g is grad_h_T alone)
+        g = _reverse(a[1:].conj().resolve_conj(), grad_h, ctx.parallel)  # (T, B, N)
         grad_a = grad_h0 = None
         if need_a:
-            prev = torch.cat([h0.unsqueeze(0), h[:-1]]) if h.shape[0] > 1 else h0.unsqueeze(0)
-            grad_a = g * prev.conj()  # (T, B, N)
+            grad_a = _times_previous(g, h0, h)
         if need_h0:
             grad_h0 = g[0] * a[0].conj()  # (B, N)
         return grad_a, g if need_b else None, grad_h0, None
+
+
+def _times_previous(g: Tensor, h0: Tensor, h: Tensor) -> Tensor:
+    """``g_t ⊙ conj(h_{t-1})`` ``(T, B, N)``: written in two parts (no concatenation of
+    the states), or on differentiable ops under ``create_graph``."""
+    if torch.is_grad_enabled():
+        return g * torch.cat([h0.unsqueeze(0), h[:-1]]).conj()
+    out = torch.empty_like(g)
+    torch.mul(g[0], h0.conj(), out=out[0])
+    torch.mul(g[1:], h[:-1].conj(), out=out[1:])
+    return out
+
+
+class _ConstantScan(torch.autograd.Function):
+    """The sequential scan with one decay ``a`` for every step (broadcastable to
+    ``(B, N)``, e.g. the LRU's ``λ (N,)``): no ``(T, B, N)`` decay is made, and its
+    gradient is one sum over steps."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        h = _sequential(a.expand(b.shape), b, h0)  # (T, B, N)
+        ctx.save_for_backward(a, h0, h)
+        return h
+
+    @staticmethod
+    def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor | None, ...]:
+        a, h0, h = ctx.saved_tensors
+        need_a, need_b, need_h0 = ctx.needs_input_grad
+        decay = a.conj().resolve_conj().expand(grad_h.shape[0] - 1, *grad_h.shape[1:])
+        g = _reverse(decay, grad_h, False)  # (T, B, N)
+        grad_a = grad_h0 = None
+        if need_a:  # Σ_t g_t ⊙ conj(h_{t-1}), summed to a's shape
+            total = (g[1:] * h[:-1].conj()).sum(0) + g[0] * h0.conj()  # (B, N)
+            grad_a = total.sum_to_size(a.shape)
+        if need_h0:
+            grad_h0 = g[0] * a.conj()
+        return grad_a, g if need_b else None, grad_h0
 
 
 def _sequential(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:

@@ -88,16 +88,24 @@ def test_gradcheck(dtype: torch.dtype, method: str) -> None:
     assert torch.autograd.gradgradcheck(lambda a, b, h: scan.linear(a, b, h, method=method), leaves)
 
 
-def test_a_broadcasts_and_its_gradient_is_summed() -> None:
+@pytest.mark.parametrize("shape", [(), (4,), (3, 4), (1, 3, 4), (1, 1, 4), (6, 1, 4)])
+@pytest.mark.parametrize("dtype", [D, C], ids=["real", "complex"])
+def test_a_broadcasts_and_its_gradient_is_summed(
+    shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
     torch.manual_seed(2)
-    lam = (torch.rand(4, dtype=D) * 0.9).requires_grad_()
-    _, b, h0 = coefficients(6, 3, 4, D)
-    for method in METHODS:
+    lam = torch.rand(shape, dtype=D) * 0.9 + 0.05
+    if dtype == C:
+        lam = torch.polar(lam, torch.rand(shape, dtype=D) * 6.0)
+    lam.requires_grad_()
+    _, b, h0 = coefficients(6, 3, 4, dtype)
+    cot = torch.randn(6, 3, 4, dtype=dtype)
+    for method in methods_for(dtype):
         got = scan.linear(lam, b, h0, method=method)
         want = loop(lam.expand(6, 3, 4), b, h0)
         torch.testing.assert_close(got, want, rtol=0, atol=TOL)
-        (g_got,) = torch.autograd.grad(got.sum(), lam)
-        (g_want,) = torch.autograd.grad(want.sum(), lam)
+        (g_got,) = grads_of(got, cot, [lam])
+        (g_want,) = grads_of(want, cot, [lam])
         torch.testing.assert_close(g_got, g_want, rtol=0, atol=TOL)
 
 
@@ -172,3 +180,16 @@ def test_log_needs_positive_real_decays() -> None:
     ac, bc, hc = coefficients(4, 2, 3, C)
     with pytest.raises(rk.ConfigError, match="a: expected a real tensor for method 'log'"):
         scan.linear(ac, bc, hc, method="log")
+
+
+@pytest.mark.parametrize("dtype", [D, C], ids=["real", "complex"])
+def test_gradcheck_one_decay_for_every_step(dtype: torch.dtype) -> None:
+    torch.manual_seed(4)
+    a, b, h0 = coefficients(5, 2, 3, dtype)
+    leaves = (a[0, 0].clone().requires_grad_(), b.requires_grad_(), h0.requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda a, b, h: scan.linear(a, b, h, method="sequential"), leaves
+    )
+    assert torch.autograd.gradgradcheck(
+        lambda a, b, h: scan.linear(a, b, h, method="sequential"), leaves
+    )

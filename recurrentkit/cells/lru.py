@@ -147,13 +147,14 @@ class LRUCell(LinearCellBase):
         """``a = λ (N,)`` (broadcast), ``b = γ ⊙ B x`` ``(..., N)`` complex."""
         N = self.state_size
         lam, gamma = self.decay()
-        bx = torch.complex(gi[..., :N], gi[..., N : 2 * N])  # (..., N)
-        return lam, bx * gamma
+        re, im, _ = gi.split([N, N, self.hidden_size], dim=-1)  # (one backward node)
+        return lam, torch.complex(re * gamma, im * gamma)  # (..., N)
 
     def linear_output(self, h: Tensor, gi: Tensor) -> Tensor:
         """``Re(C h) + D x`` ``(..., H)`` from the complex state ``h (..., N)``."""
         parts = torch.cat([h.real, -h.imag], dim=-1)  # Re(C h) = Re C Re h - Im C Im h
-        return F.linear(parts, self.weight_out) + gi[..., 2 * self.state_size :]
+        skip = gi.split([2 * self.state_size, self.hidden_size], dim=-1)[1]
+        return F.linear(parts, self.weight_out) + skip
 
     def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Complex zeros ``(B, N)``."""

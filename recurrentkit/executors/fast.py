@@ -35,6 +35,7 @@ from recurrentkit.executors.cross_layer.mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
 from recurrentkit.executors.kernels.base import Linear
+from recurrentkit.executors.kernels.linear import linear_coefficients
 from recurrentkit.executors.packing import Schedule, cat_states, schedule
 from recurrentkit.executors.plans import choose
 from recurrentkit.executors.reference import ReferenceExecutor
@@ -373,7 +374,7 @@ class FastExecutor:
         cell: Any = self.cells[layer]  # (declares the linear recurrence: scans_linearly)
         T, B = x.shape[0], x.shape[1]
         gi = cell.input_projection(x.reshape(T * B, -1)).reshape(T, B, -1)  # (T, B, G)
-        a, b = cell.linear_coefficients(gi)  # (T, B, N) each (a may broadcast)
+        a, b = linear_coefficients(cell, gi)  # (T, B, N) each (a may broadcast)
         h = linear_scan.linear(a, b, state, method=scan_method(cell), lengths=lengths)
         y = cell.linear_output(h, gi)  # (T, B, O)
         if lengths is not None:

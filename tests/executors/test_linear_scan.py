@@ -161,3 +161,24 @@ def test_tracing_falls_back_to_steps() -> None:
     torch.testing.assert_close(y, stack(x)[0], rtol=0, atol=TOL)
     jac = torch.func.jacrev(lambda x: torch.func.functional_call(stack, params, (x,))[0])(x[:2])
     assert jac.shape == (2, B, H, 2, B, I)
+
+
+@pytest.mark.parametrize("make", [rk.MinGRUCell, rk.MinLSTMCell])
+def test_the_fused_coefficients_equal_the_cells_own(make: type) -> None:
+    """The plan's fused (a, b) op against the cell's autograd equations, values and
+    gradients, with exact zeros in gi (where the positive activation switches)."""
+    from recurrentkit.executors.kernels.linear import linear_coefficients
+
+    cell = make(3, 4).to(D)
+    gi = torch.randn(5, 2, cell.weight_ih.shape[0], dtype=D)
+    gi[0, 0] = 0.0
+    gi.requires_grad_()
+    cots = [torch.randn(5, 2, 4, dtype=D) for _ in range(2)]
+    got, want = linear_coefficients(cell, gi), cell.linear_coefficients(gi)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+    (g_got,) = torch.autograd.grad(got, gi, cots)
+    (g_want,) = torch.autograd.grad(want, gi, cots)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=TOL)
+    smooth = torch.randn(3, 2, cell.weight_ih.shape[0], dtype=D, requires_grad=True)  # no kink
+    assert torch.autograd.gradcheck(lambda t: linear_coefficients(cell, t), (smooth,))
