@@ -259,3 +259,23 @@ def test_the_linear_cells_declare_their_recurrence() -> None:
 
     assert not rk.cells.scans_linearly(Doubled(3, 4))
     assert isinstance(rk.MinGRUCell(3, 4), nn.Module)
+
+
+def test_the_lru_under_learned_initial_states_and_wrappers() -> None:
+    torch.manual_seed(3)
+    stack = rk.Stack([rk.LRUCell(3, 4)], "independent", initial_state="learned").to(D)
+    (name,) = dict(stack.initial_states.named_parameters())
+    p = stack.initial_states[name]
+    assert p.dtype == D and p.shape == (4, 2)  # a complex state, learned as real pairs
+    with torch.no_grad():
+        p.copy_(torch.randn(4, 2, dtype=D))
+    x = torch.randn(5, 2, 3, dtype=D)
+    y, _ = stack(x)
+    ref = rk.Stack([rk.LRUCell(3, 4)], "independent", executor="reference").to(D)
+    ref.cells.load_state_dict(stack.cells.state_dict())
+    h0 = torch.view_as_complex(p.detach()).expand(2, 4)
+    torch.testing.assert_close(y, ref(x, (h0,))[0], rtol=0, atol=TOL)
+    for wrap in (lambda c: rk.Zoneout(c, 0.2), lambda c: rk.RecurrentDropout(c, 0.2)):
+        with pytest.raises(rk.ConfigError, match="cell: expected a cell with a real state h"):
+            wrap(rk.LRUCell(3, 4))
+        rk.Stack([wrap(rk.MinGRUCell(3, 4))], "independent")(x.float())
