@@ -171,6 +171,15 @@ class MinGRUCell(_MinCell):
         z = torch.sigmoid(i_z)
         return 1 - z, z * positive(i_h)
 
+    def step_projected(
+        self, gi: Tensor, state: Tensor, linear: Any = F.linear
+    ) -> tuple[Tensor, Tensor]:
+        """One step from ``gi = input_projection(x)``: ``h' = lerp(h, h̃, z)``, the
+        recurrence ``(1 - z) ⊙ h + z ⊙ h̃`` in one op (``linear`` is unused)."""
+        i_z, i_h = gi.chunk(2, dim=-1)  # (B, H) each
+        h = torch.lerp(state, positive(i_h), torch.sigmoid(i_z))
+        return h, h
+
 
 class MinLSTMCell(_MinCell):
     r"""minLSTM (Feng, Tung, Ahmed, Bengio, Hajimirsadeghi 2024, *Were RNNs All We
