@@ -35,51 +35,56 @@ def linear_coefficients(cell: Any, gi: Tensor) -> tuple[Tensor, Tensor]:
     return cell.linear_coefficients(gi)
 
 
-def _positive_with_slope(v: Tensor) -> tuple[Tensor, Tensor]:
-    """``g(v)`` and ``g'(v)`` (1 for ``v >= 0``, ``σ'(v)`` below: ``where``'s choice at 0)."""
-    gh = positive(v)
-    return gh, torch.where(v >= 0, 1.0, gh * (1 - gh))
+def _slope(gh: Tensor, upper: Tensor) -> Tensor:
+    """``g'(v)`` from ``g(v)`` and the mask ``v >= 0``: 1 there (``where``'s choice at 0),
+    ``σ'(v) = g (1 - g)`` below."""
+    return torch.where(upper, 1.0, gh * (1 - gh))
 
 
 class _MinGRUCoefficients(torch.autograd.Function):
-    """``a = 1 - z``, ``b = z ⊙ g(h̃)``, ``z = σ(gi_z)``, ``h̃ = gi_h``."""
+    """``a = 1 - z``, ``b = z ⊙ g(h̃)``, ``z = σ(gi_z)``, ``h̃ = gi_h``; keeps ``a`` (the
+    output the scan keeps too: one tensor), ``g(h̃)`` and the mask ``h̃ >= 0`` (one byte
+    an entry) for its backward."""
 
     @staticmethod
     def forward(ctx: Any, gi: Tensor) -> tuple[Tensor, Tensor]:
         i_z, i_h = gi.chunk(2, dim=-1)  # (..., H) each
         z = torch.sigmoid(i_z)
-        gh, slope = _positive_with_slope(i_h)
-        ctx.save_for_backward(z, gh, slope)
-        return 1 - z, z * gh
+        gh = positive(i_h)
+        a = 1 - z
+        ctx.save_for_backward(a, gh, i_h >= 0)
+        return a, z * gh
 
     @staticmethod
     def backward(ctx: Any, grad_a: Tensor, grad_b: Tensor) -> Tensor:
-        z, gh, slope = ctx.saved_tensors
+        a, gh, upper = ctx.saved_tensors
+        z = 1 - a
         grad = torch.empty(*z.shape[:-1], 2 * z.shape[-1], dtype=z.dtype, device=z.device)
         d_z, d_h = grad.chunk(2, dim=-1)
         # ∂/∂z: b' gh - a'; through σ: z (1 - z)
-        torch.mul(torch.addcmul(-grad_a, grad_b, gh), z * (1 - z), out=d_z)
-        torch.mul(grad_b * z, slope, out=d_h)
+        torch.mul(torch.addcmul(-grad_a, grad_b, gh), z * a, out=d_z)
+        torch.mul(grad_b * z, _slope(gh, upper), out=d_h)
         return grad
 
 
 class _MinLSTMCoefficients(torch.autograd.Function):
-    """``a = f / (f + i)``, ``b = i / (f + i) ⊙ g(h̃)``, ``f = σ(gi_f)``, ``i = σ(gi_i)``."""
+    """``a = f / (f + i)``, ``b = i / (f + i) ⊙ g(h̃)``, ``f = σ(gi_f)``, ``i = σ(gi_i)``;
+    keeps ``f``, ``i``, ``g(h̃)`` and the mask ``h̃ >= 0`` for its backward."""
 
     @staticmethod
     def forward(ctx: Any, gi: Tensor) -> tuple[Tensor, Tensor]:
         i_f, i_i, i_h = gi.chunk(3, dim=-1)  # (..., H) each
         f, i = torch.sigmoid(i_f), torch.sigmoid(i_i)
         total = f + i
-        a, share = f / total, i / total  # f', i'
-        gh, slope = _positive_with_slope(i_h)
-        ctx.save_for_backward(f, i, total, gh, slope)
-        return a, share * gh
+        gh = positive(i_h)
+        ctx.save_for_backward(f, i, gh, i_h >= 0)
+        return f / total, i / total * gh  # f', i' g(h̃)
 
     @staticmethod
     def backward(ctx: Any, grad_a: Tensor, grad_b: Tensor) -> Tensor:
-        f, i, total, gh, slope = ctx.saved_tensors
+        f, i, gh, upper = ctx.saved_tensors
         H = f.shape[-1]
+        total = f + i
         grad = torch.empty(*f.shape[:-1], 3 * H, dtype=f.dtype, device=f.device)
         d_f, d_i, d_h = grad.chunk(3, dim=-1)
         # a = f/s, b = (i/s) gh, s = f + i: ∂a/∂f = i/s², ∂a/∂i = -f/s², ∂b/∂f = -gh i/s²,
@@ -87,5 +92,5 @@ class _MinLSTMCoefficients(torch.autograd.Function):
         c = torch.addcmul(grad_a, grad_b, gh, value=-1).div_(total * total)
         torch.mul(c * i, f * (1 - f), out=d_f)  # then through σ
         torch.mul(c * f, i * (i - 1), out=d_i)
-        torch.mul(grad_b * (i / total), slope, out=d_h)
+        torch.mul(grad_b * (i / total), _slope(gh, upper), out=d_h)
         return grad
