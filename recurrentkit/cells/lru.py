@@ -65,8 +65,10 @@ class LRUCell(LinearCellBase):
         InputTypeError: a size that is not an int, a radius or phase that is not a number.
 
     Parameters (all real): ``nu_log (N,)`` and ``theta_log (N,)`` (``λ``'s log-log
-    radius and log phase); ``weight_ih (2N, I)``, rows ``Re B | Im B``;
-    ``weight_out (H, 2N)``, columns ``Re C | Im C``; ``weight_skip`` (``D``), ``(H,)``
+    radius and log phase); ``weight_ih (2N, I)``, rows ``Re B_k, Im B_k`` interleaved
+    (row ``2k`` is ``Re B_k``); ``weight_out (H, 2N)``, columns ``Re C_k, -Im C_k``
+    interleaved (so that ``Re(C h)`` is ``weight_out`` times ``h``'s real and imaginary
+    parts, interleaved as torch stores them); ``weight_skip`` (``D``), ``(H,)``
     or ``(H, I)``. Initialised as the paper: ``|λ|`` uniform on the ring
     ``r_min <= |λ| <= r_max`` (by area), phase uniform in ``[0, max_phase]``,
     ``B ~ N(0, 1/(2I))`` per part, ``C ~ N(0, 1/(2N))`` per part, ``D ~ N(0, 1)``
@@ -137,24 +139,32 @@ class LRUCell(LinearCellBase):
         return lam, gamma
 
     def input_projection(self, x: Tensor) -> Tensor:
-        """``(M, I)`` → ``(M, 2N + H)``: ``Re B x | Im B x | D x``."""
+        """``(M, I)`` → ``(M, 2N + H)``: ``γ ⊙ B x`` as (real, imaginary) pairs, then
+        ``D x``. ``γ`` scales ``B``'s rows (an ``(2N, I)`` product, not a
+        ``(M, N)`` one), so ``b`` is a view of this and nothing of it is kept for the
+        backward but the matrix product's input."""
+        _, gamma = self.decay()
+        bx = F.linear(x, self.weight_ih * gamma.repeat_interleave(2)[:, None])  # (M, 2N)
         skip = (
             x * self.weight_skip if self.weight_skip.dim() == 1 else F.linear(x, self.weight_skip)
         )
-        return torch.cat([F.linear(x, self.weight_ih), skip], dim=-1)
+        return torch.cat([bx, skip], dim=-1)
 
     def linear_coefficients(self, gi: Tensor) -> tuple[Tensor, Tensor]:
         """``a = λ (N,)`` (broadcast), ``b = γ ⊙ B x`` ``(..., N)`` complex."""
         N = self.state_size
-        lam, gamma = self.decay()
-        re, im, _ = gi.split([N, N, self.hidden_size], dim=-1)  # (one backward node)
-        return lam, torch.complex(re * gamma, im * gamma)  # (..., N)
+        pairs = gi.split([2 * N, self.hidden_size], dim=-1)[0].unflatten(-1, (N, 2))
+        if all(st % 2 == 0 for st in pairs.stride()[:-1]) and pairs.storage_offset() % 2 == 0:
+            b = torch.view_as_complex(pairs)  # a view: nothing copied, nothing kept
+        else:  # (an odd row stride, 2N + H odd)
+            b = torch.complex(pairs[..., 0], pairs[..., 1])
+        return self.decay()[0], b
 
     def linear_output(self, h: Tensor, gi: Tensor) -> Tensor:
-        """``Re(C h) + D x`` ``(..., H)`` from the complex state ``h (..., N)``."""
-        parts = torch.cat([h.real, -h.imag], dim=-1)  # Re(C h) = Re C Re h - Im C Im h
+        """``Re(C h) + D x`` ``(..., H)`` from the complex state ``h (..., N)``: one
+        product with ``h``'s (real, imaginary) pairs, a view of ``h``."""
         skip = gi.split([2 * self.state_size, self.hidden_size], dim=-1)[1]
-        return F.linear(parts, self.weight_out) + skip
+        return F.linear(torch.view_as_real(h).flatten(-2), self.weight_out) + skip
 
     def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Complex zeros ``(B, N)``."""

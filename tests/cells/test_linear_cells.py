@@ -66,11 +66,10 @@ def ref_step(cell: Any, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         f, i, h_tilde = sig(pre[:, :H]), sig(pre[:, H : 2 * H]), g(pre[:, 2 * H :])
         new = f / (f + i) * h + i / (f + i) * h_tilde
         return new, new
-    N = cell.state_size
     lam = torch.exp(-torch.exp(cell.nu_log) + 1j * torch.exp(cell.theta_log))
     gamma = torch.sqrt(1 - lam.abs() ** 2)
-    B_mat = cell.weight_ih[:N] + 1j * cell.weight_ih[N:]  # (N, I)
-    C_mat = cell.weight_out[:, :N] + 1j * cell.weight_out[:, N:]  # (H, N)
+    B_mat = cell.weight_ih[0::2] + 1j * cell.weight_ih[1::2]  # (N, I), rows interleaved
+    C_mat = cell.weight_out[:, 0::2] - 1j * cell.weight_out[:, 1::2]  # (H, N)
     new = lam * h + gamma * (x.to(B_mat.dtype) @ B_mat.T)
     skip = cell.weight_skip
     dx = x * skip if skip.dim() == 1 else x @ skip.T
@@ -279,3 +278,32 @@ def test_the_lru_under_learned_initial_states_and_wrappers() -> None:
         with pytest.raises(rk.ConfigError, match="cell: expected a cell with a real state h"):
             wrap(rk.LRUCell(3, 4))
         rk.Stack([wrap(rk.MinGRUCell(3, 4))], "independent")(x.float())
+
+
+@pytest.mark.parametrize(("hidden", "view"), [(6, True), (5, False)])
+def test_the_lru_coefficients_are_a_view_where_strides_allow(hidden: int, view: bool) -> None:
+    """An even ``2N + H`` lets ``b`` be a view of the projection; both layouts compute
+    the same states and gradients as the step loop."""
+    torch.manual_seed(8)
+    cell = rk.LRUCell(I, hidden, state_size=3).to(D)
+    x = torch.randn(T, B, I, dtype=D, requires_grad=True)
+    gi = cell.input_projection(x.reshape(T * B, I)).reshape(T, B, -1)
+    _, b = cell.linear_coefficients(gi)
+    assert (b._base is not None) == view
+    h0 = torch.randn(B, 3, dtype=torch.complex128)
+    ys, h = [], h0
+    for t in range(T):
+        y, h = cell(x[t], h)
+        ys.append(y)
+    y_step = torch.stack(ys)
+    y_whole, hs = whole_sequence(cell, x, h0, "sequential")
+    torch.testing.assert_close(y_whole, y_step, rtol=0, atol=TOL)
+    torch.testing.assert_close(hs[-1], h, rtol=0, atol=TOL)
+    wrt = [x, *cell.parameters()]
+    cot = torch.randn_like(y_step)
+    for g_whole, g_step in zip(
+        torch.autograd.grad((y_whole * cot).sum(), wrt),
+        torch.autograd.grad((y_step * cot).sum(), wrt),
+        strict=True,
+    ):
+        torch.testing.assert_close(g_whole, g_step, rtol=0, atol=TOL)
