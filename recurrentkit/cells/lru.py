@@ -143,8 +143,7 @@ class LRUCell(LinearCellBase):
         ``D x``. ``γ`` scales ``B``'s rows (an ``(2N, I)`` product, not a
         ``(M, N)`` one), so ``b`` is a view of this and nothing of it is kept for the
         backward but the matrix product's input."""
-        _, gamma = self.decay()
-        bx = F.linear(x, self.weight_ih * gamma.repeat_interleave(2)[:, None])  # (M, 2N)
+        bx = F.linear(x, self._scaled()[1])  # (M, 2N)
         skip = (
             x * self.weight_skip if self.weight_skip.dim() == 1 else F.linear(x, self.weight_skip)
         )
@@ -158,7 +157,26 @@ class LRUCell(LinearCellBase):
             b = torch.view_as_complex(pairs)  # a view: nothing copied, nothing kept
         else:  # (an odd row stride, 2N + H odd)
             b = torch.complex(pairs[..., 0], pairs[..., 1])
-        return self.decay()[0], b
+        return self._scaled()[0], b
+
+    def _scaled(self) -> tuple[Tensor, Tensor]:
+        """``(λ, B's rows scaled by γ)``; kept between calls without autograd (sampling
+        steps) while the parameters they come from are unchanged (same tensors, same
+        version: an optimiser step or ``load_state_dict`` changes it)."""
+        params = (self.nu_log, self.theta_log, self.weight_ih)
+        keep = not (
+            torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or torch._C._are_functorch_transforms_active()
+        )
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params) if keep else None
+        cached = self.__dict__.get("_scaled_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        lam, gamma = self.decay()
+        out = (lam, self.weight_ih * gamma.repeat_interleave(2)[:, None])  # (N,), (2N, I)
+        self.__dict__["_scaled_cache"] = (key, out) if key is not None else None
+        return out
 
     def linear_output(self, h: Tensor, gi: Tensor) -> Tensor:
         """``Re(C h) + D x`` ``(..., H)`` from the complex state ``h (..., N)``: one

@@ -307,3 +307,33 @@ def test_the_lru_coefficients_are_a_view_where_strides_allow(hidden: int, view: 
         strict=True,
     ):
         torch.testing.assert_close(g_whole, g_step, rtol=0, atol=TOL)
+
+
+def test_the_lru_keeps_its_scaled_weights_only_while_its_parameters_stay() -> None:
+    """Without autograd the LRU keeps λ and γ-scaled B between steps; an in-place
+    change of a parameter (an optimiser step) or a new set of parameters recomputes."""
+    torch.manual_seed(9)
+    cell = rk.LRUCell(I, H, state_size=3).to(D)
+    x, h = torch.randn(2, I, dtype=D), torch.randn(2, 3, dtype=torch.complex128)
+
+    def fresh() -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            return cell(x, h)
+
+    with torch.no_grad():
+        for change in (
+            lambda: cell.nu_log.add_(0.3),
+            lambda: cell.theta_log.mul_(0.5),
+            lambda: cell.weight_ih.add_(1.0),
+            lambda: cell.load_state_dict({k: v + 0.1 for k, v in cell.state_dict().items()}),
+        ):
+            cell(x, h)  # fills the cache
+            change()
+            for got, want in zip(cell(x, h), fresh(), strict=True):
+                torch.testing.assert_close(got, want, rtol=0, atol=TOL)
+    copy = rk.LRUCell(I, H, state_size=3).to(D)
+    with torch.no_grad():
+        cell(x, h)
+        y_copy, _ = copy(x, h)
+    with torch.enable_grad():
+        torch.testing.assert_close(y_copy, copy(x, h)[0], rtol=0, atol=TOL)
