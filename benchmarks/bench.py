@@ -289,9 +289,10 @@ def backbone_rows() -> list[Impl]:
     return rows
 
 
-ROW_SETS = ("speed", "backbones", "all")
+ROW_SETS = ("speed", "backbones", "all", "linear")
 """``--rows``: the speed issue's rows (the default), the backbones issue's (with the
-torch.nn and bare-cell rows they are compared with), or both."""
+torch.nn and bare-cell rows they are compared with), both, or the linear-recurrence
+issue's (:func:`run_linear`: their own sizes and sequence lengths)."""
 
 
 def implementations(with_compile: bool, rows: str = "speed") -> list[Impl]:
@@ -580,6 +581,185 @@ def name_lengths(batch: int, seed: int) -> Tensor:
     names = [n for n in path.read_text().split() if n]
     rng = random.Random(seed)
     return torch.tensor([min(len(rng.choice(names)) + 1, STEPS) for _ in range(batch)])
+
+
+# -- the linear-recurrence rows (--rows linear) ------------------------------------------------
+
+LINEAR_BATCH, LINEAR_I, LINEAR_H, LINEAR_L = 32, 96, 256, 2
+LINEAR_STEPS = (16, 128, 512, 1024)
+SAMPLE_STEPS = 64
+
+
+def linear_models(method: str = "auto") -> dict[str, Callable[[], nn.Module]]:
+    """The rows of ``--rows linear``: 2-layer stacks (``independent``, executor ``"auto"``)
+    of each linear-recurrence cell, minGRU also on the ``"log"`` scan, beside ``nn.GRU``
+    of the same width. ``method`` is the minGRU/minLSTM/LRU rows' scan method."""
+    I, H, L = LINEAR_I, LINEAR_H, LINEAR_L
+
+    def stack(make: Callable[[int, int], Any], scan: str) -> Callable[[], nn.Module]:
+        def build() -> nn.Module:
+            cells = [make(I if k == 0 else H, H) for k in range(L)]
+            for c in cells:
+                c.scan_method = scan
+            return rk.Stack(cells, "independent")
+
+        return build
+
+    return {
+        "nn.GRU": lambda: nn.GRU(I, H, L),
+        "Stack MinGRU": stack(rk.MinGRUCell, method),
+        "Stack MinGRU (log)": stack(rk.MinGRUCell, "log"),
+        "Stack MinLSTM": stack(rk.MinLSTMCell, method),
+        "Stack LRU": stack(rk.LRUCell, method),
+    }
+
+
+LINEAR_GOALS: tuple[tuple[str, str, str, float, int], ...] = (
+    # (row, measure, over row, at most, from T)
+    ("Stack MinGRU", "train", "nn.GRU", 0.35, 0),
+    ("Stack MinGRU", "train", "Stack MinGRU (log)", 0.5, 0),
+    ("Stack MinLSTM", "train", "Stack MinGRU", 1.2, 0),
+    ("Stack LRU", "train", "nn.GRU", 0.5, 128),
+    ("Stack MinGRU", "peak", "nn.GRU", 1.0, 0),
+    ("Stack MinLSTM", "peak", "nn.GRU", 1.0, 0),
+    ("Stack LRU", "peak", "nn.GRU", 1.0, 0),
+    ("Stack MinGRU", "sample", "nn.GRU", 0.6, 0),
+    ("Stack MinLSTM", "sample", "nn.GRU", 0.6, 0),
+    ("Stack LRU", "sample", "nn.GRU", 0.6, 0),
+)
+"""The linear-recurrence issue's goals, each a ratio of one row's measure over another's."""
+
+
+def linear_train_job(build: Callable[[], nn.Module], T: int, seed: int) -> Callable[[], None]:
+    """One training step of a fresh model: forward over ``(T, B, I)``, mean squared
+    output, backward, Adam."""
+    torch.manual_seed(seed)
+    model = build().to(DEVICE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(T, LINEAR_BATCH, LINEAR_I, device=DEVICE)
+
+    def step() -> None:
+        y, _ = model(x)  # (T, B, H)
+        loss = y.square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def linear_sample_job(build: Callable[[], nn.Module], seed: int) -> Callable[[], None]:
+    """``SAMPLE_STEPS`` steps at batch 1 without grad, the state carried: ``stack.step``,
+    or the torch module on a one-step sequence."""
+    torch.manual_seed(seed)
+    model = build().to(DEVICE).eval()
+    xs = torch.randn(SAMPLE_STEPS, 1, LINEAR_I, device=DEVICE)
+    stepper = isinstance(model, rk.Stack)
+
+    @torch.no_grad()
+    def run() -> None:
+        state = None
+        for x in xs:
+            if stepper:
+                _, state = model.step(x, state)
+            else:
+                _, state = model(x[None], state)
+
+    return run
+
+
+def run_linear(args: argparse.Namespace, thread_counts: list[int], default: int) -> dict[str, Any]:
+    """Every linear row at each ``T`` and thread count, timed interleaved (each ratio
+    between runs in the same rounds), peak training memory at each ``T``, sampling once
+    per thread count; the goals of :data:`LINEAR_GOALS` checked."""
+    models = linear_models(args.method)
+    steps = [t for t in LINEAR_STEPS if t <= args.max_steps]
+    out: dict[str, Any] = {"thread_counts": thread_counts, "rows": [], "goals": []}
+    for n in thread_counts:
+        with num_threads(n):
+            print(f"-- {threads_label(n, default)}", flush=True)
+            sample = interleaved(
+                {k: linear_sample_job(b, i) for i, (k, b) in enumerate(models.items())},
+                max(3, args.repeat // 2),
+                1,
+                seed=3,
+            )
+            for T in steps:
+                jobs = {k: linear_train_job(b, T, i) for i, (k, b) in enumerate(models.items())}
+                train = interleaved(jobs, args.repeat, 1, seed=T)
+                peak = {} if args.no_memory else {k: peak_memory_mib(f) for k, f in jobs.items()}
+                for k in models:
+                    out["rows"].append(
+                        {
+                            "threads": n,
+                            "T": T,
+                            "implementation": k,
+                            "train_ms": train[k],
+                            "train_ratio": train[k] / train["nn.GRU"],
+                            "peak_mib": peak.get(k),
+                            "sample_b1_ms": sample[k],
+                            "sample_b1_ratio": sample[k] / sample["nn.GRU"],
+                        }
+                    )
+                print(f"   T={T} done", flush=True)
+    out["goals"] = linear_goals(out["rows"])
+    return out
+
+
+def linear_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each goal of :data:`LINEAR_GOALS` at each thread count and ``T`` it applies to
+    (sampling, which does not depend on ``T``, once)."""
+    at = {(r["threads"], r["T"], r["implementation"]): r for r in rows}
+    field = {"train": "train_ms", "peak": "peak_mib", "sample": "sample_b1_ms"}
+    goals = []
+    for threads, T in sorted({(r["threads"], r["T"]) for r in rows}, key=lambda k: (-k[0], k[1])):
+        for row, measure, over, bound, from_T in LINEAR_GOALS:
+            if T < from_T or (measure == "sample" and T != min(r["T"] for r in rows)):
+                continue
+            a, b = at[(threads, T, row)][field[measure]], at[(threads, T, over)][field[measure]]
+            if a is None or b is None or b <= 0:
+                continue
+            ratio = a / b
+            goals.append(
+                {
+                    "threads": threads,
+                    "T": None if measure == "sample" else T,
+                    "row": row,
+                    "measure": measure,
+                    "over": over,
+                    "ratio": ratio,
+                    "goal": bound,
+                    "met": round(ratio, 2) <= bound,
+                }
+            )
+    return goals
+
+
+def print_linear(result: dict[str, Any], default: int) -> None:
+    for n in result["thread_counts"]:
+        print(f"\n## Linear recurrences, {threads_label(n, default)}")
+        print(
+            f"B={LINEAR_BATCH}, I={LINEAR_I}, H={LINEAR_H}, {LINEAR_L} layers, train step "
+            "(forward, mean squared output, backward, Adam); sampling: "
+            f"{SAMPLE_STEPS} steps at B=1, no grad"
+        )
+        print("| T | implementation | train ms | / nn.GRU | peak MiB | sample B=1 / nn.GRU |")
+        print("|---|---|---|---|---|---|")
+        for r in result["rows"]:
+            if r["threads"] == n:
+                print(
+                    f"| {r['T']} | {r['implementation']} | {r['train_ms']:.2f} "
+                    f"| {r['train_ratio']:.2f} | {fmt(r['peak_mib'], '.1f')} "
+                    f"| {r['sample_b1_ratio']:.2f} |"
+                )
+    print("\n## Goals (met when the ratio, to two decimals, is at most the goal)")
+    print("| threads | T | ratio | goal | measured | verdict |")
+    print("|---|---|---|---|---|---|")
+    for g in result["goals"]:
+        print(
+            f"| {g['threads']} | {fmt(g['T'], 'd')} | {g['measure']}: {g['row']} / {g['over']} "
+            f"| ≤ {g['goal']:.2f} | {g['ratio']:.2f} | {'ok' if g['met'] else '**MISS**'} |"
+        )
 
 
 # -- goals -------------------------------------------------------------------------------------
@@ -1065,6 +1245,18 @@ def main(argv: list[str] | None = None) -> int:
             f"(here {default_threads}); default: default,1"
         ),
     )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=max(LINEAR_STEPS),
+        help=f"--rows linear: the longest T of {LINEAR_STEPS} to measure",
+    )
+    parser.add_argument(
+        "--method",
+        choices=rk.scan.METHODS,
+        default="auto",
+        help="--rows linear: the scan method of the linear rows (the log row keeps 'log')",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--no-packed", action="store_true", help="skip the packed-input comparison")
     parser.add_argument(
@@ -1092,6 +1284,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"--sizes: expected names among {', '.join(SIZES)}, got {', '.join(unknown)}")
+    if args.rows == "linear":
+        return main_linear(args, thread_counts, default_threads)
     impls = implementations(args.compile, args.rows)
     out = sys.stdout
     if args.json:
@@ -1138,6 +1332,29 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{result['command']} — torch {result['torch']}, {result['device']}, "
             f"{counts}, {result['seconds']:.0f} s"
         )
+    return 0
+
+
+def main_linear(args: argparse.Namespace, thread_counts: list[int], default: int) -> int:
+    """``--rows linear``: :func:`run_linear`, printed as tables or one JSON document."""
+    out = sys.stdout
+    if args.json:
+        sys.stdout = sys.stderr  # progress lines go to stderr, the document to stdout
+    started = time.time()
+    try:
+        result = run_linear(args, thread_counts, default)
+    finally:
+        torch.set_num_threads(default)
+        sys.stdout = out
+    result["command"] = " ".join([os.path.basename(sys.executable), *sys.argv])
+    result["torch"] = torch.__version__
+    result["device"] = str(DEVICE)
+    result["seconds"] = time.time() - started
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_linear(result, default)
+        print(f"\n{result['command']} — torch {result['torch']}, {result['seconds']:.0f} s")
     return 0
 
 

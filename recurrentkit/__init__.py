@@ -3,7 +3,7 @@
 The public names, re-exported; nothing is defined here.
 """
 
-from recurrentkit import export, interop, routing, state
+from recurrentkit import export, interop, routing, scan, state
 from recurrentkit.analysis.causality import causality_violation, check_causal
 from recurrentkit.cells import (
     Cell,
@@ -14,9 +14,12 @@ from recurrentkit.cells import (
     IndRNNCell,
     LayerNormGRUCell,
     LayerNormLSTMCell,
+    LRUCell,
     LSTMCell,
     LSTMState,
     MGUCell,
+    MinGRUCell,
+    MinLSTMCell,
     NestedLSTMCell,
     NestedLSTMState,
     RecurrentDropout,
@@ -65,10 +68,13 @@ __all__ = [
     "InputTypeValueError",
     "LSTM",
     "LSTMCell",
+    "LRUCell",
     "LSTMState",
     "LayerNormGRUCell",
     "LayerNormLSTMCell",
     "MGUCell",
+    "MinGRUCell",
+    "MinLSTMCell",
     "NestedLSTMCell",
     "NestedLSTMState",
     "RNN",
@@ -93,6 +99,7 @@ __all__ = [
     "export",
     "interop",
     "routing",
+    "scan",
     "state",
     "tbptt",
     "tbptt_chunks",

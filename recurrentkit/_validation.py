@@ -262,8 +262,11 @@ def check_state(
             raise InputTypeError(
                 name, f"a tensor of shape {shape_str(template.shape)}", describe(state)
             )
-        if not state.is_floating_point():
-            raise InputTypeError(name, "a floating-point tensor", state.dtype)
+        if template.is_complex() != state.is_complex() or not (
+            state.is_floating_point() or state.is_complex()
+        ):
+            kind = "complex" if template.is_complex() else "floating-point"
+            raise InputTypeError(name, f"a {kind} tensor", state.dtype)
         if state.shape != template.shape:
             raise StateError(name, f"shape {shape_str(template.shape)}", shape_str(state.shape))
         if state.dtype != template.dtype:

@@ -69,9 +69,10 @@ class Stack(nn.Module):
             reads (:meth:`~recurrentkit.routing.RoutingPolicy.reads_initial_states`;
             under ``shared`` only the carried one), one per field of the cell's state
             that starts at zero, shared by every sequence: ``initial_l{k}`` for a
-            tensor state, ``initial_l{k}_{field}`` for a NamedTuple's fields. Zeros at
-            first, so a new learned stack computes what a zeros one does. A state passed
-            to a call overrides them.
+            tensor state, ``initial_l{k}_{field}`` for a NamedTuple's fields (a complex
+            state, :class:`~recurrentkit.LRUCell`'s ``(N,)``, as real and imaginary parts
+            ``(N, 2)``). Zeros at first, so a new learned stack computes what a zeros one
+            does. A state passed to a call overrides them.
 
     A stack's state is a tuple with one cell state per layer, for every policy.
 
@@ -144,7 +145,7 @@ class Stack(nn.Module):
                 if read:
                     for path, t in _read_fields(cell):
                         name = "_".join((f"initial_l{k}", *path))
-                        self.initial_states[name] = nn.Parameter(torch.zeros_like(t[0]))
+                        self.initial_states[name] = nn.Parameter(_real_zeros(t[0]))
 
     # -- what the stack is -------------------------------------------------------------
 
@@ -1012,7 +1013,8 @@ def _read_fields(cell: nn.Module) -> list[tuple[tuple[str, ...], Tensor]]:
     leaves = [t.detach().clone().requires_grad_() for _, t in every]
     it = iter(leaves)
     with torch.enable_grad():
-        x = every[0][1].new_zeros(1, width)  # a zero input, on the state's dtype and device
+        t0 = every[0][1]  # a zero input, on the state's (real) dtype and device
+        x = torch.zeros(1, width, dtype=t0.real.dtype, device=t0.device)
         y, new = cell(x, map_state(lambda _t: next(it), probe))
         outs = [y, *(t for _, t in _state_fields(new))]
         grads = torch.autograd.grad(
@@ -1025,12 +1027,25 @@ def _read_fields(cell: nn.Module) -> list[tuple[tuple[str, ...], Tensor]]:
     return [(path, t) for path, t in fields if path in used]
 
 
+def _real_zeros(t: Tensor) -> Tensor:
+    """Zeros for a learned initial state like ``t``: ``t``'s shape, or for a complex
+    state (:class:`~recurrentkit.LRUCell`'s) real and imaginary parts as a last axis of
+    2, so that ``Stack.to(dtype)`` and ``.double()`` convert it as every other parameter."""
+    if t.is_complex():
+        return torch.zeros(*t.shape, 2, dtype=t.real.dtype, device=t.device)
+    return torch.zeros_like(t)
+
+
 def _with_learned(state: Any, prefix: str, learned: nn.ParameterDict, batch: int) -> Any:
     """``state`` with each field that has a learned parameter replaced by it, expanded
     over ``batch`` rows (in the state's dtype and device)."""
     if isinstance(state, Tensor):
         p = learned[prefix] if prefix in learned else None
-        return state if p is None else p.to(state).expand(batch, -1)
+        if p is None:
+            return state
+        if state.is_complex():  # kept as (..., 2) real pairs: see _real_zeros
+            return torch.view_as_complex(p.to(state.real)).expand(batch, -1)
+        return p.to(state).expand(batch, -1)
     fields = getattr(state, "_fields", None) or [str(i) for i in range(len(state))]
     parts = [_with_learned(s, f"{prefix}_{n}", learned, batch) for n, s in zip(fields, state)]
     return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)

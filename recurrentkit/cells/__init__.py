@@ -4,6 +4,8 @@ from recurrentkit.cells.coupled_lstm import CoupledLSTMCell
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.indrnn import IndRNNCell
 from recurrentkit.cells.layer_norm import LayerNormGRUCell, LayerNormLSTMCell
+from recurrentkit.cells.linear import LinearCellBase, MinGRUCell, MinLSTMCell
+from recurrentkit.cells.lru import LRUCell
 from recurrentkit.cells.lstm import LSTMCell, LSTMState
 from recurrentkit.cells.mgu import MGUCell
 from recurrentkit.cells.nested_lstm import NestedLSTMCell, NestedLSTMState
@@ -12,6 +14,7 @@ from recurrentkit.cells.protocol import (
     CellBase,
     CellState,
     StackState,
+    scans_linearly,
     splits_step,
     takes_linear,
 )
@@ -33,8 +36,12 @@ __all__ = [
     "LSTMCell",
     "LSTMState",
     "LayerNormGRUCell",
+    "LRUCell",
     "LayerNormLSTMCell",
+    "LinearCellBase",
     "MGUCell",
+    "MinGRUCell",
+    "MinLSTMCell",
     "NestedLSTMCell",
     "NestedLSTMState",
     "RNNCell",
@@ -43,6 +50,7 @@ __all__ = [
     "StackState",
     "WeightDrop",
     "Zoneout",
+    "scans_linearly",
     "splits_step",
     "takes_linear",
 ]

@@ -16,7 +16,18 @@ Also optional, for speed: a **split step**, two methods such that
     cell.step_projected(gi, state) -> (output, new_state)
     cell.step_projected(gi, state, linear=F.linear)   # or: it takes the matmul to use
 
-With them, the fast executor projects a layer's whole input sequence in one call wherever
+A cell whose recurrence is *linear* in its state, ``h' = a ⊙ h + b`` with ``a`` and
+``b`` read from the input only (:class:`~recurrentkit.MinGRUCell`,
+:class:`~recurrentkit.LRUCell`), may also declare that (:func:`scans_linearly`)::
+
+    cell.linear_coefficients(gi) -> (a, b)     # (..., G) -> (..., N) each (a may broadcast)
+    cell.linear_output(h, gi) -> y             # (..., N), (..., G) -> (..., O)
+
+for ``gi = input_projection(x)`` over any leading axes; the step is then
+``h = a ⊙ state + b``, ``y = linear_output(h, gi)``, and a whole layer is one
+:func:`recurrentkit.scan.linear` over the sequence.
+
+With a split step, the fast executor projects a layer's whole input sequence in one call wherever
 that sequence is known in advance (every layer under layer-major policies, layer 1
 under step-major ones) and steps on the projected rows (see :func:`splits_step`). A
 ``step_projected`` that takes ``linear`` and computes ``linear(h, weight, bias)`` with it
@@ -52,7 +63,15 @@ from recurrentkit._validation import (
     map_state,
 )
 
-__all__ = ["Cell", "CellBase", "CellState", "StackState", "splits_step", "takes_linear"]
+__all__ = [
+    "Cell",
+    "CellBase",
+    "CellState",
+    "StackState",
+    "scans_linearly",
+    "splits_step",
+    "takes_linear",
+]
 
 CellState: TypeAlias = Union[Tensor, tuple[Any, ...]]  # noqa: UP007 (a runtime alias)
 """One cell's state: a tensor ``(B, H)``, or a NamedTuple of states (e.g.
@@ -101,6 +120,27 @@ def splits_step(cell: object) -> bool:
         if at is not None and split_at is not None and not issubclass(split_at, at):
             return False  # the call was redefined below the split step
     return True
+
+
+def scans_linearly(cell: object) -> bool:
+    """Whether ``cell`` declares a linear recurrence: a split step (:func:`splits_step`)
+    and *methods* ``linear_coefficients`` and ``linear_output``, defined where (or
+    below where) its split step is, so that a subclass that redefines the step does
+    not inherit the declaration.
+
+    The executor trusts it: ``step_projected(gi, h)`` must equal
+    ``(linear_output(a ⊙ h + b, gi), a ⊙ h + b)`` with ``(a, b) =
+    linear_coefficients(gi)``, elementwise over rows and any leading axes.
+    """
+    if not splits_step(cell) or not all(
+        inspect.ismethod(getattr(cell, name, None))
+        for name in ("linear_coefficients", "linear_output")
+    ):
+        return False
+    kind = type(cell)
+    split_at = _defined_by(kind, "step_projected")
+    scan_at = _defined_by(kind, "linear_coefficients")
+    return split_at is not None and scan_at is not None and issubclass(scan_at, split_at)
 
 
 def takes_linear(cell: object) -> bool:
@@ -220,6 +260,13 @@ class CellBase(nn.Module, ABC):
         if unbatched:
             return y.squeeze(0), map_state(lambda t: t.squeeze(0), new_state)
         return y, new_state
+
+    def _set_sizes(self, input_size: int, hidden_size: int) -> None:
+        """Check and set ``input_size``, ``hidden_size`` and ``output_size``
+        (``= hidden_size``)."""
+        self.input_size = check_int("input_size", input_size)
+        self.hidden_size = check_int("hidden_size", hidden_size)
+        self.output_size = self.hidden_size
 
     def _make_gate_parameters(
         self, rows: int, recurrent_width: int, bias: bool, factory: dict[str, Any]

@@ -122,12 +122,20 @@ class _CellWrapper(nn.Module):
             )
         self.cell = cell
         probe = cast(Any, cell).initial_state(1)  # (the cell protocol's, checked above)
-        if _state_h(probe) is None:
+        h = _state_h(probe)
+        if h is None:
             raise ConfigError(
                 "cell",
                 f"a cell whose state is a tensor or has an 'h' field ({type(self).__name__} "
                 "acts on h)",
                 f"a state of type {type(probe).__name__}",
+            )
+        if h.is_complex():
+            raise ConfigError(
+                "cell",
+                f"a cell with a real state h ({type(self).__name__} draws real masks over h, "
+                "the cell's output)",
+                f"a {h.dtype} state (e.g. LRUCell's, whose output is not its state)",
             )
 
     @property

@@ -25,15 +25,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from recurrentkit._scan import scan
+from recurrentkit import scan as linear_scan
+from recurrentkit._scan import length_mask, scan
 from recurrentkit._validation import map_state
-from recurrentkit.cells import GRUCell, LSTMCell, RNNCell
+from recurrentkit.cells import GRUCell, LSTMCell, RNNCell, scans_linearly
 from recurrentkit.executors import plans
 from recurrentkit.executors.cross_layer import run as cross_run
 from recurrentkit.executors.cross_layer.mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
 from recurrentkit.executors.kernels.base import Linear
+from recurrentkit.executors.kernels.linear import linear_coefficients
 from recurrentkit.executors.packing import Schedule, cat_states, schedule
 from recurrentkit.executors.plans import choose
 from recurrentkit.executors.reference import ReferenceExecutor
@@ -129,6 +131,8 @@ class FastExecutor:
         kernels: each layer's built-in kernel (else ``None``).
         steppers: what steps each layer from projected input: its kernel, or the
             adapter of a cell's declared split step (else ``None``).
+        linear: whether each layer declares a linear recurrence
+            (:func:`~recurrentkit.cells.scans_linearly`).
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class FastExecutor:
         self.steppers: list[CellKernel | None] = [
             k if k is not None else split_kernel_for(c) for k, c in zip(self.kernels, cells)
         ]
+        self.linear = [scans_linearly(c) for c in cells]
         use_torch = torch_ops and not self.plain
         modes = [torch_mode(c) if use_torch else None for c in cells]
         self.modes = [None if m == "LSTM" and not torch_lstm_rows else m for m in modes]
@@ -267,7 +272,30 @@ class FastExecutor:
             layers = tuple("torch_op" if m else "kernel" for m in self.modes)
         elif whole.name in ("step_loop", "policy_run"):
             layers = tuple(choose(plans.STEP, self, k).name for k in range(L))
-        return whole.name, why, layers
+        return whole.name, why + self._explain_linear(layers), layers
+
+    def _explain_linear(self, layers: tuple[str, ...] | None) -> str:
+        """What a run's linear-recurrence layers do: the scan method each runs (and what
+        ``"auto"`` picked), or why they step."""
+        if not any(self.linear):
+            return ""
+        scanned = [k for k, p in enumerate(layers or ()) if p == "linear_scan"]
+        if not scanned:
+            why = (
+                "torch.compile tracing, a torch.func transform or autocast: the scan is "
+                "a hand-written autograd op"
+                if not self.custom
+                else "a step-major policy makes a layer's step read what the layer below "
+                "wrote at the same step, so no layer's sequence is known before the others run"
+            )
+            return f"; its linear-recurrence layers step (no whole-sequence scan): {why}"
+        parts = []
+        for k in scanned:
+            method = scan_method(self.cells[k])
+            picked = linear_scan.resolve_method(method, param_device(self.cells[k]))
+            how = f"{picked!r}" if method != "auto" else f"'auto' -> {picked!r}"
+            parts.append(f"layer {k} scans with method {how}")
+        return "; " + ", ".join(parts)
 
     def _layer_plan(self, layer: int, steps: int, lengths: Tensor | None) -> str:
         return choose(plans.LAYER, self, layer, steps, lengths).name
@@ -344,6 +372,24 @@ class FastExecutor:
         sched = schedule(x, lengths)
         out, seq = self._sequence(layer, sched.pack(x), sched.sort_state(state), sched)
         return sched.unpack(out), sched.final_state(seq)
+
+    def run_linear(
+        self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
+        """A linear-recurrence layer over the sequence: the whole input projected in
+        one call, the coefficients ``(a, b)`` computed for every step at once, one
+        :func:`recurrentkit.scan.linear`, the outputs from all states at once. Past a
+        sequence's end its state is frozen (the last state is the final one) and its
+        outputs are zero."""
+        cell: Any = self.cells[layer]  # (declares the linear recurrence: scans_linearly)
+        T, B = x.shape[0], x.shape[1]
+        gi = cell.input_projection(x.reshape(T * B, -1)).reshape(T, B, -1)  # (T, B, G)
+        a, b = linear_coefficients(cell, gi)  # (T, B, N) each (a may broadcast)
+        h = linear_scan.linear(a, b, state, method=scan_method(cell), lengths=lengths)
+        y = cell.linear_output(h, gi)  # (T, B, O)
+        if lengths is not None:
+            y = torch.where(length_mask(lengths, T, y.device), y, 0)
+        return y, h[-1].clone()  # (the state outlives the states (T, B, N) it is in)
 
     def run_split(
         self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
@@ -545,6 +591,19 @@ def step_loop(
     if done:
         state = cat_states([state, *reversed(done)])
     return ys, state
+
+
+def scan_method(cell: Any) -> str:
+    """The :func:`recurrentkit.scan.linear` method a linear-recurrence cell asks for
+    (its ``scan_method``; ``"auto"`` where it sets none)."""
+    return str(getattr(cell, "scan_method", "auto"))
+
+
+def param_device(cell: Any) -> torch.device:
+    """The device of ``cell``'s parameters (the CPU for a cell without any)."""
+    for p in cell.parameters():
+        return torch.device(p.device)
+    return torch.device("cpu")
 
 
 def _grad(cell: Any) -> bool:

@@ -246,6 +246,14 @@ LAYER: tuple[Plan, ...] = (
         "plain ops on its step while tracing or under autocast)",
     ),
     Plan(
+        "linear_scan",
+        lambda ex, layer, steps, lengths: ex.custom and ex.linear[layer],
+        lambda ex, layer, x, state, lengths: ex.run_linear(layer, x, state, lengths),
+        "a cell that declares a linear recurrence (h' = a ⊙ h + b, a and b from the input "
+        "only): the whole input projected at once, then one scan.linear over the sequence "
+        "(eager mode, no autocast)",
+    ),
+    Plan(
         "split_step",
         lambda ex, layer, steps, lengths: ex.steppers[layer] is not None,
         lambda ex, layer, x, state, lengths: ex.run_split(layer, x, state, lengths),

@@ -165,7 +165,9 @@ def check_widths_chain(cells: Sequence[nn.Module]) -> None:
 
 
 def check_same_state_shapes(name: str, probes: Sequence[Any]) -> None:
-    """All layers' states have one structure and shape (for policies that pass states up)."""
+    """All layers' states have one structure and shape, and are real (for policies that
+    pass states up: see :func:`check_real_states`)."""
+    check_real_states(name, probes)
     first = _shapes(probes[0])
     for k, p in enumerate(probes[1:], start=1):
         if _shapes(p) != first:
@@ -175,6 +177,36 @@ def check_same_state_shapes(name: str, probes: Sequence[Any]) -> None:
                 "one layer's state to another",
                 _shapes(p),
             )
+
+
+def check_real_states(name: str, probes: Sequence[Any]) -> None:
+    """With more than one layer, every layer's state is real (for policies that pass a
+    state from one layer to another).
+
+    A complex state (:class:`~recurrentkit.LRUCell`'s) holds coordinates in its own
+    cell's diagonal (eigen)basis of a recurrence: another layer's cell, or a policy's
+    real mixing weights, cannot read it as a state of their own.
+    """
+    if len(probes) < 2:
+        return  # one layer: nothing passes between layers
+    for k, p in enumerate(probes):
+        for t in _tensors(p):
+            if t.is_complex():
+                raise ConfigError(
+                    f"cells[{k}]",
+                    f"a cell with a real state: {name} routing passes one layer's state to "
+                    "another, and a complex state is in its own cell's diagonal basis "
+                    "(independent or residual routing run such cells)",
+                    f"a {t.dtype} state of shape {tuple(t.shape)}",
+                )
+
+
+def _tensors(state: Any) -> list[Tensor]:
+    if isinstance(state, Tensor):
+        return [state]
+    if isinstance(state, tuple):
+        return [t for s in state for t in _tensors(s)]
+    return []
 
 
 def _shapes(state: Any) -> Any:

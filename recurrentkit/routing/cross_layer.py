@@ -11,7 +11,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from recurrentkit.errors import ConfigError
-from recurrentkit.routing.base import Executor, RoutingPolicy, state_h, with_state_h
+from recurrentkit.routing.base import (
+    Executor,
+    RoutingPolicy,
+    check_real_states,
+    state_h,
+    with_state_h,
+)
 
 __all__ = ["CrossLayer"]
 
@@ -64,6 +70,7 @@ class CrossLayer(RoutingPolicy):
                     "(cross_layer mixes each layer's h)",
                     f"a state of type {type(p).__name__}",
                 )
+        check_real_states("cross_layer", probes)
         widths = [state_h(p).shape[-1] for p in probes]
         self.num_layers = len(cells)
         self.widths = widths

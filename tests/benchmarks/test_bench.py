@@ -187,6 +187,43 @@ def test_the_backbones_rows_compare_new_cells_with_torch_and_regularisers_with_t
     assert {"nn.GRU", "nn.LSTM", "nn.RNN (relu)", "Stack LSTM"} <= set(by_name)
 
 
+def test_the_linear_rows_compare_each_linear_cell_as_the_issue_asks(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    threads = torch.get_num_threads()
+    tiny = ["--rows", "linear", "--threads", "1", "--repeat", "1", "--max-steps", "16"]
+    try:
+        assert bench.main([*tiny, "--no-memory", "--json"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads(capsys.readouterr().out)
+    rows = {r["implementation"]: r for r in doc["rows"]}
+    assert set(rows) == {
+        "nn.GRU",
+        "Stack MinGRU",
+        "Stack MinGRU (log)",
+        "Stack MinLSTM",
+        "Stack LRU",
+    }
+    assert {r["T"] for r in doc["rows"]} == {16} and rows["nn.GRU"]["train_ratio"] == 1.0
+    for r in rows.values():
+        assert r["train_ratio"] == pytest.approx(r["train_ms"] / rows["nn.GRU"]["train_ms"])
+    seen = {(g["row"], g["measure"], g["over"]): g for g in doc["goals"]}
+    want = {
+        ("Stack MinGRU", "train", "nn.GRU"): 0.35,
+        ("Stack MinGRU", "train", "Stack MinGRU (log)"): 0.5,
+        ("Stack MinLSTM", "train", "Stack MinGRU"): 1.2,
+        ("Stack MinGRU", "sample", "nn.GRU"): 0.6,
+    }
+    for key, bound in want.items():
+        g = seen[key]
+        assert g["goal"] == bound and g["met"] == (round(g["ratio"], 2) <= bound)
+    assert ("Stack LRU", "train", "nn.GRU") not in seen  # its goal holds from T = 128
+    assert not any(g["measure"] == "peak" for g in doc["goals"])  # --no-memory
+    stack = bench.linear_models()["Stack MinGRU (log)"]()
+    assert [c.scan_method for c in stack.cells] == ["log", "log"]
+
+
 def test_compare_marks_only_rows_worse_beyond_the_noise() -> None:
     """benchmarks/compare.py: before → after per row; 'worse' only past --noise."""
     import importlib.util
