@@ -1218,7 +1218,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="alpha and beta, 5 rounds, no memory (~1 min per thread count)",
     )
-    parser.add_argument("--compile", action="store_true", help="add torch.compile'd stacks (slow)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help=(
+            "add torch.compile'd stacks (slow), then print each policy's cold compile time "
+            "and compiled/eager train-step ratio for a γ stack (benchmarks/compile_bench.py)"
+        ),
+    )
     parser.add_argument(
         "--rows",
         choices=ROW_SETS,
@@ -1332,6 +1339,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{result['command']} — torch {result['torch']}, {result['device']}, "
             f"{counts}, {result['seconds']:.0f} s"
         )
+        if args.compile and DEVICE.type == "cpu":
+            compile_times()
     return 0
 
 
@@ -1356,6 +1365,17 @@ def main_linear(args: argparse.Namespace, thread_counts: list[int], default: int
         print_linear(result, default)
         print(f"\n{result['command']} — torch {result['torch']}, {result['seconds']:.0f} s")
     return 0
+
+
+def compile_times() -> None:
+    """Each policy's cold compile time and compiled/eager ratio for a γ stack, each in a
+    fresh process (``benchmarks/compile_bench.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import compile_bench
+    finally:
+        sys.path.pop(0)
+    compile_bench.main([])
 
 
 if __name__ == "__main__":

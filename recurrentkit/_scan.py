@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from recurrentkit._validation import zip_state
 
@@ -24,17 +25,27 @@ def scan(
     x: Tensor,
     state: S,
     lengths: Tensor | None = None,
+    restart: Restart | None = None,
 ) -> tuple[Tensor, S]:
     """Run ``step`` over ``x (T, B, F)`` from ``state``.
 
     Returns ``(outputs (T, B, O), final_state)``. With ``lengths (B,)``, sequence
     ``b``'s state stops changing after step ``lengths[b] - 1`` and its outputs past
-    that are zero (torch's packed-sequence convention).
+    that are zero (torch's packed-sequence convention). With ``restart``, a row's state
+    is replaced by ``restart.state`` before each step where ``restart.mask`` holds
+    (ignored past the row's length). While ``torch.compile`` or ``torch.export`` traces
+    (:func:`traced`), the loop is torch's ``scan`` operator (:func:`scan_op`).
     """
+    if traced():
+        return scan_op(step, (x,), state, lengths, restart)
     mask = None if lengths is None else length_mask(lengths, x.shape[0], x.device)
     outputs = []
     for t, x_t in enumerate(x.unbind(0)):  # unbind: one backward node, not T zero-filled
-        y, new = step(x_t, state)
+        now = state
+        if restart is not None:
+            r_t = restart.mask[t].to(x.device).unsqueeze(-1)  # (B, 1)
+            now = zip_state(lambda i, a: torch.where(r_t, i.to(a), a), restart.state, state)  # noqa: B023
+        y, new = step(x_t, now)
         if mask is not None:
             m = mask[t]  # (B, 1)
             new = _where(m, new, state)
@@ -46,3 +57,99 @@ def scan(
 
 def _where(m: Tensor, new: Any, old: Any) -> Any:
     return zip_state(lambda a, b: torch.where(m, a, b), new, old)
+
+
+def traced() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing (outside any torch.func
+    transform): time loops then run as torch's ``scan`` operator (:func:`scan_op`)."""
+    return (
+        torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    ) and not torch._C._are_functorch_transforms_active()
+
+
+class Restart(NamedTuple):
+    """Where a traced time loop replaces states (``resets``).
+
+    Attributes:
+        mask: ``(T, B)`` bool: before step ``t``, row ``b``'s state is replaced.
+        state: what replaces it: a state of batch 1 (broadcast over the rows); for a
+            stack, a tuple with one such state per layer (:meth:`layer` picks one).
+    """
+
+    mask: Tensor
+    state: Any
+
+    def layer(self, k: int) -> Restart:
+        """The restart of layer ``k`` alone (``state`` per layer, as a stack passes it)."""
+        return Restart(self.mask, self.state[k])
+
+
+def scan_op(
+    step: Callable[..., tuple[Tensor, S]],
+    xs: tuple[Tensor, ...],
+    state: S,
+    lengths: Tensor | None = None,
+    restart: Restart | None = None,
+) -> tuple[Tensor, S]:
+    r""":func:`scan` as torch's ``scan`` higher-order operator: one traced step, any length.
+
+    ``step(*xs_t, state) -> (y_t, state)`` over the sequences ``xs`` (each ``(T, B, ·)``),
+    for ``torch.compile`` (no unrolling: the graph holds one step whatever ``T``) and
+    ``torch.export`` (``T`` stays a dynamic dimension). The same semantics as
+    :func:`scan`, per step and row:
+
+    $$
+    \begin{aligned}
+    \tilde s_{t-1} &= r_t \,?\, s_0^{\text{restart}} : s_{t-1} \\
+    (\hat y_t, \hat s_t) &= \text{step}(x_t, \tilde s_{t-1}) \\
+    s_t &= t < \ell \,?\, \hat s_t : s_{t-1}, \qquad y_t = t < \ell \,?\, \hat y_t : 0
+    \end{aligned}
+    $$
+
+    with :math:`r` the ``restart`` mask (a reset) and :math:`\ell` the row's length, so
+    a reset past a row's length changes nothing. States may be NamedTuples (the operator
+    carries flat tuples of tensors: they are flattened here and rebuilt for ``step``).
+
+    Returns:
+        ``(outputs (T, B, O), final_state)``.
+    """
+    from torch._higher_order_ops.scan import scan as hop_scan
+
+    leaves, spec = tree_flatten(state)
+    steps = xs[0].shape[0]
+    seq = list(xs)
+    n = len(seq)
+    if lengths is not None:
+        seq.append(length_mask(lengths, steps, xs[0].device))  # (T, B, 1)
+    init: list[Tensor] = []
+    if restart is not None:
+        seq.append(restart.mask.to(xs[0].device).unsqueeze(-1))  # (T, B, 1)
+        init = tree_flatten(restart.state)[0]
+
+    def body(carry: tuple[Tensor, ...], inputs: tuple[Tensor, ...]) -> Any:
+        rest = list(inputs[n:])
+        old = list(carry)
+        now = old
+        if restart is not None:
+            r_t = rest.pop()
+            now = [torch.where(r_t, i.to(a), a) for i, a in zip(init, old)]
+        y, new = step(*inputs[:n], tree_unflatten(now, spec))
+        new_leaves = tree_flatten(new)[0]
+        if lengths is not None:
+            m_t = rest[0]
+            new_leaves = [torch.where(m_t, a, b) for a, b in zip(new_leaves, old)]
+            y = torch.where(m_t, y, y.new_zeros(()))
+        return _unaliased(new_leaves, carry, y)
+
+    final, ys = hop_scan(body, tuple(t.contiguous() for t in leaves), tuple(seq))
+    return ys, tree_unflatten(list(final), spec)
+
+
+def _unaliased(
+    new: list[Tensor], old: tuple[Tensor, ...], y: Tensor
+) -> tuple[tuple[Tensor, ...], Tensor]:
+    """A scan step's outputs as tensors of their own: the operator's rule is that its
+    outputs alias neither its inputs nor each other, and its backward saves the step's
+    intermediates beside them (a new state that is also an intermediate, as a layer's
+    ``h`` that is the next layer's input, would be output twice), so each is a copy."""
+    return tuple(t.clone() for t in new), y.clone()

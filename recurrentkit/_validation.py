@@ -96,7 +96,10 @@ def factory_kwargs(device: object, dtype: object) -> dict[str, Any]:
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """An integer (not a bool) ``>= minimum``."""
+    """An integer (not a bool) ``>= minimum``; a symbolic size (``torch.SymInt``, while
+    ``torch.export`` traces with dynamic shapes) passes as it is."""
+    if isinstance(value, torch.SymInt):
+        return cast(int, value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputTypeError(name, f"an int >= {minimum}", describe(value))
     if value < minimum:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from recurrentkit import state as rstate
-from recurrentkit._scan import length_mask
+from recurrentkit._scan import Restart, length_mask, traced
 from recurrentkit._validation import (
     check_choice,
     check_int,
@@ -35,8 +35,15 @@ from recurrentkit._validation import (
     zip_state,
 )
 from recurrentkit.cells.protocol import Cell, CellState, StackState
-from recurrentkit.errors import ConfigError, DeviceError, InputTypeError, ShapeError, StateError
-from recurrentkit.executors.fast import FastExecutor, step_layers
+from recurrentkit.errors import (
+    ConfigError,
+    DeviceError,
+    InputTypeError,
+    ShapeError,
+    StateError,
+    UnsupportedError,
+)
+from recurrentkit.executors.fast import FastExecutor, scan_policy, step_layers
 from recurrentkit.executors.packing import schedule_packed
 from recurrentkit.executors.plans import Explanation
 from recurrentkit.executors.reference import ReferenceExecutor
@@ -270,6 +277,7 @@ class Stack(nn.Module):
         :meth:`explain`, plan ``"empty_batch"``). An empty sequence (``T = 0``) is a
         :class:`~recurrentkit.ShapeError`.
         """
+        _refuse_jit_trace()
         if state is not None and not self.routing.causal and not torch.compiler.is_compiling():
             warnings.warn(
                 f"routing {self.routing.name!r} is not causal: a sequence run in chunks with "
@@ -347,6 +355,7 @@ class Stack(nn.Module):
             and device, the next step skips checking it again (sampling loops pay
             for validation once).
         """
+        _refuse_jit_trace()
         if reset is not None:
             return self._step_reset(x_t, state, reset)
         stamp = _stamp(self, x_t)
@@ -405,8 +414,24 @@ class Stack(nn.Module):
     def _run_resets(
         self, x_tm: Tensor, states: tuple[Any, ...], lengths: Tensor | None, mask: Tensor
     ) -> tuple[Tensor, tuple[Any, ...]]:
-        """A run with ``resets`` (``mask (T, B)``, on the CPU): see :func:`run_segments`."""
+        """A run with ``resets`` (``mask (T, B)``, on the CPU): see :func:`run_segments`;
+        while ``torch.compile`` or ``torch.export`` traces, the mask inside the traced
+        time loop instead (:class:`~recurrentkit._scan.Restart`: no shapes that depend on
+        values)."""
         init = self.initial_state(1, device=x_tm.device, dtype=x_tm.dtype)
+        if traced():
+            if not self.routing.causal:
+                raise UnsupportedError(
+                    "resets",
+                    "a causal routing policy while torch.compile or torch.export traces (a "
+                    "traced loop restarts each layer from its initial state; a non-causal "
+                    "policy's layers start from the layer below's state at each segment's "
+                    "end): call the stack eagerly, or split the sequence at its resets",
+                    f"routing {self.routing.name!r}",
+                )
+            layers = self._make_executor()
+            layers.restart = Restart(mask.to(x_tm.device), init)
+            return self._run(x_tm, states, lengths, layers)
 
         def run(
             x: Tensor, s: tuple[Any, ...], seg_lengths: Tensor | None
@@ -639,6 +664,8 @@ class Stack(nn.Module):
         layers = layers if layers is not None else self._make_executor()
         if isinstance(layers, FastExecutor):
             out, states = layers.run(self.routing, x_tm, states, lengths)
+        elif traced():  # the reference's loop as torch's scan operator
+            out, states = scan_policy(self.routing, layers, x_tm, states, lengths)
         else:
             out, states = self.routing.run(layers, x_tm, states, lengths)
         return out, _owned(states)
@@ -980,6 +1007,19 @@ def _kernel_lstm(device: torch.device, lengths: Tensor | None) -> bool:
     measured on the segments of ``benchmarks/state_bench.py`` (1 thread, a loaded
     2-core machine), the kernel took 0.80-0.88 of that op's time."""
     return lengths is not None and device.type == "cpu"
+
+
+def _refuse_jit_trace() -> None:
+    """Refuse ``torch.jit.trace``: a trace records one batch size and one length and
+    replays them for any input; ``torch.export`` records the time loop instead."""
+    if torch.jit.is_tracing():
+        raise UnsupportedError(
+            "torch.jit.trace",
+            "torch.export.export(stack.eval(), (x,), dynamic_shapes=...) (a trace would "
+            "freeze the batch size and the length into the graph; torch.export keeps "
+            "both dynamic: see the Deploy guide)",
+            "torch.jit.trace of a Stack",
+        )
 
 
 def _none_of(states: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from recurrentkit import scan as linear_scan
-from recurrentkit._scan import length_mask, scan
+from recurrentkit._scan import Restart, length_mask, scan, scan_op, traced
 from recurrentkit._validation import map_state
 from recurrentkit.cells import GRUCell, LSTMCell, RNNCell, scans_linearly
 from recurrentkit.executors import plans
@@ -50,7 +50,7 @@ from recurrentkit.executors.torch_ops import (
 from recurrentkit.routing.base import RoutingPolicy, state_h
 from recurrentkit.routing.cross_layer import CrossLayer
 
-__all__ = ["FastExecutor", "plain_mode", "step_layers"]
+__all__ = ["FastExecutor", "plain_mode", "scan_policy", "scans_layers", "step_layers"]
 
 
 def plain_mode() -> bool:
@@ -150,6 +150,9 @@ class FastExecutor:
         self.training = training
         self.reference = ReferenceExecutor(cells, dropout, training)
         self.plain = plain_mode()
+        self.traced = traced()
+        self.restart: Restart | None = None  # traced resets (set by the Stack)
+        self.scanning = False  # inside the "scan" plan: layers run as torch's scan
         self.kernels: list[CellKernel | None] = [kernel_for(c) for c in cells]
         self.steppers: list[CellKernel | None] = [
             k if k is not None else split_kernel_for(c) for k, c in zip(self.kernels, cells)
@@ -266,7 +269,11 @@ class FastExecutor:
         whole = choose(plans.WHOLE_RUN, self, policy, lengths)
         why = whole.why if not packed else f"packed input padded; {whole.why}"
         layers = None
-        if whole.name in ("one_layer", "layer_by_layer"):
+        if whole.name == "scan":
+            layers = tuple(choose(plans.STEP, self, k).name for k in range(L))
+            if scans_layers(policy):
+                layers = ("scan",) * L
+        elif whole.name in ("one_layer", "layer_by_layer"):
             layers = tuple(self._layer_plan(k, steps, lengths) for k in range(L))
         elif whole.name == "layers_on_rows":
             layers = tuple("torch_op" if m else "kernel" for m in self.modes)
@@ -327,6 +334,38 @@ class FastExecutor:
         return mode is not None and (mode != "LSTM" or not self.cells[layer].proj_size)
 
     # -- the runners -----------------------------------------------------------------
+
+    def run_scan(
+        self,
+        policy: RoutingPolicy,
+        x: Tensor,
+        states: tuple[Any, ...],
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """The time loop as torch's ``scan`` operator (:func:`~recurrentkit._scan.scan_op`),
+        for ``torch.compile`` and ``torch.export``: :func:`scan_policy` with layer 1's
+        input projection hoisted out of the loop (and each layer's, where the policy's
+        layers are scanned in turn: :meth:`scan_layer`). ``lengths`` and :attr:`restart`
+        (resets) are masks inside the step."""
+        if scans_layers(policy):
+            self.scanning = True
+            try:
+                return policy.run(self, x, states, lengths)
+            finally:
+                self.scanning = False
+        return scan_policy(policy, self, x, states, lengths, hoist=self.steppers[0])
+
+    def scan_layer(
+        self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
+        """Layer ``layer`` over ``x (T, B, I)`` as torch's ``scan`` operator: its input
+        projection over the whole sequence first where it has a kernel or split step."""
+        kern, cell = self.steppers[layer], self.cells[layer]
+        restart = None if self.restart is None else self.restart.layer(layer)
+        if kern is None:
+            return scan_op(self.reference.cell_step(layer), (x,), state, lengths, restart)
+        gi = _project_all(kern, cell, x)  # (T, B, G)
+        return scan_op(lambda gi_t, s: kern.step(cell, gi_t, s), (gi,), state, lengths, restart)
 
     def run_one_layer(
         self, x: Tensor, states: tuple[Any, ...], lengths: Tensor | None
@@ -564,6 +603,111 @@ class FastExecutor:
         if kern is None:
             return ()
         return kern.project(self.cells[0], x).split(sizes)
+
+
+def scans_layers(policy: RoutingPolicy) -> bool:
+    """Whether a traced run of ``policy`` scans each layer in turn (its own ``run``): a
+    policy that is not causal (``handoff``: a layer starts from the final state of the
+    one below) or defines no ``step``. Every other policy runs as *one* scan of its
+    ``step`` over all layers, layer-major or not (a causal policy's step is its run, one
+    step at a time): one scan operator per stack, which torch 2.13's inductor needs for
+    correct gradients (it corrupts the backward of a graph with two or more scans,
+    pytorch#153679, unless ``torch._functorch.config.donated_buffer = False``)."""
+    return not policy.causal or type(policy).step is RoutingPolicy.step
+
+
+def scan_policy(
+    policy: RoutingPolicy,
+    executor: Any,
+    x: Tensor,
+    states: tuple[Any, ...],
+    lengths: Tensor | None,
+    *,
+    hoist: CellKernel | None = None,
+) -> tuple[Tensor, tuple[Any, ...]]:
+    """``policy`` over ``x (T, B, I)`` on ``executor`` while tracing: one scan of its
+    ``step`` (see :func:`scans_layers`), or its own ``run`` (each layer a scan).
+
+    In the scan, layer 1's projection comes from ``hoist`` (its kernel) over the whole
+    sequence, and inter-layer dropout masks are drawn for the whole sequence before the
+    loop (where the cells declare ``output_size``; else each step draws its own), so
+    the scanned step holds no random op and no dropout probability.
+    """
+    if scans_layers(policy):
+        return policy.run(executor, x, states, lengths)
+    seqs = [x]
+    if hoist is not None:
+        seqs.append(_project_all(hoist, executor.cells[0], x))  # (T, B, G)
+    masks = _drop_masks(executor, x)
+    seqs += masks or []
+
+    def step(x_t: Tensor, *rest: Any) -> tuple[Tensor, tuple[Any, ...]]:
+        *inputs, s = rest  # (a view per step: no executor attribute changes inside)
+        gi_t = inputs.pop(0) if hoist is not None else None
+        view = _ScanStep(executor, x_t, gi_t, hoist, inputs if masks is not None else None)
+        return policy.step(view, x_t, s)
+
+    return scan_op(step, tuple(seqs), states, lengths, executor.restart)
+
+
+def _drop_masks(executor: Any, x: Tensor) -> list[Tensor] | None:
+    """Inter-layer dropout masks ``(T, B, O_l)`` for every layer below the top, drawn
+    as ``F.dropout`` of ones (scaled by ``1 / (1 - p)``); ``[]`` where dropout is off;
+    ``None`` where a cell does not declare ``output_size`` (each step draws its own)."""
+    cells, p = executor.cells, executor.dropout
+    if not executor.training or p == 0 or len(cells) == 1:
+        return []
+    widths: list[int] = []
+    for cell in cells[:-1]:
+        width = getattr(cell, "output_size", None)
+        if not isinstance(width, int):
+            return None
+        widths.append(width)
+    T, B = x.shape[0], x.shape[1]
+    return [F.dropout(x.new_ones(T, B, w), p, training=True) for w in widths]
+
+
+class _ScanStep:
+    """An :class:`~recurrentkit.routing.Executor` for one traced step of a policy:
+    ``executor``'s, except that layer 1 on the step's input ``x_t`` steps from ``gi_t``
+    (its projection, computed for the whole sequence before the loop) and that dropout
+    multiplies by the step's ``masks`` (drawn before the loop) where they are given."""
+
+    def __init__(
+        self,
+        executor: Any,
+        x_t: Tensor,
+        gi_t: Tensor | None,
+        kern: CellKernel | None,
+        masks: list[Tensor] | None,
+    ) -> None:
+        self.executor, self.x_t, self.gi_t, self.kern = executor, x_t, gi_t, kern
+        self.masks = masks
+        self.cells, self.training = executor.cells, executor.training
+        self.restart = executor.restart
+
+    def cell(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        if layer == 0 and x is self.x_t and self.kern is not None and self.gi_t is not None:
+            return self.kern.step(self.cells[0], self.gi_t, state)
+        out: tuple[Tensor, Any] = self.executor.cell(layer, x, state)
+        return out
+
+    def drop(self, layer: int, y: Tensor) -> Tensor:
+        if self.masks is None:
+            out: Tensor = self.executor.drop(layer, y)
+            return out
+        return y * self.masks[layer] if layer < len(self.masks) else y
+
+    def run_layer(
+        self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
+        out: tuple[Tensor, Any] = self.executor.run_layer(layer, x, state, lengths)
+        return out
+
+
+def _project_all(kern: CellKernel, cell: nn.Module, x: Tensor) -> Tensor:
+    """``kern``'s input projection of a whole sequence ``x (T, B, I)`` → ``(T, B, G)``."""
+    return kern.project(cell, x.flatten(0, 1)).unflatten(0, (x.shape[0], x.shape[1]))
 
 
 def step_loop(

@@ -114,6 +114,15 @@ def _overrides_run(policy: RoutingPolicy) -> bool:
 
 WHOLE_RUN: tuple[Plan, ...] = (
     Plan(
+        "scan",
+        lambda ex, policy, lengths: ex.traced,
+        lambda ex, policy, x, states, lengths: ex.run_scan(policy, x, states, lengths),
+        "torch.compile or torch.export tracing: the time loop as torch's scan operator (one "
+        "traced step for any length; lengths and resets as masks in the step): one scan of "
+        "the policy's step over all layers, layer 1's projection hoisted; a policy that is "
+        "not causal or has no step: its run, each layer scanned in turn",
+    ),
+    Plan(
         "traced_with_lengths",
         lambda ex, policy, lengths: ex.plain and lengths is not None,
         lambda ex, policy, x, states, lengths: policy.run(ex.reference, x, states, lengths),
@@ -224,6 +233,13 @@ PACKED: tuple[Plan, ...] = (
 #    lengths) ---------------------------------------------------------------------------------
 
 LAYER: tuple[Plan, ...] = (
+    Plan(
+        "scan",
+        lambda ex, layer, steps, lengths: ex.scanning,
+        lambda ex, layer, x, state, lengths: ex.scan_layer(layer, x, state, lengths),
+        "under the whole run's scan plan: torch's scan operator over the layer's step on "
+        "its projected input (the projection over the whole sequence first)",
+    ),
     Plan(
         "one_step",
         lambda ex, layer, steps, lengths: (

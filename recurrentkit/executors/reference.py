@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from recurrentkit._scan import scan
+from recurrentkit._scan import Restart, scan
 from recurrentkit.cells.protocol import CellBase
 
 __all__ = ["ReferenceExecutor"]
@@ -29,6 +29,11 @@ class ReferenceExecutor:
         self.training = training
         # Built-in cells were checked at the Stack's boundary: call their equations.
         self._steps = [c._step if isinstance(c, CellBase) else c for c in cells]
+        self.restart: Restart | None = None  # traced resets (set by the Stack)
+
+    def cell_step(self, layer: int) -> Any:
+        """Layer ``layer``'s step function ``(x, state) -> (y, state)``."""
+        return self._steps[layer]
 
     def cell(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         return self._steps[layer](x, state)
@@ -41,4 +46,5 @@ class ReferenceExecutor:
     def run_layer(
         self, layer: int, x: Tensor, state: Any, lengths: Tensor | None
     ) -> tuple[Tensor, Any]:
-        return scan(self._steps[layer], x, state, lengths)
+        restart = None if self.restart is None else self.restart.layer(layer)
+        return scan(self._steps[layer], x, state, lengths, restart)

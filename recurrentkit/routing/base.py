@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol
 
 from torch import Tensor, nn
 
-from recurrentkit._scan import scan
+from recurrentkit._scan import Restart, scan
 from recurrentkit.errors import ConfigError
 
 __all__ = ["Executor", "RoutingPolicy", "state_h", "with_state_h"]
@@ -48,6 +48,13 @@ class Executor(Protocol):
     @property
     def training(self) -> bool:
         """Whether the stack is in training mode."""
+        ...
+
+    @property
+    def restart(self) -> Restart | None:
+        """Resets while ``torch.compile``/``torch.export`` traces: ``mask (T, B)`` and
+        the per-layer initial states (batch 1) that replace the rows' states before the
+        steps where the mask holds (inside the traced loop); ``None`` otherwise."""
         ...
 
     def cell(self, layer: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
@@ -145,7 +152,9 @@ class RoutingPolicy(nn.Module):
         The default loops :meth:`step` over time. With ``lengths (B,)``, a sequence's
         states stop changing after its last step and its outputs past the end are zero.
         """
-        return scan(lambda x_t, s: self.step(executor, x_t, s), x, states, lengths)
+        return scan(
+            lambda x_t, s: self.step(executor, x_t, s), x, states, lengths, executor.restart
+        )
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, causal={self.causal}"

@@ -34,6 +34,11 @@ CELLS: dict[str, Callable[[int, int], nn.Module]] = {
     "lstm_proj": lambda i, h: rk.LSTMCell(i, h + 2, proj_size=h),
     "nested": lambda i, h: rk.NestedLSTMCell(i, h),
     "nested3": lambda i, h: rk.NestedLSTMCell(i, h, depth=3),
+    "mgu": lambda i, h: rk.cells.MGUCell(i, h),
+    "coupled": lambda i, h: rk.cells.CoupledLSTMCell(i, h),
+    "indrnn": lambda i, h: rk.cells.IndRNNCell(i, h),
+    "ln_gru": lambda i, h: rk.cells.LayerNormGRUCell(i, h),
+    "ln_lstm": lambda i, h: rk.cells.LayerNormLSTMCell(i, h),
 }
 
 
@@ -130,10 +135,13 @@ def same_run(
     state: Any,
     lengths: Tensor | None = None,
     tol: float = TOL,
+    resets: Tensor | None = None,
 ) -> None:
     """``fast`` and ``ref`` agree: outputs, final states, and every gradient."""
     getattr(fast, "_orig_mod", fast).load_state_dict(ref.state_dict())  # (compiled: its module)
-    kw = {} if lengths is None else {"lengths": lengths}
+    kw: dict[str, Tensor] = {} if lengths is None else {"lengths": lengths}
+    if resets is not None:
+        kw["resets"] = resets
     y_ref, s_ref = ref(x, state, **kw)
     y_fast, s_fast = fast(x, state, **kw)
     outs_ref, outs_fast = [y_ref, *flat(s_ref)], [y_fast, *flat(s_fast)]

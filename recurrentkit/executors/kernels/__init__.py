@@ -19,7 +19,7 @@ from torch import nn
 from recurrentkit.cells.gru import GRUCell
 from recurrentkit.cells.lstm import LSTMCell
 from recurrentkit.cells.nested_lstm import NestedLSTMCell
-from recurrentkit.cells.protocol import splits_step
+from recurrentkit.cells.protocol import splits_step, takes_linear
 from recurrentkit.cells.rnn import RNNCell
 from recurrentkit.executors.kernels.base import CellKernel
 from recurrentkit.executors.kernels.gru import GRUKernel
@@ -56,5 +56,10 @@ _SPLIT = SplitKernel()
 
 def split_kernel_for(cell: nn.Module) -> CellKernel | None:
     """For a cell without a built-in kernel: the adapter of its split step, or ``None``
-    (the cell's own call, on the reference loop)."""
-    return _SPLIT if splits_step(cell) else None
+    (the cell's own call, on the reference loop). Asks :func:`takes_linear` once here,
+    so that its cache is filled before any step runs (a cache write inside a step that
+    ``torch.compile`` traces as a scan would be a side effect the scan refuses)."""
+    if not splits_step(cell):
+        return None
+    takes_linear(cell)
+    return _SPLIT
