@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from recurrentkit._validation import zip_state
+from recurrentkit.errors import UnsupportedError
 
 S = TypeVar("S")
 
@@ -112,10 +113,21 @@ def scan_op(
 
     Returns:
         ``(outputs (T, B, O), final_state)``.
+
+    Raises:
+        UnsupportedError: a complex state (the LRU's): torch 2.13's ``scan`` operator
+            does not trace it; such a stack runs eagerly only.
     """
     from torch._higher_order_ops.scan import scan as hop_scan
 
     leaves, spec = tree_flatten(state)
+    if any(leaf.is_complex() for leaf in leaves):
+        raise UnsupportedError(
+            "state",
+            "real states while torch.compile or torch.export traces (torch's scan operator "
+            "does not trace complex carries in torch 2.13): run this stack eagerly",
+            "a complex state (e.g. LRUCell's)",
+        )
     steps = xs[0].shape[0]
     seq = list(xs)
     n = len(seq)

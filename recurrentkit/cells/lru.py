@@ -153,9 +153,10 @@ class LRUCell(LinearCellBase):
         """``a = λ (N,)`` (broadcast), ``b = γ ⊙ B x`` ``(..., N)`` complex."""
         N = self.state_size
         pairs = gi.split([2 * N, self.hidden_size], dim=-1)[0].unflatten(-1, (N, 2))
-        if all(st % 2 == 0 for st in pairs.stride()[:-1]) and pairs.storage_offset() % 2 == 0:
+        viewable = all(st % 2 == 0 for st in pairs.stride()[:-1])
+        if not torch.compiler.is_compiling() and viewable and pairs.storage_offset() % 2 == 0:
             b = torch.view_as_complex(pairs)  # a view: nothing copied, nothing kept
-        else:  # (an odd row stride, 2N + H odd)
+        else:  # (an odd row stride, 2N + H odd; or traced, where strides are symbolic)
             b = torch.complex(pairs[..., 0], pairs[..., 1])
         return self._scaled()[0], b
 
@@ -167,15 +168,19 @@ class LRUCell(LinearCellBase):
         keep = not (
             torch.is_grad_enabled()
             or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()
             or torch._C._are_functorch_transforms_active()
         )
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params) if keep else None
+        if not keep:  # (a traced call must not write the module: no side effects)
+            lam, gamma = self.decay()
+            return lam, self.weight_ih * gamma.repeat_interleave(2)[:, None]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         cached = self.__dict__.get("_scaled_cache")
-        if key is not None and cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == key:
             return cached[1]
         lam, gamma = self.decay()
         out = (lam, self.weight_ih * gamma.repeat_interleave(2)[:, None])  # (N,), (2N, I)
-        self.__dict__["_scaled_cache"] = (key, out) if key is not None else None
+        self.__dict__["_scaled_cache"] = (key, out)
         return out
 
     def linear_output(self, h: Tensor, gi: Tensor) -> Tensor:
