@@ -219,7 +219,7 @@ def test_cuda_without_a_gpu_is_a_one_line_error(
 # -- the committed reports --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", ["quick", "backbones", "seed/merged"])
+@pytest.mark.parametrize("run", ["quick", "backbones", "seed/merged", "gamma"])
 def test_the_committed_reports_are_what_the_renderer_makes(run: str) -> None:
     """docs/study/<run>/results.md is the rendering of the results.json beside it."""
     folder = ROOT / "docs" / "study" / run
