@@ -4,14 +4,18 @@ For ``GRU`` and ``LSTM`` of one size (default β: input 96, hidden 256, 2 layers
 drop-in is written once with :func:`recurrentkit.export.onnx` (time and batch free) and
 run by onnxruntime at ``T`` = 16 and 256, ``B`` = 1 and 64, inference only, against eager
 ``nn.GRU``/``nn.LSTM`` with the same weights under ``torch.no_grad()`` (and the eager
-drop-in, for reference). Each ratio is onnxruntime's median time over eager torch.nn's,
-timed in one process, alternately: every round runs every job once, in a shuffled order;
-each timing repeats the job's call for about ``--call-ms`` (a sub-millisecond call timed
-alone on a busy machine measures the scheduler), and the table gives ms per call.
+drop-in, for reference). The kinds ``shared`` and ``cross_layer`` are GRU-cell
+:class:`~recurrentkit.Stack` s of the same size under that policy, exported the same way
+(their time loop becomes an ONNX ``Scan``) and compared with the eager stack itself.
+Each ratio is onnxruntime's median time over the eager baseline's, timed in one process,
+alternately: every round runs every job once, in a shuffled order; each timing repeats
+the job's call for about ``--call-ms`` (a sub-millisecond call timed alone on a busy
+machine measures the scheduler), and the table gives ms per call.
 
 Every row runs at torch's default thread count (``torch.get_num_threads()`` at the start)
 and at one thread, onnxruntime's ``intra_op_num_threads`` set to the same count (and
-``inter_op_num_threads`` to 1). The issue's goal is a ratio <= 1.0.
+``inter_op_num_threads`` to 1). The issue's goals: onnxruntime / eager torch.nn <= 1.0 for
+the drop-ins; onnxruntime / eager recurrentkit <= 1.5 for the stacks.
 
     python benchmarks/onnx_bench.py [--sizes beta,gamma] [--rounds 11] [--call-ms 30]
         [--threads default,1]
@@ -39,15 +43,25 @@ import recurrentkit as rk
 SIZES = {"alpha": (64, 128, 1), "beta": (96, 256, 2), "gamma": (128, 512, 3)}
 LENGTHS, BATCHES = (16, 256), (1, 64)
 KINDS = {"GRU": (nn.GRU, rk.GRU), "LSTM": (nn.LSTM, rk.LSTM)}
+STACKS = ("shared", "cross_layer")  # GRU-cell stacks under these policies
 
 
-def build(kind: str, size: tuple[int, int, int], folder: Path) -> tuple[nn.Module, nn.Module, Path]:
-    """``(nn module, drop-in with its weights, the drop-in's .onnx)``, all in eval mode."""
+def build(
+    kind: str, size: tuple[int, int, int], folder: Path
+) -> tuple[nn.Module | None, nn.Module, Path]:
+    """``(nn module, drop-in with its weights, the drop-in's .onnx)``, all in eval mode; for
+    a stack kind ``(None, the stack, its .onnx)``."""
     E, H, L = size
     torch.manual_seed(0)
-    theirs, ours_cls = KINDS[kind]
-    reference = theirs(E, H, L).eval()
-    ours = ours_cls.from_torch(reference).eval()
+    reference: nn.Module | None = None
+    if kind in STACKS:
+        ours: nn.Module = rk.Stack(
+            [rk.GRUCell(E if i == 0 else H, H) for i in range(L)], kind
+        ).eval()
+    else:
+        theirs, ours_cls = KINDS[kind]
+        reference = theirs(E, H, L).eval()
+        ours = ours_cls.from_torch(reference).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = rk.export.onnx(ours, torch.randn(5, 2, E), folder / f"{kind}.onnx")
@@ -64,9 +78,10 @@ def session(path: Path, threads: int) -> Any:
 
 
 def jobs_for(
-    reference: nn.Module, ours: nn.Module, run: Any, x: torch.Tensor
+    reference: nn.Module | None, ours: nn.Module, run: Any, x: torch.Tensor
 ) -> dict[str, Callable[[], None]]:
-    feed = {"input": x.numpy()}
+    """The timed calls: ``nn`` (absent for a stack), ``rk`` and ``ort``."""
+    feed = {run.get_inputs()[0].name: x.numpy()}  # "input" (drop-ins) or "x" (Stack)
 
     def eager(module: nn.Module) -> Callable[[], None]:
         def job() -> None:
@@ -75,7 +90,8 @@ def jobs_for(
 
         return job
 
-    return {"nn": eager(reference), "rk": eager(ours), "ort": lambda: run.run(None, feed)}
+    jobs = {"nn": eager(reference)} if reference is not None else {}
+    return {**jobs, "rk": eager(ours), "ort": lambda: run.run(None, feed)}
 
 
 def batched(jobs: dict[str, Callable[[], None]], ms: float) -> dict[str, tuple[int, Callable]]:
@@ -107,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, default threads {default}; ms per call, median of "
         f"{args.rounds} rounds, each timing repeats a call for about {args.call_ms} ms"
     )
-    print("| size | kind | T | B | threads | nn ms | rk eager ms | onnxruntime ms | ort / nn |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| size | kind | T | B | threads | nn ms | rk eager ms | onnxruntime ms | ort / nn "
+        "| ort / rk |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
-        for name, kind in itertools.product(sizes, KINDS):
+        for name, kind in itertools.product(sizes, (*KINDS, *STACKS)):
             size = SIZES[name]
             reference, ours, path = build(kind, size, Path(folder))
             for threads in counts:
@@ -121,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                         jobs = batched(jobs_for(reference, ours, run, x), args.call_ms)
                         total = interleaved({k: j for k, (_, j) in jobs.items()}, args.rounds, 0, T)
                     ms = {k: total[k] / jobs[k][0] for k in jobs}  # per call
-                    cells = [name, kind, T, B, threads, *(f"{ms[k]:.3f}" for k in ms)]
-                    cells.append(f"{ms['ort'] / ms['nn']:.2f}")
+                    nn_ms = f"{ms['nn']:.3f}" if "nn" in ms else "—"
+                    cells = [name, kind, T, B, threads, nn_ms, f"{ms['rk']:.3f}"]
+                    cells.append(f"{ms['ort']:.3f}")
+                    cells.append(f"{ms['ort'] / ms['nn']:.2f}" if "nn" in ms else "—")
+                    cells.append(f"{ms['ort'] / ms['rk']:.2f}")
                     print("| " + " | ".join(map(str, cells)) + " |", flush=True)
     return 0
 

@@ -25,8 +25,12 @@ training mode with dropout traces its plain-op parts instead); :func:`onnx` adds
 mode, the dynamic axes, the checks, the names and an atomic write. Under
 ``torch.export.export`` the drop-ins are one custom op per layer
 (``recurrentkit::gru_layer`` & co.), so the exported program keeps ``T`` and ``B``
-symbolic. Any other module (a :class:`~recurrentkit.Stack`) goes through the same
-exporter and becomes what its forward traces to.
+symbolic. Any other module goes through the same exporter and becomes what its forward
+traces to: a :class:`~recurrentkit.Stack` traces its time loop as torch's ``scan``, which
+becomes one ONNX ``Scan`` node (one step of the whole stack as its body), so it too runs
+at any length and batch size. The export runs under ``torch.no_grad()`` (torch 2.13's
+exporter cannot decompose the scan's autograd split with a free length); call
+``torch.onnx.export`` on a stack directly inside ``torch.no_grad()`` as well.
 
 Needs the ``export`` extra: ``pip install "recurrentkit[export]"`` (onnx, onnxscript,
 onnxruntime).
@@ -43,11 +47,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten_with_path
 
 from recurrentkit._layer_ops import for_onnx
 from recurrentkit._validation import check_bool, describe, shape_str
+from recurrentkit.bidirectional import Bidirectional
 from recurrentkit.errors import ConfigError, InputTypeError, ShapeError, UnsupportedError
 from recurrentkit.nn import RecurrentBase
+from recurrentkit.stack import Stack
 
 __all__ = ["onnx"]
 
@@ -73,8 +80,10 @@ def onnx(
     ``(1, 0)`` if the module has ``batch_first=True``, else ``(0, 1)``; a 2-D input is
     unbatched, ``(T, F)``); in every other tensor argument (``hx``, ``(h_0, c_0)``,
     per-layer states), the batch axis, taken to be its second-to-last (``(D L, B, H)``,
-    ``(B, H)``). The ONNX inputs are named ``input``, ``hx``, ... after the forward's
-    arguments; their free axes ``time`` and ``batch``.
+    ``(B, H)``). The ONNX inputs are named after the forward's arguments (``input``,
+    ``hx`` for a drop-in; ``x``, ``state_0_h``, ... for a stack), their free axes ``time``
+    and ``batch``; the outputs ``output``, ``h_n`` (, ``c_n``) for a drop-in, ``output``
+    and ``final_<layer>_<field>`` for a stack.
 
     Args:
         module: the model; drop-ins inside it become ONNX ``RNN``/``GRU``/``LSTM`` nodes
@@ -95,7 +104,8 @@ def onnx(
         ShapeError: a free axis of size < 2 in the example.
         ConfigError: ``path``'s folder does not exist, or ``path`` is a folder.
         UnsupportedError: onnx or onnxscript is not installed; an LSTM drop-in with
-            ``proj_size`` (ONNX's LSTM has no projection); a free axis that the module's
+            ``proj_size`` (ONNX's LSTM has no projection); a stack of LRU cells (torch's
+            ``scan`` does not trace complex states); a free axis that the module's
             forward fixes ("Constraints violated"; pass ``dynamic_time=False`` or
             ``dynamic_batch=False``).
 
@@ -148,11 +158,12 @@ def onnx(
     module.eval()
     handle, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=target.parent)
     os.close(handle)
-    names = None
-    if isinstance(module, RecurrentBase):
-        names = ["output", "h_n", "c_n"] if module.mode == "LSTM" else ["output", "h_n"]
     try:
-        with warnings.catch_warnings():  # torch's exporter's own deprecations and notes
+        names = _output_names(module, args)
+        # Under no_grad: the exporter's decomposition of torch's scan (the time loop of a
+        # Stack with a free length) otherwise traces the scan's autograd split and stops
+        # on a symbolic size (torch 2.13: "'SymInt' object has no attribute 'unsqueeze'").
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", "The axis name", UserWarning)
             program = torch.onnx.export(
@@ -170,6 +181,24 @@ def onnx(
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
+
+
+def _output_names(module: nn.Module, args: tuple[Any, ...]) -> list[str] | None:
+    """ONNX output names: a drop-in's ``output``, ``h_n`` (, ``c_n``); a stack's (or
+    :class:`~recurrentkit.bidirectional.Bidirectional`'s) ``output`` and one
+    ``final_<layer>_<field>`` per final state field (``final_<direction>_<layer>_<field>``
+    for two directions), found by running the module once on the example; else torch's."""
+    if isinstance(module, RecurrentBase):
+        return ["output", "h_n", "c_n"] if module.mode == "LSTM" else ["output", "h_n"]
+    if not isinstance(module, (Stack, Bidirectional)):
+        return None
+    with torch.no_grad():
+        leaves = tree_flatten_with_path(module(*args))[0]
+    names = ["output"]
+    for path, _ in leaves[1:]:
+        parts = [str(getattr(key, "idx", getattr(key, "name", key))) for key in path[1:]]
+        names.append("_".join(["final", *parts]))
+    return names
 
 
 def _export_program(
@@ -228,7 +257,8 @@ def _dynamic_shapes(
                 )
             return {value.dim() - 2: batch}
         if isinstance(value, (tuple, list)):
-            return type(value)(state_axes(v, f"{where}[{i}]") for i, v in enumerate(value))
+            parts = [state_axes(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
         return None
 
     rest = [state_axes(a, f"example_input[{i}]") for i, a in enumerate(args[1:], 1)]

@@ -769,7 +769,10 @@ class Stack(nn.Module):
         ``unbatched``): a stream of chunks checks each chunk's state against the same
         templates, and making them took a third of the check."""
         key = (tuple(self.cells), B, x.dtype, unbatched)
-        if self._templates is not None and self._templates[0] == key:
+        # a symbolic B (torch.export, torch.compile) is never compared with the kept key:
+        # the comparison would specialise the free batch axis to the last eager call's
+        keep = type(B) is int
+        if keep and self._templates is not None and self._templates[0] == key:
             return self._templates[1]
         templates = []
         for cell in self.cells:
@@ -779,8 +782,9 @@ class Stack(nn.Module):
             if unbatched:
                 template = map_state(lambda t: t[0], template)
             templates.append(template)
-        self._templates = (key, tuple(templates))
-        return self._templates[1]
+        if keep:
+            self._templates = (key, tuple(templates))
+        return tuple(templates)
 
     @property
     def executor(self) -> str:

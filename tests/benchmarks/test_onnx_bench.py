@@ -49,3 +49,16 @@ def test_batched_repeats_each_call_k_times(onnx_bench) -> None:
     assert k > 1 and calls["fast"] == 2  # warmed and timed once
     job()
     assert calls["fast"] == 2 + k
+
+
+@pytest.mark.parametrize("kind", ["shared", "cross_layer"])
+def test_a_stack_kind_is_compared_with_the_eager_stack(onnx_bench, kind, tmp_path) -> None:
+    reference, ours, path = onnx_bench.build(kind, (4, 6, 2), tmp_path)
+    assert reference is None and isinstance(ours, torch.nn.Module)
+    run = onnx_bench.session(path, 1)
+    x = torch.randn(9, 3, 4)
+    got = run.run(None, {"x": x.numpy()})  # a Stack's forward names its input x
+    with torch.no_grad():
+        want = ours(x)[0]
+    torch.testing.assert_close(torch.from_numpy(got[0]), want, rtol=0, atol=1e-5)
+    assert sorted(onnx_bench.jobs_for(reference, ours, run, x)) == ["ort", "rk"]

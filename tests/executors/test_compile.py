@@ -327,6 +327,32 @@ def test_export_with_lengths_and_resets(checks: SimpleNamespace) -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+def test_export_after_an_eager_call_with_a_state_keeps_the_batch_free(
+    checks: SimpleNamespace,
+) -> None:
+    """An eager call with a given state first (as a user does before exporting) must not
+    fix the exported batch axis to that call's batch size."""
+    stack = checks.build("lstm", "shared", "auto", L=2).eval()
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    state = stack.initial_state(2)
+    stack(x, state)  # eager, B = 2
+    B = Dim("B", min=1)
+    shapes = {
+        "x": {0: Dim("T", min=1), 1: B},
+        "state": tuple(type(s)({0: B}, {0: B}) for s in state),
+    }
+    program = torch.export.export(stack, (x, state), dynamic_shapes=shapes).module()
+    for T, rows in ((1, 1), (9, 3)):
+        x = torch.randn(T, rows, 3, dtype=torch.float64)
+        given = tuple(
+            type(s)(*(torch.randn(rows, t.shape[-1], dtype=t.dtype) for t in s)) for s in state
+        )
+        y_ref, s_ref = stack(x, given)
+        y, s = program(x, given)
+        for a, b in zip([y, *flat(s)], [y_ref, *flat(s_ref)]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 # -- TorchScript ---------------------------------------------------------------------------
 
 
