@@ -486,6 +486,10 @@ def compare_reach(
     return text
 
 
+_PLAN_FLAGS = ("--models", "--routing", "--protocol", "--seeds", "--epochs")
+"""Command-line flags that replace part of a preset's plan (the header says so)."""
+
+
 @dataclass(frozen=True)
 class StudyReport:
     """How to render one study's results, and the rendering.
@@ -917,11 +921,19 @@ class StudyReport:
         else:
             title = "# Shared vs layer-wise memory in stacked GRUs — measured\n"
         d = results["data"]
+        words = [w.split("=")[0] for w in str(results["command"]).split()]
+        overrides = [f for f in _PLAN_FLAGS if f in words]
+        preset = (
+            f"Preset: `{results['preset']}`, its plan replaced by the command's "
+            f"{', '.join(f'`{f}`' for f in overrides)}: the runs are those below.  \n"
+            if overrides
+            else f"Preset: `{results['preset']}` — {self.description}.  \n"
+        )
         return [
             title,
             f"Command: `{results['command']}`  \n"
-            f"Preset: `{results['preset']}` — {self.description}.  \n"
-            f"Device: {results['device']}; torch {results['torch']}; "
+            + preset
+            + f"Device: {results['device']}; torch {results['torch']}; "
             f"{results['threads']} CPU thread(s); {results['world_size']} process(es).  \n"
             f"Wall time: {results['wall_seconds']:.0f} s. Data: {d['source']} "
             f"({d['train']} training / {d['val']} validation names, "

@@ -237,6 +237,18 @@ def study_runs() -> list[dict[str, Any]]:
     return runs
 
 
+def test_a_plan_replaced_on_the_command_line_is_not_called_the_preset() -> None:
+    """``--models gamma`` under the default preset: the header names the flags that
+    replaced the preset's plan instead of describing the preset's runs."""
+    command = "python examples/names_memory_ablation.py --models=gamma --routing handoff"
+    md = STUDY.markdown(results(study_runs(), command=command))
+    assert "Preset: `quick` — a study preset." not in md
+    assert (
+        "Preset: `quick`, its plan replaced by the command's `--models`, `--routing`: "
+        "the runs are those below.  \n" in md
+    )
+
+
 def test_the_study_layout_states_the_original_reference_and_the_pad_protocol() -> None:
     md = STUDY.markdown(results(study_runs()))
     assert md.startswith("# Shared vs layer-wise memory in stacked GRUs — measured\n")
