@@ -114,20 +114,31 @@ def scan_op(
     Returns:
         ``(outputs (T, B, O), final_state)``.
 
+    A complex state leaf (the LRU's) is carried as its real and imaginary parts (torch
+    2.13's operator refuses complex carries).
+
     Raises:
-        UnsupportedError: a complex state (the LRU's): torch 2.13's ``scan`` operator
-            does not trace it; such a stack runs eagerly only.
+        UnsupportedError: a complex state traced with gradients enabled (torch 2.13's
+            ``scan`` cannot differentiate complex intermediates): under
+            ``torch.no_grad()``, ``torch.compile`` and ``torch.export`` trace it (run the
+            exported program under ``torch.no_grad()`` too).
     """
     from torch._higher_order_ops.scan import scan as hop_scan
 
     leaves, spec = tree_flatten(state)
-    if any(leaf.is_complex() for leaf in leaves):
+    # torch 2.13's scan refuses complex carries: a complex leaf (the LRU's state) is
+    # carried as its real and imaginary parts, (..., 2), and rebuilt for the step
+    cplx = [leaf.is_complex() for leaf in leaves]
+    if any(cplx) and torch.is_grad_enabled():
         raise UnsupportedError(
             "state",
-            "real states while torch.compile or torch.export traces (torch's scan operator "
-            "does not trace complex carries in torch 2.13): run this stack eagerly",
+            "a real state while torch.compile or torch.export traces with gradients (torch "
+            "2.13's scan "
+            "cannot differentiate complex intermediates): compile or torch.export under "
+            "torch.no_grad()",
             "a complex state (e.g. LRUCell's)",
         )
+    leaves = [_as_real(a) if c else a for a, c in zip(leaves, cplx)]
     steps = xs[0].shape[0]
     seq = list(xs)
     n = len(seq)
@@ -145,8 +156,9 @@ def scan_op(
         if restart is not None:
             r_t = rest.pop()
             now = [torch.where(r_t, i.to(a), a) for i, a in zip(init, old)]
+        now = [torch.complex(a[..., 0], a[..., 1]) if c else a for a, c in zip(now, cplx)]
         y, new = step(*inputs[:n], tree_unflatten(now, spec))
-        new_leaves = tree_flatten(new)[0]
+        new_leaves = [_as_real(a) if c else a for a, c in zip(tree_flatten(new)[0], cplx)]
         if lengths is not None:
             m_t = rest[0]
             new_leaves = [torch.where(m_t, a, b) for a, b in zip(new_leaves, old)]
@@ -154,7 +166,14 @@ def scan_op(
         return _unaliased(new_leaves, carry, y)
 
     final, ys = hop_scan(body, tuple(t.contiguous() for t in leaves), tuple(seq))
-    return ys, tree_unflatten(list(final), spec)
+    out = [torch.complex(a[..., 0], a[..., 1]) if c else a for a, c in zip(final, cplx)]
+    return ys, tree_unflatten(out, spec)
+
+
+def _as_real(t: Tensor) -> Tensor:
+    """A complex tensor as its real and imaginary parts on a last axis of 2 (a copy:
+    ``view_as_real`` would alias, and reads strides a symbolic shape may not have)."""
+    return torch.stack((t.real, t.imag), dim=-1)
 
 
 def _unaliased(

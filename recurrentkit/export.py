@@ -104,8 +104,8 @@ def onnx(
         ShapeError: a free axis of size < 2 in the example.
         ConfigError: ``path``'s folder does not exist, or ``path`` is a folder.
         UnsupportedError: onnx or onnxscript is not installed; an LSTM drop-in with
-            ``proj_size`` (ONNX's LSTM has no projection); a stack of LRU cells (torch's
-            ``scan`` does not trace complex states); a free axis that the module's
+            ``proj_size`` (ONNX's LSTM has no projection); a stack with a complex state
+            (``LRUCell``: ONNX has no complex tensors); a free axis that the module's
             forward fixes ("Constraints violated"; pass ``dynamic_time=False`` or
             ``dynamic_batch=False``).
 
@@ -187,13 +187,20 @@ def _output_names(module: nn.Module, args: tuple[Any, ...]) -> list[str] | None:
     """ONNX output names: a drop-in's ``output``, ``h_n`` (, ``c_n``); a stack's (or
     :class:`~recurrentkit.bidirectional.Bidirectional`'s) ``output`` and one
     ``final_<layer>_<field>`` per final state field (``final_<direction>_<layer>_<field>``
-    for two directions), found by running the module once on the example; else torch's."""
+    for two directions), found by running the module once on the example; else torch's.
+    A complex final state (the LRU's) is an UnsupportedError: ONNX has no complex type."""
     if isinstance(module, RecurrentBase):
         return ["output", "h_n", "c_n"] if module.mode == "LSTM" else ["output", "h_n"]
     if not isinstance(module, (Stack, Bidirectional)):
         return None
     with torch.no_grad():
         leaves = tree_flatten_with_path(module(*args))[0]
+    if any(leaf.is_complex() for _, leaf in leaves if isinstance(leaf, Tensor)):
+        raise UnsupportedError(
+            "module",
+            "real states to export to ONNX (ONNX has no complex tensors; torch.export keeps them)",
+            f"{type(module).__name__} with a complex state (e.g. LRUCell's)",
+        )
     names = ["output"]
     for path, _ in leaves[1:]:
         parts = [str(getattr(key, "idx", getattr(key, "name", key))) for key in path[1:]]

@@ -154,7 +154,8 @@ class LRUCell(LinearCellBase):
         N = self.state_size
         pairs = gi.split([2 * N, self.hidden_size], dim=-1)[0].unflatten(-1, (N, 2))
         viewable = all(st % 2 == 0 for st in pairs.stride()[:-1])
-        if not torch.compiler.is_compiling() and viewable and pairs.storage_offset() % 2 == 0:
+        traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if not traced and viewable and pairs.storage_offset() % 2 == 0:
             b = torch.view_as_complex(pairs)  # a view: nothing copied, nothing kept
         else:  # (an odd row stride, 2N + H odd; or traced, where strides are symbolic)
             b = torch.complex(pairs[..., 0], pairs[..., 1])
@@ -185,9 +186,14 @@ class LRUCell(LinearCellBase):
 
     def linear_output(self, h: Tensor, gi: Tensor) -> Tensor:
         """``Re(C h) + D x`` ``(..., H)`` from the complex state ``h (..., N)``: one
-        product with ``h``'s (real, imaginary) pairs, a view of ``h``."""
+        product with ``h``'s (real, imaginary) pairs, a view of ``h`` (a copy while
+        traced: torch 2.13's functionalisation cannot differentiate the view)."""
         skip = gi.split([2 * self.state_size, self.hidden_size], dim=-1)[1]
-        return F.linear(torch.view_as_real(h).flatten(-2), self.weight_out) + skip
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            pairs = torch.stack((h.real, h.imag), dim=-1)
+        else:
+            pairs = torch.view_as_real(h)
+        return F.linear(pairs.flatten(-2), self.weight_out) + skip
 
     def _zero_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Complex zeros ``(B, N)``."""
