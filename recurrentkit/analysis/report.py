@@ -487,11 +487,8 @@ def plot_comparison(
     wide = 2.5 if n > LEGEND_INSIDE else 0.0
     far = next(iter(analyses.values())).decay.far
     fig = Figure(figsize=(6.0 + wide, 4.0), layout="constrained")
-    plot_decay(
-        {name: a.decay for name, a in analyses.items()},
-        title=f"{prefix}connectivity by distance (far share: d ≥ {far})",
-        ax=fig.add_subplot(),
-    )
+    plot_decay({name: a.decay for name, a in analyses.items()}, ax=fig.add_subplot())
+    fig.suptitle(f"{prefix}connectivity by distance (far share: d ≥ {far})")  # over the legend
     fig.savefig(out / files[1], dpi=150)
 
     k_max = max(next(iter(analyses.values())).context.k)
