@@ -71,7 +71,6 @@ __all__ = [
     "BACKBONES",
     "FAR",
     "LIBRARY_CELLS",
-    "MATCH_TOLERANCE",
     "MAX_LEN",
     "ORIGINAL",
     "PAD_GRAD_BATCH",
@@ -188,8 +187,6 @@ BACKBONES = (
     "lru",
 )  # fmt: skip
 """The backbones preset's models, one per library cell, in its tables' order."""
-MATCH_TOLERANCE = 0.01
-"""How far a backbone's parameter count may lie from the GRU's (relative)."""
 LIBRARY_CELLS: dict[str, Any] = {
     "gru": rk.GRUCell,
     "lstm": rk.LSTMCell,
