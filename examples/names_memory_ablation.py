@@ -8,8 +8,10 @@ optimisers, sampling) and measures what it never did: step-wise vs teacher-force
 validation loss, runaway rate, diversity, repetition, novelty, and the flaw of its
 PAD-start protocol, over several seeds; and, with `recurrentkit.analysis`, how far back
 each model reaches (gradient connectivity) and how its accuracy grows with context. The
-``backbones`` preset turns the same measurements on GRU, LSTM and Nested LSTM stacks of
-matched size (Madsen's "Visualizing memorization in RNNs" comparison, on the names).
+``backbones`` preset turns the same measurements on every cell of the library (GRU, LSTM,
+Nested LSTM, MGU, CIFG LSTM, IndRNN, layer-normalised GRU and LSTM, minGRU, minLSTM, LRU),
+2-layer stacks within 1% of the GRU's parameter count (Madsen's "Visualizing memorization
+in RNNs" comparison, on the names, extended).
 
 This script is the study's command line; what it runs (models, presets, the run loop,
 the results files) is package code, `recurrentkit.study.ablation`. Run

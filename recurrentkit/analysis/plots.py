@@ -147,7 +147,7 @@ def plot_decay(
     if max_distance is not None:
         check_int("max_distance", max_distance, minimum=0)
     fig, ax = _figure(ax, (6.0, 4.0))
-    for name, value in decays.items():
+    for i, (name, value) in enumerate(decays.items()):
         label = str(name)
         if isinstance(value, ConnectivityDecay):
             curve = value.curve
@@ -167,13 +167,13 @@ def plot_decay(
         y = curve.detach().to("cpu", torch.float64)
         if max_distance is not None:
             y = y[: max_distance + 1]
-        ax.plot(range(len(y)), y.numpy(), marker="o", markersize=3, label=label)
+        ax.plot(range(len(y)), y.numpy(), marker="o", markersize=3, label=label, **_style(i))
     ax.set_xlabel("distance t - s")
     ax.set_ylabel("mean share of connectivity")
     if log_scale:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend(ax, len(decays))
     if title:
         ax.set_title(title)
     return _save(fig, path)
@@ -207,19 +207,40 @@ def plot_context_accuracy(
     if not isinstance(results, Mapping) or not results:
         raise ConfigError("results", "a non-empty mapping of name to ContextAccuracy", results)
     fig, ax = _figure(ax, (6.0, 4.0))
-    for name, res in results.items():
+    for i, (name, res) in enumerate(results.items()):
         if not isinstance(res, ContextAccuracy):
             raise InputTypeError(f"results[{name!r}]", "a ContextAccuracy", describe(res))
         acc = res.at(k)
-        ax.plot(res.positions.numpy(), acc.numpy(), marker="o", markersize=3, label=str(name))
+        ax.plot(
+            res.positions.numpy(), acc.numpy(), marker="o", markersize=3, label=str(name),
+            **_style(i),
+        )  # fmt: skip
     ax.set_xlabel("characters of the name seen")
     ax.set_ylabel(f"top-{k} accuracy")
     ax.set_ylim(0.0, 1.0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend(ax, len(results))
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+_LINESTYLES = ("-", "--", ":", "-.")
+LEGEND_INSIDE = 6
+"""Curves on one axis up to which the legend sits inside the axes; beyond, to their right."""
+
+
+def _style(i: int) -> dict[str, Any]:
+    """The ``i``-th curve's colour and line style: the ten default colours, then the same
+    colours dashed, dotted, ... so that no two of up to 40 curves look alike."""
+    return {"color": f"C{i % 10}", "linestyle": _LINESTYLES[(i // 10) % len(_LINESTYLES)]}
+
+
+def _legend(ax: Axes, n: int) -> None:
+    if n <= LEGEND_INSIDE:
+        ax.legend()
+    else:  # many curves: beside the axes, so that the legend hides none of them
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
 
 
 def _labels(name: str, labels: object, T: int) -> list[str]:

@@ -29,7 +29,12 @@ from recurrentkit.analysis._model import check_ids
 from recurrentkit.analysis.context import ContextAccuracy, context_accuracy
 from recurrentkit.analysis.decay import ConnectivityDecay, connectivity_decay
 from recurrentkit.analysis.gradients import REDUCTIONS, connectivity
-from recurrentkit.analysis.plots import plot_connectivity, plot_context_accuracy, plot_decay
+from recurrentkit.analysis.plots import (
+    LEGEND_INSIDE,
+    plot_connectivity,
+    plot_context_accuracy,
+    plot_decay,
+)
 from recurrentkit.errors import ConfigError, InputTypeError, ShapeError
 
 __all__ = [
@@ -410,6 +415,10 @@ def analysis_tables(
     return "\n".join([*decay, "", *accuracy])
 
 
+COMPARISON_COLUMNS = 4
+"""Heatmap panels per row in [`plot_comparison`][recurrentkit.analysis.plot_comparison]."""
+
+
 def plot_comparison(
     analyses: Mapping[str, RunAnalysis],
     directory: str | os.PathLike[str],
@@ -421,11 +430,13 @@ def plot_comparison(
 
     Writes, in ``directory``:
 
-    - ``connectivity_<stem>.png``: one heatmap panel per run
+    - ``connectivity_<stem>.png``: one heatmap panel per run, at most
+      ``COMPARISON_COLUMNS`` (4) a row
       ([`plot_connectivity`][recurrentkit.analysis.plot_connectivity] of its example row;
       give every run the same example to compare them);
     - ``decay_<stem>.png``: the runs' decay curves on one axis
-      ([`plot_decay`][recurrentkit.analysis.plot_decay]);
+      ([`plot_decay`][recurrentkit.analysis.plot_decay]; beyond ``LEGEND_INSIDE`` (6) runs
+      its legend sits beside the axes, as in the next figure);
     - ``context_<stem>.png``: top-1 and top-``k_max`` accuracy by characters seen
       ([`plot_context_accuracy`][recurrentkit.analysis.plot_context_accuracy]).
 
@@ -458,25 +469,31 @@ def plot_comparison(
     files = [f"connectivity_{stem}.png", f"decay_{stem}.png", f"context_{stem}.png"]
 
     n = len(analyses)
+    cols = min(n, COMPARISON_COLUMNS)
+    rows = -(-n // cols)
     side = max(3.0, 0.32 * max(a.example.shape[0] for a in analyses.values()) + 1.6)
-    fig = Figure(figsize=(n * (side + 0.8), side + 0.4), layout="constrained")
-    for ax, (name, a) in zip(fig.subplots(1, n, squeeze=False)[0], analyses.items()):
+    fig = Figure(figsize=(cols * (side + 0.8), rows * side + 0.4), layout="constrained")
+    panels = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (name, a) in zip(panels, analyses.items()):
         plot_connectivity(
             a.example, a.example_inputs, outputs=a.example_outputs, ax=ax, title=str(name)
         )
+    for ax in panels[n:]:
+        ax.set_axis_off()
     fig.suptitle(f"{prefix}gradient connectivity of one validation name")
     fig.savefig(out / files[0], dpi=110)
 
+    # Many runs: wider figures, the legends beside the axes (plot_decay's rule).
+    wide = 2.5 if n > LEGEND_INSIDE else 0.0
     far = next(iter(analyses.values())).decay.far
-    plot_decay(
-        {name: a.decay for name, a in analyses.items()},
-        title=f"{prefix}connectivity by distance (far share: d ≥ {far})",
-        path=out / files[1],
-    )
+    fig = Figure(figsize=(6.0 + wide, 4.0), layout="constrained")
+    plot_decay({name: a.decay for name, a in analyses.items()}, ax=fig.add_subplot())
+    fig.suptitle(f"{prefix}connectivity by distance (far share: d ≥ {far})")  # over the legend
+    fig.savefig(out / files[1], dpi=150)
 
     k_max = max(next(iter(analyses.values())).context.k)
     ks = sorted({1, k_max})
-    fig = Figure(figsize=(6.0 * len(ks), 4.0), layout="constrained")
+    fig = Figure(figsize=((6.0 + wide) * len(ks), 4.0), layout="constrained")
     results = {name: a.context for name, a in analyses.items()}
     for ax, kk in zip(fig.subplots(1, len(ks), squeeze=False)[0], ks):
         plot_context_accuracy(results, k=kk, ax=ax, title=f"{prefix}top-{kk} accuracy")

@@ -509,7 +509,12 @@ class StudyReport:
     Attributes:
         models: model id (a run record's ``model``) → its
             [`ModelInfo`][recurrentkit.study.report.ModelInfo].
-        description: the preset's description, for the header.
+        description: the preset's description, for the header of results files that do
+            not record theirs (a file's ``description``, written since the backbones
+            preset grew, is its header's).
+        unrecorded_description: the header's description for results files that record
+            none, when the preset has changed since they were written (what it was then);
+            ``None``: ``description``.
         compare: the layout, one of [`COMPARE`][recurrentkit.study.report.COMPARE].
         split_seed: the seed of the train/validation split (stated in the header).
         analysis_names: validation names whose connectivity each run measured.
@@ -541,6 +546,7 @@ class StudyReport:
     models: Mapping[str, ModelInfo]
     description: str = ""
     compare: str = "routing"
+    unrecorded_description: str | None = None
     split_seed: int = 0
     analysis_names: int = 256
     far: int = 3
@@ -555,6 +561,12 @@ class StudyReport:
             raise ConfigError("models", "at least one model", "an empty mapping")
         if not isinstance(self.description, str):
             raise InputTypeError("description", "a str", describe(self.description))
+        if self.unrecorded_description is not None and not isinstance(
+            self.unrecorded_description, str
+        ):
+            raise InputTypeError(
+                "unrecorded_description", "a str or None", describe(self.unrecorded_description)
+            )
         check_choice("compare", self.compare, COMPARE)
         check_int("split_seed", self.split_seed, minimum=0)
         check_int("analysis_names", self.analysis_names)
@@ -921,13 +933,16 @@ class StudyReport:
         else:
             title = "# Shared vs layer-wise memory in stacked GRUs — measured\n"
         d = results["data"]
+        description = results.get("description") or (
+            self.unrecorded_description or self.description
+        )
         words = [w.split("=")[0] for w in str(results["command"]).split()]
         overrides = [f for f in _PLAN_FLAGS if f in words]
         preset = (
             f"Preset: `{results['preset']}`, its plan replaced by the command's "
             f"{', '.join(f'`{f}`' for f in overrides)}: the runs are those below.  \n"
             if overrides
-            else f"Preset: `{results['preset']}` — {self.description}.  \n"
+            else f"Preset: `{results['preset']}` — {description}.  \n"
         )
         return [
             title,

@@ -79,3 +79,18 @@ def test_bad_input() -> None:
         plot_decay({"a": torch.eye(2)})
     with pytest.raises(rk.ConfigError, match="results"):
         plot_context_accuracy({})
+
+
+def test_many_curves_stay_distinct_and_their_legend_hides_none() -> None:
+    """Beyond the ten default colours the curves change line style, and beyond
+    ``LEGEND_INSIDE`` curves the legend sits outside the axes."""
+    from recurrentkit.analysis import plots
+
+    curves = {f"m{i}": torch.linspace(1.0, 0.0, 5) * (i + 1) for i in range(12)}
+    ax = plot_decay(curves).axes[0]
+    styles = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+    assert len(set(styles)) == 12
+    anchor = ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted())
+    assert anchor.x0 > 1.0  # right of the axes
+    few = plot_decay(dict(list(curves.items())[: plots.LEGEND_INSIDE])).axes[0]
+    assert few.get_legend().get_bbox_to_anchor().transformed(few.transAxes.inverted()).x0 < 1

@@ -143,3 +143,22 @@ def test_tables_and_figures(lm, tmp_path: Path) -> None:
         assert (tmp_path / "figs" / f).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(InputTypeError, match="RunAnalysis"):
         plot_comparison({"x": 1}, tmp_path, "bad")  # type: ignore[dict-item]
+
+
+def test_many_runs_wrap_their_heatmaps_into_rows(lm, tmp_path: Path) -> None:
+    """Five runs: four heatmaps a row, then one; beyond six the decay figure widens for the
+    legend beside its axes."""
+    from matplotlib.image import imread
+
+    x, y = encoded("fixed")
+    one = analyse_run(lm("independent", V=29), x, y, names=4)
+    sizes = {}
+    for n in (2, 4, 5, 7):
+        plot_comparison({f"run {i}": one for i in range(n)}, tmp_path, f"n{n}")
+        sizes[n] = {k: imread(tmp_path / f"{k}_n{n}.png").shape[:2]
+                    for k in ("connectivity", "decay")}  # fmt: skip
+    (h2, w2), (h4, w4), (h5, w5) = (sizes[n]["connectivity"] for n in (2, 4, 5))
+    assert h2 == h4 and w4 == w5 and w4 > 1.9 * w2  # one row, up to four columns
+    assert h5 > 1.9 * h4 - 50  # a second row
+    assert sizes[5]["decay"][1] == sizes[4]["decay"][1]  # legend inside up to 6 runs
+    assert sizes[7]["decay"][1] > 1.3 * sizes[5]["decay"][1]

@@ -50,17 +50,60 @@ def test_dry_run_prints_one_json_line_per_run(capsys: pytest.CaptureFixture[str]
     ]
 
 
+BACKBONE_CELLS = {
+    "gru": "GRUCell", "lstm": "LSTMCell", "nlstm": "NestedLSTMCell", "mgu": "MGUCell",
+    "cifg": "CoupledLSTMCell", "indrnn": "IndRNNCell", "ln_gru": "LayerNormGRUCell",
+    "ln_lstm": "LayerNormLSTMCell", "min_gru": "MinGRUCell", "min_lstm": "MinLSTMCell",
+    "lru": "LRUCell",
+}  # fmt: skip
+
+
 def test_backbones_have_matched_parameter_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every library cell is a backbone, each within 1% of the GRU's parameter count as the
+    study counts it (the built CharLM under the fixed protocol)."""
     assert study.main(["--preset", "backbones", "--dry-run"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(d["model"], d["routing"], d["protocol"]) for d in lines] == [
-        (m, "independent", "fixed") for m in ("gru", "lstm", "nlstm")
+        (m, "independent", "fixed") for m in BACKBONE_CELLS
     ]
-    counts = [d["params"] for d in lines]
-    assert max(counts) / min(counts) - 1 < 0.02, counts
-    cells = {m: type(study.build_model(study.SPECS[m], "independent").stack.cells[1]).__name__
-             for m in ("gru", "lstm", "nlstm")}  # fmt: skip
-    assert cells == {"gru": "GRUCell", "lstm": "LSTMCell", "nlstm": "NestedLSTMCell"}
+    counts = {d["model"]: d["params"] for d in lines}
+    for m, name in BACKBONE_CELLS.items():
+        model = study.build_model(study.SPECS[m], "independent", "fixed")
+        assert count_parameters(model) == counts[m]
+        assert abs(counts[m] / counts["gru"] - 1) <= 0.01, (m, counts)
+        assert {type(c).__name__ for c in model.stack.cells} == {name}
+        assert len(model.stack.cells) == 2 and study.SPECS[m].embed == 64
+    assert study.SPECS["indrnn"].label == "IndRNN (relu)"
+    indrnn = study.build_model(study.SPECS["indrnn"], "independent", "fixed")
+    assert indrnn.stack.cells[0].nonlinearity == "relu"
+
+
+def test_new_backbones_run_the_whole_pipeline(tmp_path: Path) -> None:
+    """The linear recurrences (minGRU, minLSTM, the complex-state LRU) and a gated cell:
+    trained, evaluated, sampled, analysed, reported and drawn, on a few names."""
+    out = tmp_path / "out"
+    models = ("mgu", "min_gru", "min_lstm", "lru")
+    args = ["--preset", "backbones", "--models", ",".join(models), "--epochs", "1",
+            "--max-names", "40", "--samples", "8", "--threads", "1", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert study.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["model"]: r for r in results["runs"]}
+    assert set(runs) == set(models)
+    for r in runs.values():
+        assert REQUIRED <= set(r) and r["status"] == "completed", r["model"]
+        assert abs(r["leak_gap"]) < 1e-5 and r["future_share"] == 0.0  # causal
+        assert 0.0 <= r["far_share"] <= 1.0 and 0.0 <= r["top1_accuracy"] <= 1.0
+        assert len(r["analysis"]["decay"]["curve"]) > 3 and r["samples"] == 8
+        assert (out / r["samples_file"]).is_file()
+    assert results["description"] == study.PRESETS["backbones"].description
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert f"— {study.PRESETS['backbones'].description}." in md
+    for m in models:
+        assert f"| {study.SPECS[m].label} |" in md
+    assert results["memory_plots"] == [f"{k}_independent_fixed.png"
+                                       for k in ("connectivity", "decay", "context")]  # fmt: skip
+    assert all((out / f).is_file() for f in results["memory_plots"] + results["plots"])
 
 
 def test_plans_follow_presets_and_overrides() -> None:

@@ -333,6 +333,22 @@ def test_the_backbones_layout_has_its_own_table_and_no_original_reference() -> N
     assert "![decay_x.png](decay_x.png)" in md
 
 
+def test_the_header_describes_the_preset_as_the_file_records_it() -> None:
+    """A results file's own ``description`` first; a file that records none gets the
+    preset's description of its time (``unrecorded_description``), else the current one."""
+    runs = backbone_runs()
+    then = StudyReport(MODELS, "eleven cells", compare="model", unrecorded_description="three")
+    line = "Preset: `backbones` — {}.  \n"
+    assert line.format("three") in then.markdown(results(runs, preset="backbones"))
+    recorded = results(runs, preset="backbones", description="as run")
+    assert line.format("as run") in then.markdown(recorded)
+    assert line.format("a backbones preset") in BACKBONES.markdown(
+        results(runs, preset="backbones")
+    )
+    with pytest.raises(InputTypeError, match="unrecorded_description"):
+        StudyReport(MODELS, "x", unrecorded_description=3)  # type: ignore[arg-type]
+
+
 def test_the_backbones_conclusions_name_reach_and_loss() -> None:
     runs = backbone_runs()
     lines = BACKBONES.conclusions(summarize_runs(runs), num_samples=1000)
