@@ -670,7 +670,8 @@ class StudyReport:
             if e["layers"] == 1:
                 continue
             m, r, p = e["model"], e["routing"], e["protocol"]
-            label = f"{self.label(m)} `{r}` ({p} protocol, {e['epochs']} epochs)"
+            variant = f" [{e['variant']}]" if e.get("variant") else ""
+            label = f"{self.label(m)} `{r}`{variant} ({p} protocol, {e['epochs']} epochs)"
             gap = e["leak_gap"]["mean"]
             run = e["runaway_rate"]["mean"]
             ind = by.get((m, "independent", p))
@@ -823,7 +824,11 @@ class StudyReport:
         if not causal:
             return []
         zero = [e for e in causal if e["pad_grad_norm"]["mean"] == 0.0]
-        leak_pad = [e for e in summary if e["routing"] == "handoff" and e["layers"] > 1]
+        leak_pad = [  # one entry per model and protocol: sampling variants share the model
+            e
+            for e in summary
+            if e["routing"] == "handoff" and e["layers"] > 1 and not e.get("variant")
+        ]
         text = (
             f"- **PAD flaw**: in {len(zero)} of {len(causal)} causal groups the gradient on the "
             "`<PAD>` embedding is exactly 0 and training never moves it"
@@ -938,12 +943,15 @@ class StudyReport:
         )
         words = [w.split("=")[0] for w in str(results["command"]).split()]
         overrides = [f for f in _PLAN_FLAGS if f in words]
-        preset = (
-            f"Preset: `{results['preset']}`, its plan replaced by the command's "
-            f"{', '.join(f'`{f}`' for f in overrides)}: the runs are those below.  \n"
-            if overrides
-            else f"Preset: `{results['preset']}` — {description}.  \n"
-        )
+        if results.get("merged_from"):
+            preset = "Merged from separate invocations: the runs are those below.  \n"
+        elif overrides:
+            preset = (
+                f"Preset: `{results['preset']}`, its plan replaced by the command's "
+                f"{', '.join(f'`{f}`' for f in overrides)}: the runs are those below.  \n"
+            )
+        else:
+            preset = f"Preset: `{results['preset']}` — {description}.  \n"
         return [
             title,
             f"Command: `{results['command']}`  \n"
@@ -956,7 +964,9 @@ class StudyReport:
             f"{', names deduplicated' if d.get('dedupe') else ''}).\n"
             + (
                 f"Merged from {len(results['merged_from'])} results files: "
-                + ", ".join(f"`{Path(f).name}`" for f in results["merged_from"])
+                + ", ".join(
+                    f"`{Path(f).parent.name}/{Path(f).name}`" for f in results["merged_from"]
+                )
                 + ".\n"
                 if results.get("merged_from")
                 else ""

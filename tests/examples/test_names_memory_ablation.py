@@ -98,7 +98,8 @@ def test_new_backbones_run_the_whole_pipeline(tmp_path: Path) -> None:
         assert (out / r["samples_file"]).is_file()
     assert results["description"] == study.PRESETS["backbones"].description
     md = (out / "results.md").read_text(encoding="utf-8")
-    assert f"— {study.PRESETS['backbones'].description}." in md
+    # --models replaced the preset's plan: the header says so instead of the description
+    assert "Preset: `backbones`, its plan replaced by the command's `--models`" in md
     for m in models:
         assert f"| {study.SPECS[m].label} |" in md
     assert results["memory_plots"] == [f"{k}_independent_fixed.png"
@@ -262,7 +263,17 @@ def test_cuda_without_a_gpu_is_a_one_line_error(
 # -- the committed reports --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", ["quick", "backbones", "seed/merged", "gamma"])
+COMMITTED = sorted(
+    str(f.parent.relative_to(ROOT / "docs" / "study"))
+    for f in (ROOT / "docs" / "study").rglob("results.json")
+)
+
+
+def test_every_committed_study_folder_is_checked() -> None:
+    assert {"quick", "backbones", "seed/merged", "gamma", "mechanism"} <= set(COMMITTED)
+
+
+@pytest.mark.parametrize("run", COMMITTED)
 def test_the_committed_reports_are_what_the_renderer_makes(run: str) -> None:
     """docs/study/<run>/results.md is the rendering of the results.json beside it."""
     folder = ROOT / "docs" / "study" / run
@@ -334,7 +345,9 @@ def test_merge_makes_one_report_with_intervals_from_separate_invocations(
     pooled = [r for f in inputs for r in json.loads(Path(f).read_text())["runs"]]
     assert summarize_runs(pooled) == merged["summary"]
     md = (merged_dir / "results.md").read_text()
-    assert "Merged from 2 results files" in md and "| tiny | handoff | 2 |" in md
+    assert "Merged from 2 results files: `s0/results.json`, `s1/results.json`." in md
+    assert "Merged from separate invocations: the runs are those below." in md
+    assert "Preset: `tiny`" not in md and "| tiny | handoff | 2 |" in md
     # The same run twice is refused, in one line.
     capsys.readouterr()
     assert study.main(["--merge", inputs[0], inputs[0], "--out", str(tmp_path / "x")]) == 2
@@ -374,6 +387,19 @@ def test_the_sampling_flags_reach_the_runs() -> None:
     for flag in ("--split-seed", "--dedupe", "--merge", "shared_last", "--sampler",
                  "--temperature", "--greedy", "--sample-mode", "--save-epochs"):  # fmt: skip
         assert flag in help_text
+
+
+@pytest.mark.parametrize("run", ["gamma", "mechanism"])
+def test_a_committed_merge_is_the_merge_of_its_committed_inputs(run: str, tmp_path: Path) -> None:
+    """docs/study/gamma (γ's separate runs) and docs/study/mechanism (the handoff runs and
+    their re-measurements under other sampling settings): ``--merge`` of the committed
+    input files, which lie in the repository, gives the committed summary and runs."""
+    saved = json.loads((ROOT / "docs" / "study" / run / "results.json").read_text("utf-8"))
+    inputs = [str(ROOT / f) for f in saved["merged_from"]]
+    assert len(inputs) >= 2 and all(Path(f).is_file() for f in inputs)
+    study.merge_results(inputs, tmp_path / "m")
+    again = json.loads((tmp_path / "m" / "results.json").read_text(encoding="utf-8"))
+    assert again["summary"] == saved["summary"] and again["runs"] == saved["runs"]
 
 
 def test_the_committed_merged_report_is_the_merge_of_the_committed_runs(tmp_path: Path) -> None:

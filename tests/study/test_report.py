@@ -249,6 +249,21 @@ def test_a_plan_replaced_on_the_command_line_is_not_called_the_preset() -> None:
     )
 
 
+def test_sampling_variants_are_named_in_the_conclusion() -> None:
+    """Runs re-measured with other sampling settings (``variant``) get their own line in
+    the conclusion, named; the PAD gradient of their shared model is quoted once."""
+    runs = [
+        record("beta", "independent"),
+        record("beta", "handoff", pad_grad_norm=3e-4, runaway_rate=0.0),
+        record("beta", "handoff", pad_grad_norm=3e-4, runaway_rate=0.25, variant="train mode"),
+    ]
+    md = STUDY.markdown(results(runs))
+    conclusion = md[md.index("## Conclusion") :]
+    assert "- **GRU-β `handoff` (seed protocol, 2 epochs)**" in conclusion
+    assert "- **GRU-β `handoff` [train mode] (seed protocol, 2 epochs)**" in conclusion
+    assert conclusion.count("GRU-β seed: 3.00e-04") == 1
+
+
 def test_the_study_layout_states_the_original_reference_and_the_pad_protocol() -> None:
     md = STUDY.markdown(results(study_runs()))
     assert md.startswith("# Shared vs layer-wise memory in stacked GRUs — measured\n")
