@@ -11,7 +11,10 @@ each model reaches (gradient connectivity) and how its accuracy grows with conte
 ``backbones`` preset turns the same measurements on every cell of the library (GRU, LSTM,
 Nested LSTM, MGU, CIFG LSTM, IndRNN, layer-normalised GRU and LSTM, minGRU, minLSTM, LRU),
 2-layer stacks within 1% of the GRU's parameter count (Madsen's "Visualizing memorization
-in RNNs" comparison, on the names, extended).
+in RNNs" comparison, on the names, extended);
+the ``long`` preset trains GRU, LSTM and the linear-recurrence backbones (minGRU, minLSTM,
+LRU) on the names laid end to end in streams of 256 tokens and measures how far back
+each reaches (connectivity shares at distance >= 16 and >= 64).
 
 This script is the study's command line; what it runs (models, presets, the run loop,
 the results files) is package code, `recurrentkit.study.ablation`. Run
@@ -20,6 +23,7 @@ the results files) is package code, `recurrentkit.study.ablation`. Run
     python examples/names_memory_ablation.py --preset quick --out runs/quick
     python examples/names_memory_ablation.py --preset seed --dry-run
     python examples/names_memory_ablation.py --preset backbones --out runs/backbones
+    python examples/names_memory_ablation.py --preset long --out runs/long
     torchrun --nproc_per_node 2 examples/names_memory_ablation.py --preset tiny --out runs/t
 
 Outputs in ``--out``:
@@ -57,7 +61,10 @@ Outputs in ``--out``:
   ``rows``), ``context_accuracy`` (``positions`` = characters seen, ``counts``,
   ``top1``/``top2``/``top3`` by position, ``overall_top1``...), ``example`` (``index``,
   ``inputs``, ``outputs``, ``connectivity`` [t][s] of one fixed validation name) and
-  ``seconds``. Each ``summary`` entry groups the seeds of one (model, routing, protocol):
+  ``seconds``. Under the ``long`` preset (streams): losses and accuracy are over the
+  validation stream rows, connectivity over 64 seeded rows of 256 tokens, ``far_share``
+  counts from d >= 16, and ``reach`` = ``{"16": share at d >= 16, "64": share at d >= 64}``.
+  Each ``summary`` entry groups the seeds of one (model, routing, protocol):
   ``n_seeds`` and, per metric,
   ``{"mean": m, "ci95": half_width or null}`` (Student's t; null with one seed), with
   ``runaway_pooled`` (runaways, samples and upper bound over the seeds) and
@@ -229,7 +236,9 @@ def make_parser() -> argparse.ArgumentParser:
             "  --merge runs/a/results.json runs/b/results.json --out runs/merged\n\n"
             "protocols:\n"
             "  seed   the original's: x = name, y = name[1:] + '.', sampling starts from <PAD>\n"
-            "  fixed  a start token: x = <S> + name, y = name + '.', sampling starts from <S>\n\n"
+            "  fixed  a start token: x = <S> + name, y = name + '.', sampling starts from <S>\n"
+            "  (the long preset: fixed-protocol names laid end to end in rows of 256 tokens,\n"
+            "  the state carried from name to name; its samples start from <S>, zero state)\n\n"
             "Scale out with: torchrun --nproc_per_node N examples/names_memory_ablation.py ...\n"
             "Stop with Ctrl-C (a checkpoint is written); continue with --resume."
         ),
@@ -367,6 +376,7 @@ def _load_sets(args: argparse.Namespace, protocols: Sequence[str]) -> dict[str, 
             max_names=args.max_names,
             split_seed=args.split_seed,
             dedupe=args.dedupe,
+            stream_len=PRESETS[args.preset].stream_len,
         )
     except RecurrentKitError as e:
         if e.argument == "path":  # the file, or too few names in it
@@ -389,6 +399,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"--routing {','.join(args.routing)}: the {args.preset} preset compares cells "
             "under independent routing only (their parameter counts are matched for it); "
             "drop --routing, or pick the models with --models under another preset"
+        )
+    if preset.stream_len and args.protocol and args.protocol != ("fixed",):
+        raise UsageError(
+            f"--protocol {','.join(args.protocol)}: the {args.preset} preset trains on "
+            "streams of names, encoded as the fixed protocol encodes them; drop --protocol"
         )
     keys = plan_runs(
         preset, args.models, args.routing, args.protocol, args.seeds, split_seed=args.split_seed

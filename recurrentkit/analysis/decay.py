@@ -55,6 +55,43 @@ class ConnectivityDecay:
             "rows": self.rows,
         }
 
+    def far_share_at(self, far: int) -> float:
+        r"""``far_share`` as [`connectivity_decay`][recurrentkit.analysis.connectivity_decay]
+        would give it with another ``far``, from the curve and counts alone.
+
+        Each output position at ``t >= far`` puts its mass at distances ``far..t`` on the
+        curve's points ``d >= far``, and ``counts[far]`` is the number of such positions:
+
+        $$
+        \text{far\_share}(D) = \frac{\sum_{d \ge D} \text{curve}(d)\,\text{counts}(d)}
+            {\text{counts}(D)}
+        $$
+
+        Args:
+            far: the distance that counts as far, ``>= 1``.
+
+        Returns:
+            The mean share of connectivity at distance ``>= far``; ``NaN`` if no output
+            position has inputs that far back (``far`` beyond the curve included).
+
+        Raises:
+            InputTypeError: ``far`` not an int.
+            ConfigError: ``far < 1``.
+
+        Example:
+            >>> import torch
+            >>> from recurrentkit.analysis import connectivity_decay
+            >>> conn = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+            >>> connectivity_decay(conn).far_share_at(2)
+            0.5
+        """
+        far = check_int("far", far, minimum=1)
+        T = int(self.curve.numel())
+        if far >= T or int(self.counts[far]) == 0:
+            return math.nan
+        mass = (self.curve[far:].nan_to_num(0.0) * self.counts[far:]).sum()
+        return float(mass / int(self.counts[far]))
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConnectivityDecay:
         """The decay back from [`to_dict`][recurrentkit.analysis.ConnectivityDecay.to_dict]'s

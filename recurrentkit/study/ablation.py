@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 import recurrentkit as rk
-from recurrentkit._validation import check_bool, check_choice, check_real, describe
+from recurrentkit._validation import check_bool, check_choice, check_int, check_real, describe
 from recurrentkit.analysis import analyse_run
 from recurrentkit.errors import ConfigError
 from recurrentkit.routing import LeakWarning
@@ -82,6 +82,9 @@ __all__ = [
     "SEED_ROUTINGS",
     "SPECS",
     "SPLIT_SEED",
+    "STREAM_ANALYSIS_ROWS",
+    "STREAM_FAR",
+    "STREAM_MODELS",
     "UNRECORDED_DESCRIPTIONS",
     "Group",
     "ModelSpec",
@@ -124,6 +127,12 @@ SPLIT_SEED = 0
 PAD_GRAD_BATCH = 2048
 ANALYSIS_NAMES = 256  # validation names whose gradient connectivity is measured per run
 FAR = 3  # far_share counts connectivity at distance t - s >= FAR
+STREAM_FAR = (16, 64)
+"""On streams (a preset with ``stream_len``): the distances whose connectivity share a
+run reports (``reach``); the first is also its ``far_share``'s. A packaged name spans
+at most 16 tokens (``<S>`` and up to 15 letters): connectivity 16 or more tokens back
+lies in earlier names."""
+STREAM_ANALYSIS_ROWS = 64  # validation stream rows whose gradient connectivity is measured
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,8 @@ BACKBONES = (
     "lru",
 )  # fmt: skip
 """The backbones preset's models, one per library cell, in its tables' order."""
+STREAM_MODELS = ("gru", "lstm", "min_gru", "min_lstm", "lru")
+"""The long preset's models: GRU and LSTM beside the linear-recurrence backbones."""
 LIBRARY_CELLS: dict[str, Any] = {
     "gru": rk.GRUCell,
     "lstm": rk.LSTMCell,
@@ -223,7 +234,11 @@ class Group:
 @dataclass(frozen=True)
 class Preset:
     """A named plan of runs. ``compare``: what its analysis figures set side by side
-    (``"routing"``: the policies of each model; ``"model"``: the models under each policy)."""
+    (``"routing"``: the policies of each model; ``"model"``: the models under each policy).
+    ``stream_len``: ``None`` (one padded row per name), or ``T``: the names laid end to end
+    in rows of ``T`` tokens, the state carried from name to name within a row
+    ([`load_data`][recurrentkit.study.ablation.load_data]). ``batch_size``: rows per
+    training batch, overriding the models' own."""
 
     description: str
     groups: tuple[Group, ...]
@@ -232,9 +247,20 @@ class Preset:
     num_samples: int = 1000
     max_names: int | None = None
     compare: str = "routing"
+    stream_len: int | None = None
+    batch_size: int | None = None
 
 
 SEED_ROUTINGS = ("independent", "shared", "handoff")
+_LONG = (
+    "long context: GRU, LSTM, minGRU, minLSTM and LRU, 2 layers stacked independently, "
+    "about 136k parameters each (matched within 0.3%), trained on the names laid end to "
+    "end in streams of T = 256 tokens (the state carried from name to name within a row), "
+    "rows of 16 per batch, 20 epochs, seed 0; validation loss per character on the "
+    "validation streams and memory reach (connectivity shares at distance >= 16 and >= "
+    "64); about 20-25 minutes of CPU time at 1 thread (training about 13, the "
+    "connectivity analysis about 7); routing is independent only"
+)
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "α (seed and fixed protocol, 3 epochs) and β × independent/shared/handoff (seed "
@@ -272,8 +298,17 @@ PRESETS: dict[str, Preset] = {
         tuple(Group(m, ("independent",), ("fixed",)) for m in BACKBONES),
         compare="model",
     ),
+    "long": Preset(
+        _LONG,
+        tuple(Group(m, ("independent",), ("fixed",)) for m in STREAM_MODELS),
+        compare="model",
+        stream_len=256,
+        batch_size=16,
+        epochs=dict.fromkeys(STREAM_MODELS, 20),
+    ),
 }  # fmt: skip
-"""Preset name → plan of runs: ``quick``, ``seed``, ``full``, ``tiny``, ``backbones``."""
+"""Preset name → plan of runs: ``quick``, ``seed``, ``full``, ``tiny``, ``backbones``,
+``long``."""
 UNRECORDED_DESCRIPTIONS = {
     "backbones": "GRU, LSTM and Nested LSTM (depth 2), 2 layers stacked independently, about "
     "136k parameters each (matched within 0.5%), fixed protocol, 8 epochs, seed 0: the "
@@ -496,6 +531,15 @@ def evaluate_run(
     """Every measurement of a trained model (losses, samples, metrics, the PAD flaw, what
     it remembers).
 
+    On streams (``sets["stream_len"]`` set, see
+    [`load_data`][recurrentkit.study.ablation.load_data]) the losses are over the
+    validation stream rows, the connectivity is measured on
+    :data:`STREAM_ANALYSIS_ROWS` of them with ``far_share`` counted from
+    ``STREAM_FAR[0]``, and ``reach`` maps each distance ``d`` of :data:`STREAM_FAR` to
+    the share of connectivity at distance ``>= d``
+    ([`far_share_at`][recurrentkit.analysis.ConnectivityDecay.far_share_at]). The
+    samples start from ``<S>`` and the zero state, as under the fixed protocol.
+
     Losses: ``final_val_loss`` (teacher-forced), ``stepwise_val_loss`` (one token at a
     time with the state carried exactly as the step sampler carries it: under the seed
     protocol a ``<PAD>`` step first), ``stepwise_val_loss_zero`` (one token at a time
@@ -505,6 +549,7 @@ def evaluate_run(
     """
     xv, yv = sets["val"]
     xt, yt = sets["train"]
+    stream_len = sets.get("stream_len")
     tf = teacher_forced_loss(model, xv, yv)
     sw_zero = stepwise_loss(model, xv, yv)
     fixed = key.protocol == "fixed"
@@ -517,11 +562,12 @@ def evaluate_run(
         xv,
         yv,
         first_position=0 if fixed else 1,
-        names=ANALYSIS_NAMES,
+        names=STREAM_ANALYSIS_ROWS if stream_len else ANALYSIS_NAMES,
         seed=SPLIT_SEED,
-        far=FAR,
+        far=STREAM_FAR[0] if stream_len else FAR,
         vocab=data.itos,
     )
+    reach = {"reach": {str(d): memory.decay.far_share_at(d) for d in STREAM_FAR}}
     return {
         "final_val_loss": tf,
         "stepwise_val_loss": sw,
@@ -531,6 +577,7 @@ def evaluate_run(
         "pad_grad_norm": pad_gradient_norm(model, xt[:PAD_GRAD_BATCH], yt[:PAD_GRAD_BATCH]),
         "pad_embedding_drift": float((pad_row - pad_row_init).norm()),
         **memory.summary(),
+        **(reach if stream_len else {}),
         "analysis": memory.to_dict(),
     }, samples
 
@@ -539,11 +586,13 @@ def run_specs(
     preset: Preset, keys: Sequence[RunKey], epochs: int | None = None
 ) -> dict[str, ModelSpec]:
     """The spec of every model the runs use, with the training length they run for:
-    ``epochs`` if given, else the preset's for that model, else the spec's own."""
+    ``epochs`` if given, else the preset's for that model, else the spec's own (and the
+    preset's ``batch_size`` if it has one)."""
     return {
         m: replace(
             SPECS[m],
             epochs=epochs or (preset.epochs or {}).get(m, SPECS[m].epochs),
+            batch_size=preset.batch_size or SPECS[m].batch_size,
         )
         for m in dict.fromkeys(k.model for k in keys)
     }
@@ -556,6 +605,7 @@ def load_data(
     max_names: int | None = None,
     split_seed: int = SPLIT_SEED,
     dedupe: bool = False,
+    stream_len: int | None = None,
 ) -> dict[str, Any]:
     """The names a study trains and measures on, split and encoded.
 
@@ -563,7 +613,12 @@ def load_data(
     ``dedupe`` (first occurrence kept: 29,494 unique of the 32,033 packaged names, so
     that no validation name is also a training name), a subset of ``max_names`` of them
     (seeded by ``split_seed``) if given, split 80/20 (seeded by ``split_seed``) and
-    encoded to ``MAX_LEN`` under each protocol.
+    encoded to ``MAX_LEN`` under each protocol. With ``stream_len = T`` (fixed protocol
+    only) each split is instead laid end to end in rows of ``T`` tokens
+    (:func:`~recurrentkit.study.data.encode_stream`: ``<S>`` + letters as inputs,
+    letters + ``.`` as targets, name after name, whole names per row), and a model
+    carries its state from one name to the next within a row; ``sets["fixed"]`` then
+    holds ``"stream_len"`` too.
 
     Returns:
         ``{"data": {"source", "train", "val", "split_seed", "dedupe", "words"},
@@ -574,8 +629,14 @@ def load_data(
     Raises:
         ConfigError: a file :func:`~recurrentkit.study.data.load_words` refuses, or with
             fewer than 2 names (argument ``path``); a name too long for ``MAX_LEN``
-            (argument ``words[i]``, from :func:`~recurrentkit.study.data.encode`).
+            (argument ``words[i]``, from :func:`~recurrentkit.study.data.encode`);
+            ``stream_len`` not ``None`` or an int ``>= MAX_LEN``, or with protocols other
+            than ``("fixed",)``.
     """
+    if stream_len is not None:
+        check_int("stream_len", stream_len, minimum=MAX_LEN)
+        if tuple(protocols) != ("fixed",):
+            raise ConfigError("protocols", "('fixed',) with stream_len", describe(protocols))
     train, val = split_words(path, max_names=max_names, split_seed=split_seed, dedupe=dedupe)
     source = str(path) if path else "packaged names.txt"
     sets: dict[str, Any] = {"data": {"source": source, "train": len(train), "val": len(val)}}
@@ -584,6 +645,13 @@ def load_data(
         sets["data"].update(split_seed=split_seed, dedupe=dedupe, words=read)
     for p in protocols:
         sets[p] = {"train": data.encode(train, p, MAX_LEN), "val": data.encode(val, p, MAX_LEN)}
+    if stream_len is not None:
+        sets["data"]["stream_len"] = stream_len
+        sets["fixed"] = {
+            "train": data.encode_stream(train, stream_len),
+            "val": data.encode_stream(val, stream_len),
+            "stream_len": stream_len,
+        }
     train_set = set(train)
     sets["names"] = {
         "train_names": train_set,
@@ -802,14 +870,15 @@ class _Snapshots:
 
 def make_report(preset: str) -> StudyReport:
     """The renderer of a preset's ``results.md`` and figures."""
+    stream = PRESETS[preset].stream_len is not None
     return StudyReport(
         SPECS,
         PRESETS[preset].description,
         PRESETS[preset].compare,
         unrecorded_description=UNRECORDED_DESCRIPTIONS.get(preset),
         split_seed=SPLIT_SEED,
-        analysis_names=ANALYSIS_NAMES,
-        far=FAR,
+        analysis_names=STREAM_ANALYSIS_ROWS if stream else ANALYSIS_NAMES,
+        far=STREAM_FAR[0] if stream else FAR,
         pad_grad_rows=PAD_GRAD_BATCH,
     )
 

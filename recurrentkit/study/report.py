@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from recurrentkit._validation import check_choice, check_int, check_real, describe
-from recurrentkit.analysis import RunAnalysis, analysis_tables, plot_comparison
+from recurrentkit.analysis import RunAnalysis, analysis_tables, plot_comparison, plot_decay
 from recurrentkit.errors import ConfigError, InputTypeError
 from recurrentkit.study.data import PROTOCOLS
 from recurrentkit.study.metrics import binomial_upper, mean_ci, paired_difference
@@ -365,6 +365,11 @@ def _runaway(entry: Mapping[str, Any]) -> str:
     if pooled:
         text += f" (≤ {_pct_bound(pooled['upper95'])})"
     return text
+
+
+def _pct(x: float | None) -> str:
+    """A share as a percentage with three significant digits; ``—`` for none."""
+    return "—" if x is None or not math.isfinite(x) else f"{100 * x:.3g}%"
 
 
 def _pct_bound(p: float) -> str:
@@ -912,6 +917,7 @@ class StudyReport:
         else:
             L += self._comparison_tables(results)
         L += self._snapshot_section(results["runs"])
+        L += self._reach_section(results["runs"])
         L += self._memory_section(results)
         L += self._conclusion_section(results)
         L += self._samples_section(results["runs"])
@@ -1190,19 +1196,48 @@ class StudyReport:
         L.append("")
         return L
 
+    def _reach_section(self, runs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Streams only (runs with ``reach``): each run's stream loss and its share of
+        connectivity at each distance of ``reach``."""
+        runs = [r for r in runs if r.get("reach")]
+        if not runs:
+            return []
+        dists = sorted({int(d) for r in runs for d in r["reach"]})
+        L = [
+            "## Memory reach on streams\n",
+            "Names laid end to end in rows of tokens, the state carried from name to name "
+            "within a row (no reset at a name's start). *Val loss*: teacher-forced, per "
+            "character of the validation streams. *Share at d ≥ D*: the mean share of an "
+            "output's gradient connectivity on inputs D or more tokens back, over the output "
+            "positions that have inputs that far back (a name of the packaged list spans at "
+            "most 16 tokens, its `<S>` and up to 15 letters, so inputs 16 or more back lie "
+            "in earlier names). The accuracy by position below counts "
+            "tokens of the row seen, not characters of a name.\n",
+            "| run | params | val loss | " + " | ".join(f"share at d ≥ {d}" for d in dists) + " |",
+            "|---|---|---|" + "---|" * len(dists),
+        ]
+        for r in runs:
+            shares = " | ".join(_pct(r["reach"].get(str(d))) for d in dists)
+            L.append(f"| {r['run']} | {r['params']:,} | {r['final_val_loss']:.4f} | {shares} |")
+        L.append("")
+        return L
+
     def _memory_section(self, results: Mapping[str, Any]) -> list[str]:
         """What the models remember: the definitions, (the study's) table by policy, the
         connectivity and accuracy tables of the lowest seed, the figures."""
         L = ["## What the models remember\n"]
+        stream = any(r.get("reach") for r in results["runs"])
+        rows = "stream rows" if stream else "names"
         L.append(
             "Gradient connectivity (Madsen, *Visualizing memorization in RNNs*, Distill "
             "2019): the norm of the gradient of each true next character's logit with respect "
-            f"to every one-hot input, over {self.analysis_names} seeded validation names in "
+            f"to every one-hot input, over {self.analysis_names} seeded validation {rows} in "
             "eval mode (`recurrentkit.analysis`). *Far share*: mean share of an output's "
-            f"connectivity on inputs {self.far} or more characters back; *future share*: "
+            f"connectivity on inputs {self.far} or more {'tokens' if stream else 'characters'} "
+            "back; *future share*: "
             "share on *later* inputs — exactly 0 for a causal policy, the teacher-forcing leak "
             "otherwise (shares count the future in the total). *Top-k*: next-character "
-            "accuracy over every validation name.\n"
+            f"accuracy over every validation {rows[:-1]}.\n"
         )
         if self.compare == "routing":  # the model comparison's main table holds these
             L.append(
@@ -1332,7 +1367,9 @@ class StudyReport:
     ) -> list[str]:
         """Heatmaps, decay curves and accuracy by context per comparison group
         ([`plot_comparison`][recurrentkit.analysis.plot_comparison]), of the runs of the
-        lowest seed that were analysed.
+        lowest seed that were analysed; for runs on streams (with ``reach``), also
+        ``reach_<stem>.png``: their decay curves on a logarithmic axis, where the far
+        tail shows.
 
         Args:
             directory: where to write.
@@ -1352,6 +1389,11 @@ class StudyReport:
             analyses = {k: RunAnalysis.from_dict(r["analysis"]) for k, r in members.items()}
             try:
                 files += plot_comparison(analyses, directory, stem, title=title)
+                if all(r.get("reach") for r in members.values()):
+                    name = f"reach_{stem}.png"
+                    decays = {k: a.decay for k, a in analyses.items()}
+                    plot_decay(decays, path=Path(directory) / name, title=title, log_scale=True)
+                    files.append(name)
             except ImportError:
                 return []
         return files

@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import recurrentkit as rk
 from recurrentkit.analysis import ConnectivityDecay, connectivity, connectivity_decay
+from recurrentkit.errors import ConfigError
 
 
 def test_hand_made_matrix() -> None:
@@ -91,3 +94,37 @@ def test_bad_input() -> None:
         connectivity_decay(torch.eye(3)[None], lengths=torch.tensor([1, 2]))
     with pytest.raises(rk.InputTypeError, match="lengths"):
         connectivity_decay(torch.eye(3)[None], lengths=torch.tensor([1.0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(1, 3),
+    T=st.integers(1, 9),
+    far=st.integers(1, 10),
+    seed=st.integers(0, 2**16),
+    causal=st.booleans(),
+)
+def test_far_share_at_is_far_share_recomputed_with_that_far(
+    B: int, T: int, far: int, seed: int, causal: bool
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    conn = torch.rand(B, T, T, generator=g, dtype=torch.float64)
+    conn = conn * (torch.rand(B, T, T, generator=g) > 0.3)  # zero entries, some zero rows
+    if causal:
+        conn = conn.tril()
+    direct = connectivity_decay(conn, far=far).far_share
+    derived = connectivity_decay(conn, far=1).far_share_at(far)
+    if math.isnan(direct):
+        assert math.isnan(derived)
+    else:
+        assert math.isclose(derived, direct, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_far_share_at_checks_far_and_survives_json() -> None:
+    d = connectivity_decay(torch.eye(4) + torch.eye(4).roll(-3, dims=1).tril(-1))
+    assert d.far_share_at(3) == 0.5  # only t=3 reaches 3 back: half its mass
+    assert math.isnan(d.far_share_at(4))  # beyond the curve
+    assert ConnectivityDecay.from_dict(d.to_dict()).far_share_at(3) == 0.5
+    with pytest.raises(ConfigError) as err:
+        d.far_share_at(0)
+    assert err.value.argument == "far"

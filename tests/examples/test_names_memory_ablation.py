@@ -424,3 +424,20 @@ def test_the_committed_merged_report_is_the_merge_of_the_committed_runs(tmp_path
     mean, ci, n = paired_difference(per_seed["shared"], per_seed["independent"])
     assert shared["vs_independent"]["best_val_loss"] == {"mean": mean, "ci95": ci, "n": n}
     assert n == 3 and mean - ci < 0 < mean + ci  # what the docs state: no measurable difference
+
+
+def test_the_long_preset_dry_run_and_its_protocol(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert study.main(["--preset", "long", "--dry-run"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["model"], d["routing"], d["protocol"]) for d in lines] == [
+        (m, "independent", "fixed") for m in ("gru", "lstm", "min_gru", "min_lstm", "lru")
+    ]
+    gru = lines[0]["params"]
+    assert all(abs(d["params"] / gru - 1) < 0.01 for d in lines), lines
+    assert "long context" in study.make_parser().format_help()
+    code = study.main(["--preset", "long", "--protocol", "seed", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--protocol seed" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -9,14 +9,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from recurrentkit import routing as rk_routing
+from recurrentkit.analysis import analyse_run
 from recurrentkit.errors import ConfigError
 from recurrentkit.study import ablation, data
+from recurrentkit.study.lm import count_parameters
+from recurrentkit.study.train import TrainConfig, fit
 
 
 def test_run_specs_take_the_override_then_the_preset_then_the_spec() -> None:
@@ -143,3 +147,92 @@ def test_sampling_variants_are_labelled_and_checked() -> None:
     key = ablation.RunKey("tiny", "handoff", "seed", 0, split_seed=2)
     assert key.id == "tiny-handoff-seed-s0-split2"
     assert ablation.RunKey("tiny", "handoff", "seed", 0).id == "tiny-handoff-seed-s0"
+
+
+def test_stream_data_holds_the_names_in_order_and_checks_its_arguments() -> None:
+    sets = ablation.load_data(None, ("fixed",), max_names=300, stream_len=64)
+    train, val = ablation.split_words(max_names=300)
+    assert sets["data"]["stream_len"] == 64 and sets["fixed"]["stream_len"] == 64
+    for words, (x, y) in zip((train, val), (sets["fixed"]["train"], sets["fixed"]["val"])):
+        assert x.shape == y.shape and x.shape[1] == 64
+        letters = "".join(data.itos[i] for i in y[y != data.IGNORE_INDEX].tolist())
+        assert letters.split(".")[:-1] == words  # every name, in order, each ended by '.'
+        assert int((x == data.START).sum()) == len(words)  # each read from its <S>
+    per_name = ablation.load_data(None, ("fixed",), max_names=300)
+    assert "stream_len" not in per_name["data"]
+    with pytest.raises(ConfigError) as err:
+        ablation.load_data(None, ("seed",), max_names=300, stream_len=64)
+    assert err.value.argument == "protocols"
+    with pytest.raises(ConfigError) as err:
+        ablation.load_data(None, ("fixed",), max_names=300, stream_len=ablation.MAX_LEN - 1)
+    assert err.value.argument == "stream_len"
+
+
+def test_the_long_preset_matches_sizes_and_batches_streams() -> None:
+    long = ablation.PRESETS["long"]
+    assert long.stream_len == 256 and long.compare == "model"
+    specs = ablation.run_specs(long, ablation.plan_runs(long))
+    assert list(specs) == list(ablation.STREAM_MODELS)
+    assert {s.batch_size for s in specs.values()} == {long.batch_size}
+    counts = {
+        m: count_parameters(ablation.build_model(s, "independent", "fixed"))
+        for m, s in specs.items()
+    }
+    for m, n in counts.items():
+        assert abs(n / counts["gru"] - 1) < 0.01, (m, n, counts["gru"])
+    cells = {m: type(ablation.build_model(s, "independent").stack.cells[1]).__name__
+             for m, s in specs.items()}  # fmt: skip
+    assert cells == {
+        "gru": "GRUCell",
+        "lstm": "LSTMCell",
+        "min_gru": "MinGRUCell",
+        "min_lstm": "MinLSTMCell",
+        "lru": "LRUCell",
+    }
+
+
+def test_a_gru_trained_on_streams_reaches_into_earlier_names() -> None:
+    """Connectivity at distance >= 16 (beyond any name) is there when the state is
+    carried from name to name, and exactly zero when it restarts at every ``<S>``."""
+    sets = ablation.load_data(None, ("fixed",), max_names=400, stream_len=128)
+    spec = replace(ablation.SPECS["gru"], embed=8, hidden=16, batch_size=8)
+    torch.manual_seed(0)
+    model = ablation.build_model(spec, "independent", "fixed")
+    config = TrainConfig(epochs=1, batch_size=8, lr=1e-2, seed=0, progress=False)
+    fit(model, sets["fixed"]["train"], sets["fixed"]["val"], config)
+    xv, yv = sets["fixed"]["val"]
+    carried = analyse_run(model, xv, yv, names=4, far=16)
+    assert carried.decay.far_share_at(16) > 1e-6
+    model.reset_token = data.START
+    restarted = analyse_run(model, xv, yv, names=4, far=16)
+    assert restarted.decay.far_share_at(16) == 0.0
+
+
+def test_the_long_preset_path_end_to_end(tmp_path: Path) -> None:
+    long = ablation.PRESETS["long"]
+    keys = ablation.plan_runs(long)
+    specs = {
+        m: replace(s, embed=8, hidden=8, epochs=1)
+        for m, s in ablation.run_specs(long, keys).items()
+    }
+    sets = ablation.load_data(None, ("fixed",), max_names=120, stream_len=long.stream_len)
+    status = ablation.run_study(
+        "long", keys, specs, sets, out=tmp_path, device=torch.device("cpu"),
+        num_samples=10, command="test", progress=False,
+    )  # fmt: skip
+    assert status == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["model"] for r in results["runs"]] == list(ablation.STREAM_MODELS)
+    for r in results["runs"]:
+        assert r["status"] == "completed"
+        assert set(r["reach"]) == {"16", "64"}
+        assert math.isclose(r["far_share"], r["reach"]["16"], rel_tol=1e-12)
+        assert r["analysis"]["decay"]["far"] == 16
+        assert len(r["analysis"]["decay"]["curve"]) == 256
+        # a causal model: one token at a time gives the teacher-forced loss
+        assert math.isclose(r["stepwise_val_loss"], r["final_val_loss"], rel_tol=1e-5)
+    text = (tmp_path / "results.md").read_text()
+    assert "## Memory reach on streams" in text and "share at d ≥ 64" in text
+    assert "far share (d ≥ 16)" in text and "64 seeded validation stream rows" in text
+    assert "reach_independent_fixed.png" in results["memory_plots"]
+    assert (tmp_path / "reach_independent_fixed.png").is_file()
