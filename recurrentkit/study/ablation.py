@@ -293,8 +293,8 @@ PRESETS: dict[str, Preset] = {
         "LayerNorm LSTM, minGRU, minLSTM and LRU, 2 layers stacked independently, about "
         "136k parameters each (matched within 1% of the GRU's), fixed protocol, 8 epochs, "
         "seed 0: the memorization comparison of Madsen (Distill 2019) on the names, about "
-        "20 minutes of CPU time at one thread (an estimate from one-epoch runs on 2,000 "
-        "names; up to twice that on a loaded machine); routing is independent only",
+        "25 minutes at one thread (1,407 s measured on a 2-core CPU running other work); "
+        "routing is independent only",
         tuple(Group(m, ("independent",), ("fixed",)) for m in BACKBONES),
         compare="model",
     ),

@@ -183,12 +183,18 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     if isinstance(runs, (str, Mapping)) or not isinstance(runs, Sequence):
         raise InputTypeError("runs", "a sequence of run records (dicts)", describe(runs))
     groups: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = {}
+    first_epochs: dict[tuple[str, str, str, str], object] = {}
     for i, r in enumerate(runs):
         if not isinstance(r, Mapping):
             raise InputTypeError(f"runs[{i}]", "a run record (a dict)", describe(r))
         if r.get("status") == "completed" and "runaway_rate" in r:
             _require(f"runs[{i}]", r, ("model", "routing", "protocol"))
             key = (r["model"], r["routing"], r["protocol"], r.get("variant", ""))
+            # runs of another length than the group's first are not seeds of it: their
+            # own group, the length named as a variant
+            epochs = first_epochs.setdefault(key, r.get("epochs"))
+            if r.get("epochs") != epochs:
+                key = (*key[:3], ", ".join(filter(None, (key[3], f"{r.get('epochs')} epochs"))))
             groups.setdefault(key, []).append(r)
     out = []
     for (m, rt, p, variant), rs in groups.items():

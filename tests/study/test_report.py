@@ -249,6 +249,20 @@ def test_a_plan_replaced_on_the_command_line_is_not_called_the_preset() -> None:
     )
 
 
+def test_runs_of_another_length_are_not_pooled_as_seeds() -> None:
+    """A merged study with a 2-epoch and a 5-epoch run of one policy: two groups, the
+    second named by its length, not one group of two seeds."""
+    runs = [
+        record("beta", "handoff", seed=0, runaway_rate=0.1),
+        record("beta", "handoff", seed=1, split_seed=1, epochs=5, runaway_rate=0.3),
+    ]
+    entries = summarize_runs(runs)
+    assert [(e["n_seeds"], e["epochs"], e.get("variant")) for e in entries] == [
+        (1, 2, None),
+        (1, 5, "5 epochs"),
+    ]
+
+
 def test_sampling_variants_are_named_in_the_conclusion() -> None:
     """Runs re-measured with other sampling settings (``variant``) get their own line in
     the conclusion, named; the PAD gradient of their shared model is quoted once."""
