@@ -184,6 +184,7 @@ def analyse_run(
     vocab: Sequence[str] | None = None,
     reduce: str = "norm",
     ignore_index: int = -100,
+    batch_size: int | None = 256,
 ) -> RunAnalysis:
     r"""Analyse a trained token model on held-out rows: how far back it reaches, and how
     its accuracy grows with context.
@@ -226,6 +227,9 @@ def analyse_run(
         reduce: ``"norm"`` (default) or ``"sq_sum"``, as in
             [`connectivity`][recurrentkit.analysis.connectivity].
         ignore_index: the target value that marks padding.
+        batch_size: rows per connectivity pass (bounds memory: a pass holds ``T`` sets
+            of gradients of ``batch_size`` rows), as in
+            [`connectivity`][recurrentkit.analysis.connectivity].
 
     Returns:
         A [`RunAnalysis`][recurrentkit.analysis.RunAnalysis].
@@ -289,7 +293,12 @@ def analyse_run(
             model, x, y, k, first_position=first_position, ignore_index=ignore_index
         )
         conn = connectivity(
-            model, x[rows], targets=y[rows], reduce=reduce, ignore_index=ignore_index
+            model,
+            x[rows],
+            targets=y[rows],
+            reduce=reduce,
+            ignore_index=ignore_index,
+            batch_size=batch_size,
         )  # (n, T, T)
         decay = connectivity_decay(conn, far=far)
         L = int(scored[example].nonzero().max()) + 1

@@ -82,6 +82,7 @@ __all__ = [
     "SEED_ROUTINGS",
     "SPECS",
     "SPLIT_SEED",
+    "STREAM_ANALYSIS_BATCH",
     "STREAM_ANALYSIS_ROWS",
     "STREAM_FAR",
     "STREAM_MODELS",
@@ -133,6 +134,9 @@ run reports (``reach``); the first is also its ``far_share``'s. A packaged name 
 at most 16 tokens (``<S>`` and up to 15 letters): connectivity 16 or more tokens back
 lies in earlier names."""
 STREAM_ANALYSIS_ROWS = 64  # validation stream rows whose gradient connectivity is measured
+STREAM_ANALYSIS_BATCH = 4
+"""Stream rows per connectivity pass: a pass holds 256 sets of gradients of its rows (all
+64 rows at once took 23 GB for the LRU and was killed for memory)."""
 
 
 @dataclass(frozen=True)
@@ -566,6 +570,7 @@ def evaluate_run(
         seed=SPLIT_SEED,
         far=STREAM_FAR[0] if stream_len else FAR,
         vocab=data.itos,
+        batch_size=STREAM_ANALYSIS_BATCH if stream_len else 256,
     )
     reach = {"reach": {str(d): memory.decay.far_share_at(d) for d in STREAM_FAR}}
     return {

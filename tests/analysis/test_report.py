@@ -63,6 +63,17 @@ def test_a_causal_model_analysed_on_a_subset(lm) -> None:
     assert summary["far_share"] == a.decay.far_share
 
 
+def test_a_smaller_batch_bounds_memory_and_measures_the_same(lm) -> None:
+    """``batch_size`` only splits the rows into passes: the same connectivity."""
+    model, (x, y) = lm("independent", V=29), encoded("seed")
+    whole = analyse_run(model, x, y, names=5, seed=1, far=2, first_position=1)
+    split = analyse_run(model, x, y, names=5, seed=1, far=2, first_position=1, batch_size=2)
+    torch.testing.assert_close(
+        split.decay.curve, whole.decay.curve, rtol=1e-6, atol=1e-9, equal_nan=True
+    )  # NaN: distances no output reaches
+    assert split.decay.far_share == pytest.approx(whole.decay.far_share, rel=1e-6)
+
+
 def test_the_example_is_one_name_cropped_to_its_targets(lm) -> None:
     model = lm("independent", V=29)
     for protocol, first in (("seed", 1), ("fixed", 0)):
