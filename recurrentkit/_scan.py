@@ -133,9 +133,8 @@ def scan_op(
         raise UnsupportedError(
             "state",
             "a real state while torch.compile or torch.export traces with gradients (torch "
-            "2.13's scan "
-            "cannot differentiate complex intermediates): compile or torch.export under "
-            "torch.no_grad()",
+            "2.13's scan cannot differentiate complex intermediates): compile or "
+            "torch.export under torch.no_grad()",
             "a complex state (e.g. LRUCell's)",
         )
     leaves = [_as_real(a) if c else a for a, c in zip(leaves, cplx)]
@@ -156,7 +155,7 @@ def scan_op(
         if restart is not None:
             r_t = rest.pop()
             now = [torch.where(r_t, i.to(a), a) for i, a in zip(init, old)]
-        now = [torch.complex(a[..., 0], a[..., 1]) if c else a for a, c in zip(now, cplx)]
+        now = [_as_complex(a) if c else a for a, c in zip(now, cplx)]
         y, new = step(*inputs[:n], tree_unflatten(now, spec))
         new_leaves = [_as_real(a) if c else a for a, c in zip(tree_flatten(new)[0], cplx)]
         if lengths is not None:
@@ -166,7 +165,7 @@ def scan_op(
         return _unaliased(new_leaves, carry, y)
 
     final, ys = hop_scan(body, tuple(t.contiguous() for t in leaves), tuple(seq))
-    out = [torch.complex(a[..., 0], a[..., 1]) if c else a for a, c in zip(final, cplx)]
+    out = [_as_complex(a) if c else a for a, c in zip(final, cplx)]
     return ys, tree_unflatten(out, spec)
 
 
@@ -174,6 +173,12 @@ def _as_real(t: Tensor) -> Tensor:
     """A complex tensor as its real and imaginary parts on a last axis of 2 (a copy:
     ``view_as_real`` would alias, and reads strides a symbolic shape may not have)."""
     return torch.stack((t.real, t.imag), dim=-1)
+
+
+def _as_complex(t: Tensor) -> Tensor:
+    """:func:`_as_real`'s inverse: ``(..., 2)`` real and imaginary parts as one complex
+    tensor ``(...)``."""
+    return torch.complex(t[..., 0], t[..., 1])
 
 
 def _unaliased(

@@ -17,6 +17,12 @@ from recurrentkit.errors import ConfigError
 __all__ = ["LRUCell", "complex_dtype"]
 
 
+def _traced() -> bool:
+    """Whether torch.compile or torch.export is tracing (strides are then symbolic, and
+    complex views cannot be differentiated)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     """The complex dtype of a real one's precision (``float64`` → ``complex128``, else
     ``complex64``)."""
@@ -154,8 +160,7 @@ class LRUCell(LinearCellBase):
         N = self.state_size
         pairs = gi.split([2 * N, self.hidden_size], dim=-1)[0].unflatten(-1, (N, 2))
         viewable = all(st % 2 == 0 for st in pairs.stride()[:-1])
-        traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        if not traced and viewable and pairs.storage_offset() % 2 == 0:
+        if not _traced() and viewable and pairs.storage_offset() % 2 == 0:
             b = torch.view_as_complex(pairs)  # a view: nothing copied, nothing kept
         else:  # (an odd row stride, 2N + H odd; or traced, where strides are symbolic)
             b = torch.complex(pairs[..., 0], pairs[..., 1])
@@ -167,10 +172,7 @@ class LRUCell(LinearCellBase):
         version: an optimiser step or ``load_state_dict`` changes it)."""
         params = (self.nu_log, self.theta_log, self.weight_ih)
         keep = not (
-            torch.is_grad_enabled()
-            or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting()
-            or torch._C._are_functorch_transforms_active()
+            torch.is_grad_enabled() or _traced() or torch._C._are_functorch_transforms_active()
         )
         if not keep:  # (a traced call must not write the module: no side effects)
             lam, gamma = self.decay()
@@ -189,7 +191,7 @@ class LRUCell(LinearCellBase):
         product with ``h``'s (real, imaginary) pairs, a view of ``h`` (a copy while
         traced: torch 2.13's functionalisation cannot differentiate the view)."""
         skip = gi.split([2 * self.state_size, self.hidden_size], dim=-1)[1]
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if _traced():
             pairs = torch.stack((h.real, h.imag), dim=-1)
         else:
             pairs = torch.view_as_real(h)

@@ -373,6 +373,12 @@ def _runaway(entry: Mapping[str, Any]) -> str:
     return text
 
 
+def _variant(record: Mapping[str, Any]) -> str:
+    """`` [<variant>]`` for a run record or summary entry measured another way (sampling
+    settings, training length), else ``""``: how every table names it."""
+    return f" [{record['variant']}]" if record.get("variant") else ""
+
+
 def _pct(x: float | None) -> str:
     """A share as a percentage with three significant digits; ``—`` for none."""
     return "—" if x is None or not math.isfinite(x) else f"{100 * x:.3g}%"
@@ -601,9 +607,7 @@ class StudyReport:
         routing = entry["routing"]
         if entry["layers"] == 1:
             routing += " (1 layer: every policy is this model)"
-        if entry.get("variant"):
-            routing += f" [{entry['variant']}]"
-        return f"{self.label(entry['model'])} | {routing}"
+        return f"{self.label(entry['model'])} | {routing}{_variant(entry)}"
 
     def comparison_groups(
         self, items: Sequence[Mapping[str, Any]]
@@ -681,8 +685,7 @@ class StudyReport:
             if e["layers"] == 1:
                 continue
             m, r, p = e["model"], e["routing"], e["protocol"]
-            variant = f" [{e['variant']}]" if e.get("variant") else ""
-            label = f"{self.label(m)} `{r}`{variant} ({p} protocol, {e['epochs']} epochs)"
+            label = f"{self.label(m)} `{r}`{_variant(e)} ({p} protocol, {e['epochs']} epochs)"
             gap = e["leak_gap"]["mean"]
             run = e["runaway_rate"]["mean"]
             ind = by.get((m, "independent", p))
@@ -1129,7 +1132,7 @@ class StudyReport:
             top = sorted(e.get("first_letters", {}).items(), key=lambda kv: -kv[1])[:3]
             letters = ", ".join(f"{k} {100 * v:.0f}%" for k, v in top) or "—"
             val = "—" if e.get("val_loss") is None else f"{e['val_loss']:.4f}"
-            run = r["run"] + (f" [{r['variant']}]" if r.get("variant") else "")
+            run = r["run"] + _variant(r)
             L.append(
                 f"| {run} | {e['epoch']}{' ★' if is_best else ''} | {val} "
                 f"| {100 * e['runaway_rate']:.1f}% (≤ {_pct_bound(e['runaway_upper95'])}) "
