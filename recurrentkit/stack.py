@@ -55,6 +55,16 @@ __all__ = ["EXECUTORS", "Stack", "StackCell"]
 EXECUTORS = ("auto", "handbuilt", "reference")
 
 
+_PACKED_INSTEAD = (
+    "the padded tensor (T, B, I) with lengths= (both trace, the lengths as a mask; "
+    "torch.nn.utils.rnn.pad_packed_sequence gives them)"
+)
+_PACKED_UNTRACEABLE = (
+    "recurrentkit: a PackedSequence does not trace (its batch_sizes are data that fix "
+    "every step's rows); pass " + _PACKED_INSTEAD
+)
+
+
 class Stack(nn.Module):
     r"""Cells composed into a deep recurrent model by an explicit routing policy.
 
@@ -286,24 +296,8 @@ class Stack(nn.Module):
                 CarriedStateWarning,
                 stacklevel=caller_level(),
             )
-        packed = x if isinstance(x, PackedSequence) else None
-        if packed is not None:
-            if lengths is not None:
-                raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
-            self._check_input("x (PackedSequence data)", packed.data, ranks=(2,))
-            states = self._check_state(state, int(packed.batch_sizes[0]), packed.data, False)
-            if resets is not None:
-                x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
-                mask = self._check_resets(resets, x_tm, False, packed=True)
-                out, states = self._run_resets(x_tm, states, lengths, mask)  # (T, B, O)
-                return repack(out, lengths, packed), states
-            layers = self._make_executor()
-            direct = self._run_packed(layers, packed, states)
-            if direct is not None:  # ran on the packed rows themselves
-                return direct
-            x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
-            out, states = self._run(x_tm, states, lengths, layers)  # (T, B, O)
-            return repack(out, lengths, packed), states
+        if isinstance(x, PackedSequence):
+            return self._forward_packed(x, state, lengths, resets)
         self._check_input("x", x, ranks=(2, 3))
         assert isinstance(x, Tensor)
         unbatched = x.dim() == 2
@@ -653,6 +647,38 @@ class Stack(nn.Module):
             torch_ops=self._executor == "auto",
             torch_lstm_rows=not segments,
         )
+
+    @torch.compiler.disable(reason=_PACKED_UNTRACEABLE)
+    def _forward_packed(
+        self,
+        packed: PackedSequence,
+        state: Any,
+        lengths: Tensor | None,
+        resets: Tensor | None,
+    ) -> tuple[PackedSequence, tuple[Any, ...]]:
+        """:meth:`forward` of a ``PackedSequence``, never traced: ``torch.compile`` runs it
+        eagerly (a graph break; ``fullgraph=True`` reports it with this reason), and
+        ``torch.export`` is refused with an :class:`~recurrentkit.UnsupportedError`
+        naming ``x``: its layout is data (``batch_sizes``' values fix every step's
+        rows). Padded input with ``lengths`` traces."""
+        if torch.compiler.is_exporting():
+            raise UnsupportedError("x", _PACKED_INSTEAD, "a PackedSequence under torch.export")
+        if lengths is not None:
+            raise ConfigError("lengths", "None when x is a PackedSequence", "a tensor")
+        self._check_input("x (PackedSequence data)", packed.data, ranks=(2,))
+        states = self._check_state(state, int(packed.batch_sizes[0]), packed.data, False)
+        if resets is not None:
+            x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
+            mask = self._check_resets(resets, x_tm, False, packed=True)
+            out, states = self._run_resets(x_tm, states, lengths, mask)  # (T, B, O)
+            return repack(out, lengths, packed), states
+        layers = self._make_executor()
+        direct = self._run_packed(layers, packed, states)
+        if direct is not None:  # ran on the packed rows themselves
+            return direct
+        x_tm, lengths = pad_packed_sequence(packed)  # (T, B, I), original batch order
+        out, states = self._run(x_tm, states, lengths, layers)  # (T, B, O)
+        return repack(out, lengths, packed), states
 
     def _run(
         self,

@@ -9,10 +9,13 @@ step) and each plan's runner. One step (:meth:`FastExecutor.step`) is the policy
 ``step`` on those cell steps; without autograd a stack of built-in RNN/GRU/LSTM cells
 keeps its executor from one step to the next (:func:`step_layers`).
 
-Under ``torch.compile`` tracing and torch.func transforms the same plans run on plain
-autograd ops (no custom autograd functions, no ``torch._VF`` calls); with ``lengths``
-there, the reference's masking (no shapes that depend on values). Under autocast they run
-on plain ops too (torch's fused ops stay: they follow autocast themselves).
+Under ``torch.compile`` a stack of built-in cells without ``lengths`` or resets runs
+each layer's whole-sequence kernel as ``torch.library`` custom ops (plan
+``"kernel_ops"``, :mod:`.kernels.ops`); other traced runs (``torch.export``, lengths,
+resets, cells without a kernel) are torch's scan operator over plain autograd ops (no
+custom autograd functions, no ``torch._VF`` calls). Under torch.func transforms and
+autocast the plans run on plain ops too (torch's fused ops stay: they follow autocast
+themselves).
 """
 
 from __future__ import annotations
@@ -56,6 +59,16 @@ __all__ = ["FastExecutor", "plain_mode", "scan_policy", "scans_layers", "step_la
 def plain_mode() -> bool:
     """Whether only plain autograd ops may run (``torch.compile`` tracing, torch.func)."""
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` traces (not ``torch.export``, outside torch.func
+    transforms): the kernels may run as custom ops (:mod:`.kernels.ops`)."""
+    return (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch._C._are_functorch_transforms_active()
+    )
 
 
 def autocast_on() -> bool:
@@ -127,6 +140,8 @@ class FastExecutor:
         reference: the :class:`~.reference.ReferenceExecutor` over the same cells.
         plain: only plain autograd ops may run (``torch.compile`` tracing, torch.func).
         custom: hand-written autograd ops may run (eager, no autocast).
+        kernel_ops: the kernels' whole-sequence ops may run as ``torch.library``
+            custom ops (``torch.compile`` tracing, no autocast; :mod:`.kernels.ops`).
         modes: each layer's torch mode where it runs on torch's ops (else ``None``).
         kernels: each layer's built-in kernel (else ``None``).
         steppers: what steps each layer from projected input: its kernel, or the
@@ -164,6 +179,9 @@ class FastExecutor:
         # hand-written autograd ops (fused steps, sequence kernels, deferred weight
         # gradients in step loops): not while tracing, under torch.func or autocast
         self.custom = not self.plain and not autocast_on()
+        # under torch.compile (not torch.export, not torch.func): the kernels' whole-
+        # sequence ops as torch.library custom ops (.kernels.ops)
+        self.kernel_ops = compiling() and not autocast_on()
         self._linear: Linear = DeferredLinear() if self.custom else F.linear
         self._x_t: Tensor | None = None  # layer 1's input at the current step ...
         self._gi_t: Tensor | None = None  # ... and its hoisted projection
@@ -273,7 +291,9 @@ class FastExecutor:
             layers = tuple(choose(plans.STEP, self, k).name for k in range(L))
             if scans_layers(policy):
                 layers = ("scan",) * L
-        elif whole.name in ("one_layer", "layer_by_layer"):
+        elif whole.name in ("one_layer", "layer_by_layer") or (
+            whole.name == "kernel_ops" and policy.layer_major
+        ):
             layers = tuple(self._layer_plan(k, steps, lengths) for k in range(L))
         elif whole.name == "layers_on_rows":
             layers = tuple("torch_op" if m else "kernel" for m in self.modes)
@@ -473,7 +493,7 @@ class FastExecutor:
         kern, cell = self.kernels[layer], self.cells[layer]
         assert kern is not None
         gi = kern.project(cell, x)  # (N, G)
-        if self.custom:
+        if self.custom or self.kernel_ops:
             return kern.sequence(cell, gi, state, sched)
         steps = gi.split(sched.sizes)
         seq: list[Any] = []
@@ -485,6 +505,18 @@ class FastExecutor:
 
         ys, _ = step_loop(step, steps, state, sched.sizes)
         return torch.cat(ys), cat_states(seq)
+
+    def run_kernel_ops(
+        self, policy: RoutingPolicy, x: Tensor, states: tuple[Any, ...]
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        """Under ``torch.compile``, no lengths or resets: a layer-major policy's run (each
+        layer on its kernel, as custom ops), :meth:`run_shared_first` for
+        ``shared_first`` wiring, or :meth:`run_cross` for ``cross_layer``'s."""
+        if policy.wiring == "shared_first":
+            return self.run_shared_first(x, states, None)
+        if policy.wiring == "cross_layer":
+            return self.run_cross(policy, x, states, None)
+        return policy.run(self, x, states, None)
 
     def run_shared_first(
         self, x: Tensor, states: tuple[Any, ...], lengths: Tensor | None

@@ -62,23 +62,37 @@ class Schedule:
         unsorted_indices: Tensor | None = None,
         batch_sizes: Tensor | None = None,
     ) -> None:
-        self.sizes = sizes
+        self._sizes: tuple[int, ...] | None = sizes
         self.batch = batch
+        self.steps = len(sizes)
+        """``T``."""
         self.sorted_indices = sorted_indices
         self.unsorted_indices = unsorted_indices
         self.batch_sizes = batch_sizes
         self.uniform = sorted_indices is None
         self._cache: dict[tuple[str, torch.device], Tensor] = {}
 
+    @classmethod
+    def of_uniform(cls, steps: int, batch: int) -> Schedule:
+        """Every row runs every step (no lengths). ``steps`` and ``batch`` may be symbolic
+        (``torch.compile`` with dynamic shapes): :attr:`sizes` is built only when read,
+        and the uniform layout's moves (:meth:`pack`, :meth:`unpack`, :meth:`last`, …)
+        never read it."""
+        sched = cls((), batch)
+        sched._sizes, sched.steps = None, steps
+        return sched
+
     @property
-    def steps(self) -> int:
-        """``T``."""
-        return len(self.sizes)
+    def sizes(self) -> tuple[int, ...]:
+        """Running sequences at each step (``(B,) * T`` when uniform)."""
+        if self._sizes is None:
+            self._sizes = (self.batch,) * self.steps
+        return self._sizes
 
     @property
     def total(self) -> int:
         """``N``, the number of real tokens (packed rows)."""
-        return sum(self.sizes)
+        return self.steps * self.batch if self.uniform else sum(self.sizes)
 
     # -- into and out of the layout ------------------------------------------------------
 
@@ -120,7 +134,7 @@ class Schedule:
     def last(self, data: Tensor) -> Tensor:
         """The row of each sequence's last step, ``(N, F)`` → ``(B, F)`` in sorted order."""
         if self.uniform:
-            return data[-self.batch :]
+            return data[data.shape[0] - self.batch :]
         return data.index_select(0, self._index("last", data.device))
 
     def final_state(self, seq: Any) -> Any:
@@ -134,7 +148,7 @@ class Schedule:
         ``(N, F)``; row ``r`` of step ``t >= 1`` is row ``r`` of step ``t - 1``.
         """
         if self.uniform:
-            return torch.cat([first, data[: -self.batch]])  # (N, F)
+            return torch.cat([first, data[: data.shape[0] - self.batch]])  # (N, F)
         both = torch.cat([first, data])  # (B + N, F)
         return both.index_select(0, self._index("previous", data.device))
 
@@ -193,10 +207,10 @@ def schedule(x: Tensor, lengths: Tensor | None) -> Schedule:
     """The layout of ``x (T, B, F)`` with optional ``lengths (B,)`` (each in ``1..T``)."""
     T, B = x.shape[0], x.shape[1]
     if lengths is None:
-        return Schedule((B,) * T, B)
+        return Schedule.of_uniform(T, B)
     lengths_cpu = lengths.detach().to("cpu", torch.long)
     if bool((lengths_cpu == T).all()):
-        return Schedule((B,) * T, B)
+        return Schedule.of_uniform(T, B)
     order = torch.sort(lengths_cpu, descending=True, stable=True)
     sorted_lengths, sorted_indices = order.values, order.indices
     batch_sizes = (sorted_lengths[None, :] > torch.arange(T)[:, None]).sum(1)  # (T,)

@@ -114,6 +114,26 @@ def _overrides_run(policy: RoutingPolicy) -> bool:
 
 WHOLE_RUN: tuple[Plan, ...] = (
     Plan(
+        "kernel_ops",
+        lambda ex, policy, lengths: (
+            ex.kernel_ops
+            and lengths is None
+            and ex.restart is None
+            and ex.all_kernels()
+            and (
+                policy.layer_major
+                or policy.wiring == "shared_first"
+                or (cross_run.applies(policy, ex.cells) and not ex.dropping())
+            )
+        ),
+        lambda ex, policy, x, states, lengths: ex.run_kernel_ops(policy, x, states),
+        "torch.compile tracing without lengths or resets, every layer a built-in cell, a "
+        "layer-major policy, shared_first wiring, or cross_layer wiring as its whole-run "
+        "op allows: each layer's whole-sequence kernel (cross_layer: the whole run) as "
+        "torch.library custom ops (forward and backward as eager mode runs them), the "
+        "rest plain ops",
+    ),
+    Plan(
         "scan",
         lambda ex, policy, lengths: ex.traced,
         lambda ex, policy, x, states, lengths: ex.run_scan(policy, x, states, lengths),
@@ -258,8 +278,9 @@ LAYER: tuple[Plan, ...] = (
         "kernel",
         lambda ex, layer, steps, lengths: ex.kernels[layer] is not None,
         lambda ex, layer, x, state, lengths: ex.run_kernel(layer, x, state, lengths),
-        "a built-in cell: its whole-sequence kernel (one op with a hand-written backward; "
-        "plain ops on its step while tracing or under autocast)",
+        "a built-in cell: its whole-sequence kernel (one op with a hand-written backward, "
+        "which torch.compile runs as torch.library custom ops; plain ops on its step "
+        "under torch.func or autocast)",
     ),
     Plan(
         "linear_scan",

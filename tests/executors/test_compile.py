@@ -207,15 +207,31 @@ def test_compiled_dropout_is_drawn_inside_the_scan(checks: SimpleNamespace, rout
     assert x.grad is not None and bool(torch.isfinite(x.grad).all())
 
 
-def test_explain_names_the_scan_plan_while_tracing(
+def test_explain_names_the_plans_while_tracing(
     checks: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``explain`` reads the same tables as the run: while tracing, the whole run's plan
-    is ``"scan"``: one scan of the step for a causal policy (its layers on their STEP
-    plans), each layer scanned in turn for one that is not (handoff)."""
+    """``explain`` reads the same tables as the run. Under ``torch.compile``, a
+    layer-major policy or ``shared`` over built-in cells runs each layer's kernel as
+    custom ops (``"kernel_ops"``), ``cross_layer`` its whole-run op; with active
+    dropout ``cross_layer`` is one scan of its step. Under
+    ``torch.export`` every policy scans: one scan of the step for a causal policy (its
+    layers on their STEP plans), each layer scanned in turn for one that is not
+    (handoff)."""
     x = torch.randn(3, 2, 3, dtype=torch.float64)
     assert checks.build("gru", "independent", "auto", L=2).explain(x).plan != "scan"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for routing in ("independent", "handoff", "residual"):
+        e = checks.build("gru", routing, "auto", L=2).explain(x)
+        assert (e.plan, e.layers) == ("kernel_ops", ("kernel", "kernel")), routing
+    e = checks.build("gru", "shared", "auto", L=2).explain(x)
+    assert (e.plan, e.layers) == ("kernel_ops", None)
+    e = checks.build("gru", "cross_layer", "auto", L=2).explain(x)
+    assert (e.plan, e.layers) == ("kernel_ops", None)
+    e = checks.build("gru", "cross_layer", "auto", L=2, dropout=0.5).explain(x)
+    assert (e.plan, e.layers) == ("scan", ("kernel_step", "kernel_step"))
+    e = checks.build("mgu", "independent", "auto", L=2).explain(x)  # no kernel: the scan
+    assert e.plan == "scan"
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
     for routing in ("independent", "shared", "cross_layer"):
         e = checks.build("gru", routing, "auto", L=2).explain(x)
         assert (e.plan, e.layers) == ("scan", ("kernel_step", "kernel_step")), routing
@@ -351,6 +367,38 @@ def test_export_after_an_eager_call_with_a_state_keeps_the_batch_free(
         y, s = program(x, given)
         for a, b in zip([y, *flat(s)], [y_ref, *flat(s_ref)]):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+# -- PackedSequence ------------------------------------------------------------------------
+
+
+def _packed() -> torch.nn.utils.rnn.PackedSequence:
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    return torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 4, 2]))
+
+
+def test_a_packed_sequence_runs_eagerly_under_compile(checks: SimpleNamespace) -> None:
+    """A PackedSequence's layout is data: under torch.compile (not fullgraph) its call is
+    a graph break and runs eagerly, equal to the eager stack."""
+    stack = checks.build("gru", "independent", "auto", L=2)
+    packed = _packed()
+    y, s = torch.compile(stack, backend="eager")(packed)
+    y_ref, s_ref = stack(packed)
+    torch.testing.assert_close(y.data, y_ref.data, rtol=0, atol=0)
+    for a, b in zip(flat(s), flat(s_ref)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_packed_sequence_is_refused_by_fullgraph_and_export(checks: SimpleNamespace) -> None:
+    """fullgraph=True reports the graph break with recurrentkit's reason; torch.export
+    raises UnsupportedError naming x and the padded tensor with lengths."""
+    import recurrentkit as rk
+
+    stack = checks.build("gru", "independent", "auto", L=2).eval()
+    with pytest.raises(dynamo.exc.Unsupported, match="PackedSequence does not trace"):
+        torch.compile(stack, fullgraph=True, backend="eager")(_packed())
+    with pytest.raises(rk.UnsupportedError, match=r"^x: expected the padded tensor .*lengths="):
+        torch.export.export(stack, (_packed(),))
 
 
 # -- TorchScript ---------------------------------------------------------------------------

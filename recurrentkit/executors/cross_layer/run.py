@@ -56,6 +56,7 @@ from recurrentkit.executors.cross_layer.parts import (
     step_views,
 )
 from recurrentkit.executors.first_order import first_order_backward
+from recurrentkit.executors.kernels import ops
 from recurrentkit.executors.kernels.base import folded_bias
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.gru import GRUPart
@@ -133,8 +134,8 @@ def cross_run(
         ]
     h0 = [s if isinstance(s, Tensor) else s.h for s in states]
     c0 = [s.c for s, kind in zip(states, kinds) if kind == "lstm"]
-    if torch.is_grad_enabled():
-        outs = _CrossRun.apply(sched, kinds, x, gi, *h0, *c0, *params)
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (compiling: the op)
+        outs = _CROSS_OP.apply(sched, kinds, x, gi, *h0, *c0, *params)
     else:  # inference: the same arithmetic without the autograd op or the backward's factors
         outs = _CrossRun.forward(_NoGrad(), sched, kinds, x, gi, *h0, *c0, *params)
     hs, cs = list(outs[: len(cells)]), iter(outs[len(cells) :])
@@ -411,3 +412,56 @@ class _Grads:
             torch.mm(D0[:, :a], self.g_in0, out=self.dx[rows])
         if self.dgi is not None:
             self.bottom.input_grad(D0[:, a:], self.dgi[rows])
+
+
+_PART_SAVED = {"gru": (3, 2), "lstm": (4, 4, 1)}  # each part's saved buffers' widths / H
+
+
+def _cross_saved(a: Any) -> list[ops.Saved]:
+    """``_CrossRun``'s saved tensors: ``x, ALL, the parameters, HT, GT`` and each part's
+    buffers; the arguments are ``sched, kinds, x, gi, h0 (L), c0 (LSTM layers), the
+    parameters (7 per layer)``."""
+    kinds, x = a[1], a[2]
+    L, n_c = len(kinds), kinds.count("lstm")
+    h0 = a[4 : 4 + L]
+    widths = [h.shape[1] for h in h0]
+    p0 = 4 + L + n_c
+    return [
+        (ops.IN, 2),
+        (ops.NEW, (h0[0].shape[0] + x.shape[0], sum(widths))),  # ALL (B + N, ΣH)
+        *((ops.IN, p0 + i) for i in range(_PER_LAYER * L)),
+        *ops.new_rows(x, *widths),  # HT
+        *ops.new_rows(x, *[L - 1] * L),  # GT
+        *(
+            saved
+            for kind, H in zip(kinds, widths)
+            for saved in ops.new_rows(x, *(m * H for m in _PART_SAVED[kind]))
+        ),
+    ]
+
+
+def _cross_outputs(a: Any) -> list[Tensor]:
+    kinds, x = a[1], a[2]
+    widths = [h.shape[1] for h in a[4 : 4 + len(kinds)]]
+    lstm = [H for kind, H in zip(kinds, widths) if kind == "lstm"]
+    return [x.new_empty(x.shape[0], H) for H in (*widths, *lstm)]  # h per layer, then c
+
+
+def _cross_attrs(ctx: Any, a: Any) -> None:
+    kinds = a[1]
+    ctx.kinds = kinds
+    ctx.widths = [h.shape[1] for h in a[4 : 4 + len(kinds)]]
+    ctx.n_saved = [len(_PART_SAVED[kind]) for kind in kinds]
+
+
+# the whole run as torch.library custom ops under torch.compile (kernels.ops): shapes
+_CROSS_OP = ops.register(
+    ops.Spec(
+        _CrossRun,
+        lambda a: len(a[1]) + a[1].count("lstm"),
+        _cross_outputs,
+        _cross_saved,
+        _cross_attrs,
+        rows=lambda a: (a[2], a[4]),  # x (N, I), layer 1's h0 (B, H)
+    )
+)

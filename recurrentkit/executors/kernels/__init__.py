@@ -7,6 +7,9 @@ they share one gate helper per form (on autograd ops, in place, backward factors
 the cell's arithmetic is written once; the autograd form sits beside the reference
 equations in :mod:`recurrentkit.cells`.
 
+Under ``torch.compile`` each whole-sequence op runs as a ``torch.library`` custom op
+(:mod:`.ops`): every kernel file registers its op's shapes there.
+
 Only the built-in classes themselves get a kernel: a subclass may change the
 equations, so it runs on the reference loop — unless it (or any user cell) declares
 the protocol's split step, which :func:`split_kernel_for` adapts (:class:`.split.SplitKernel`).

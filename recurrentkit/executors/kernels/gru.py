@@ -40,6 +40,7 @@ from recurrentkit.cells.gru import GRUCell, gru_gates
 from recurrentkit.executors.cross_layer.parts import CellPart, PerStep, rows_per_step, step_views
 from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.first_order import first_order_backward
+from recurrentkit.executors.kernels import ops
 from recurrentkit.executors.kernels.base import CellKernel, Linear, prev_mm, rows
 from recurrentkit.executors.kernels.base import split_steps as _split
 from recurrentkit.executors.kernels.base import zeros_bias as _zeros_bias
@@ -107,8 +108,8 @@ class GRUKernel(CellKernel):
     def sequence(
         self, cell: GRUCell, gi: Tensor, state: Tensor, sched: Schedule
     ) -> tuple[Tensor, Tensor]:
-        fn = _GRUAfter if cell.reset == "after" else _GRUBefore
-        out = fn.apply(gi, state, cell.weight_hh, cell.bias_hh, sched)  # (N, H)
+        op = _AFTER_OP if cell.reset == "after" else _BEFORE_OP
+        out = op.apply(gi, state, cell.weight_hh, cell.bias_hh, sched)  # (N, H)
         return out, out
 
 
@@ -337,6 +338,37 @@ class _GRUAfter(Function):
         return dgi, dh_buf, dw, db, None
 
 
+def _rows(args: Any, *widths: int) -> list[ops.Saved]:
+    """Buffers of the packed rows ``gi (N, ·)``, ``widths`` in units of ``H``."""
+    H = args[1].shape[1]
+    return ops.new_rows(args[0], *(w * H for w in widths))
+
+
+def _has_bias(ctx: Any, args: Any) -> None:
+    ctx.has_bias = args[3] is not None
+
+
+def _one_output(args: Any) -> int:
+    return 1
+
+
+def _h_rows(args: Any) -> list[Tensor]:
+    """``[h (N, H)]``: rows of ``gi``, width of ``h0``."""
+    return [args[0].new_empty(args[0].shape[0], args[1].shape[1])]
+
+
+# the whole-sequence ops as torch.library custom ops under torch.compile (.ops): shapes
+_AFTER_OP = ops.register(
+    ops.Spec(
+        _GRUAfter,
+        _one_output,
+        _h_rows,
+        lambda a: [(ops.IN, 1), (ops.IN, 2), (ops.OUT, 0), *_rows(a, 3, 1)],  # h0 w out G n
+        _has_bias,
+    )
+)
+
+
 def _swap_rz(t: Tensor, H: int) -> Tensor:
     """``t``'s gate rows ``r | z | n`` as ``z | r | n`` (a copy), or back: the order in
     which the reset-after backward lays out its gradient rows."""
@@ -434,6 +466,17 @@ class _GRUBefore(Function):
         if ctx.has_bias and ctx.needs_input_grad[3]:
             db = torch.cat([dr.sum(0), dz.sum(0), da.sum(0)])
         return dgi, dh_buf, dw, db, None
+
+
+_BEFORE_OP = ops.register(
+    ops.Spec(
+        _GRUBefore,
+        _one_output,
+        _h_rows,
+        lambda a: [(ops.IN, 1), (ops.IN, 2), (ops.OUT, 0), *_rows(a, 2, 1, 1)],  # … RZ Q n
+        _has_bias,
+    )
+)
 
 
 class GRUPart(CellPart):

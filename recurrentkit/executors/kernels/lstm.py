@@ -40,6 +40,7 @@ from recurrentkit.executors.cross_layer.parts import (
 )
 from recurrentkit.executors.deferred import Slot, weight_grads
 from recurrentkit.executors.first_order import first_order_backward
+from recurrentkit.executors.kernels import ops
 from recurrentkit.executors.kernels.base import (
     AdditiveKernel,
     Linear,
@@ -83,7 +84,7 @@ class LSTMKernel(AdditiveKernel):
     ) -> tuple[Tensor, LSTMState]:
         h0, c0 = state
         gi = gi if cell.bias_hh is None else gi + cell.bias_hh  # (N, 4H), both biases
-        out, C = _LSTM.apply(gi, h0, c0, cell.weight_hh, cell.weight_hr, sched)
+        out, C = _LSTM_OP.apply(gi, h0, c0, cell.weight_hh, cell.weight_hr, sched)
         return out, LSTMState(out, C)
 
 
@@ -305,6 +306,35 @@ class _LSTM(Function):
         dw = prev_mm(dG, sched.previous_blocks(h0, out)) if need[3] else None
         dw_hr = DH.t() @ M if (DH is not None and M is not None and need[4]) else None
         return dG if need[0] else None, dh_buf, dc_buf, dw, dw_hr, None
+
+
+def _lstm_saved(a: Any) -> list[ops.Saved]:
+    """``_LSTM``'s saved tensors: ``h0, c0, w_hh, w_hr, G, C, tanh C, M, out``."""
+    gi, projected = a[0], a[4] is not None
+    H = a[2].shape[1]
+    m = ops.new_rows(gi, H) if projected else [(ops.NONE, None)]
+    return [
+        *((ops.IN, i) for i in range(1, 5)),
+        *ops.new_rows(gi, 4 * H),
+        (ops.OUT, 1),
+        *ops.new_rows(gi, H),
+        *m,
+        (ops.OUT, 0),
+    ]
+
+
+# the whole-sequence op as torch.library custom ops under torch.compile (.ops): shapes
+_LSTM_OP = ops.register(
+    ops.Spec(
+        _LSTM,
+        lambda a: 2,
+        lambda a: [
+            a[0].new_empty(a[0].shape[0], a[1].shape[1]),  # h (N, P)
+            a[0].new_empty(a[0].shape[0], a[2].shape[1]),  # C (N, H)
+        ],
+        _lstm_saved,
+    )
+)
 
 
 class LSTMPart(CellPart):

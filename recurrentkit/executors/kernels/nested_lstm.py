@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from recurrentkit.cells.lstm import LSTMState
 from recurrentkit.cells.nested_lstm import NestedLSTMCell, NestedLSTMState
 from recurrentkit.executors.first_order import first_order_backward
+from recurrentkit.executors.kernels import ops
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, folded_bias, split_steps
 from recurrentkit.executors.kernels.lstm import LSTMKernel
 from recurrentkit.executors.packing import Schedule, chunk_steps
@@ -70,7 +71,7 @@ class NestedLSTMKernel(AdditiveKernel):
         wcats = [torch.cat([lv.weight_ih, lv.weight_hh], 1) for lv in chain[1:]]  # (4H, 2H)
         bcats = [folded_bias(lv) for lv in chain[1:]]
         gi = gi if cell.bias_hh is None else gi + cell.bias_hh  # (N, 4H), both biases
-        out, *C = _Nested.apply(sched, d, gi, state.h, cell.weight_hh, *wcats, *bcats, *c0s)
+        out, *C = _NESTED_OP.apply(sched, d, gi, state.h, cell.weight_hh, *wcats, *bcats, *c0s)
         seq: Any = LSTMState(C[d - 2], C[d - 1])
         for j in range(d - 2, 0, -1):
             seq = NestedLSTMState(C[j - 1], C[j], seq)
@@ -220,3 +221,37 @@ class _Nested(Function):
                 if dbc is not None:
                     dbc.add_(dGr[j + 1].sum(0))
         return (None, None, dG0, dh_buf, dw, *dwcats, *dbcats, *dc_bufs)
+
+
+def _nested_saved(a: Any) -> list[ops.Saved]:
+    """``_Nested``'s saved tensors: ``h0, w_hh, out, wcats, c0s, Gs, XHs, Cs``; the
+    arguments are ``sched, d, gi, h0, w_hh, wcats (d-1), bcats (d-1), c0s (d)``."""
+    d, gi, H = a[1], a[2], a[3].shape[1]
+    c0 = 5 + 2 * (d - 1)
+    return [
+        (ops.IN, 3),
+        (ops.IN, 4),
+        (ops.OUT, 0),
+        *((ops.IN, 5 + j) for j in range(d - 1)),
+        *((ops.IN, c0 + j) for j in range(d)),
+        *ops.new_rows(gi, *[4 * H] * d, *[2 * H] * (d - 1)),
+        *((ops.OUT, 1 + j) for j in range(d)),
+    ]
+
+
+def _nested_attrs(ctx: Any, args: Any) -> None:
+    d = args[1]
+    ctx.d = d
+    ctx.has_bias = [b is not None for b in args[5 + d - 1 : 5 + 2 * (d - 1)]]
+
+
+# the whole-sequence op as torch.library custom ops under torch.compile (.ops): shapes
+_NESTED_OP = ops.register(
+    ops.Spec(
+        _Nested,
+        lambda a: 1 + a[1],
+        lambda a: [a[2].new_empty(a[2].shape[0], a[3].shape[1]) for _ in range(1 + a[1])],
+        _nested_saved,
+        _nested_attrs,
+    )
+)

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from recurrentkit.cells.rnn import RNNCell
 from recurrentkit.executors.first_order import first_order_backward
+from recurrentkit.executors.kernels import ops
 from recurrentkit.executors.kernels.base import AdditiveKernel, Linear, prev_mm, split_steps
 from recurrentkit.executors.packing import Schedule
 from recurrentkit.executors.products import transposed
@@ -31,7 +32,7 @@ class RNNKernel(AdditiveKernel):
         self, cell: RNNCell, gi: Tensor, state: Tensor, sched: Schedule
     ) -> tuple[Tensor, Tensor]:
         gi = gi if cell.bias_hh is None else gi + cell.bias_hh  # (N, H), both biases
-        out = _RNN.apply(gi, state, cell.weight_hh, cell.nonlinearity == "relu", sched)
+        out = _RNN_OP.apply(gi, state, cell.weight_hh, cell.nonlinearity == "relu", sched)
         return out, out
 
 
@@ -77,3 +78,19 @@ class _RNN(Function):
             torch.mm(dP_s[t], w_hh, out=dh_buf[:bs])
         dw = prev_mm(dP, sched.previous_blocks(h0, out)) if ctx.needs_input_grad[2] else None
         return dP, dh_buf, dw, None, None
+
+
+def _relu(ctx: Any, args: Any) -> None:
+    ctx.relu = bool(args[3])
+
+
+# the whole-sequence op as torch.library custom ops under torch.compile (.ops): shapes
+_RNN_OP = ops.register(
+    ops.Spec(
+        _RNN,
+        lambda a: 1,
+        lambda a: [torch.empty_like(a[0])],
+        lambda a: [(ops.IN, 1), (ops.IN, 2), (ops.OUT, 0)],  # h0, w_hh, out
+        _relu,
+    )
+)
