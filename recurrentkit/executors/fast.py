@@ -37,6 +37,7 @@ from recurrentkit.executors.cross_layer import run as cross_run
 from recurrentkit.executors.cross_layer.mix import cross_step
 from recurrentkit.executors.deferred import DeferredLinear
 from recurrentkit.executors.kernels import CellKernel, kernel_for, split_kernel_for
+from recurrentkit.executors.kernels import ops as kernel_ops
 from recurrentkit.executors.kernels.base import Linear
 from recurrentkit.executors.kernels.linear import linear_coefficients
 from recurrentkit.executors.packing import Schedule, cat_states, schedule
@@ -181,7 +182,7 @@ class FastExecutor:
         self.custom = not self.plain and not autocast_on()
         # under torch.compile (not torch.export, not torch.func): the kernels' whole-
         # sequence ops as torch.library custom ops (.kernels.ops)
-        self.kernel_ops = compiling() and not autocast_on()
+        self.kernel_ops = kernel_ops.AVAILABLE and compiling() and not autocast_on()
         self._linear: Linear = DeferredLinear() if self.custom else F.linear
         self._x_t: Tensor | None = None  # layer 1's input at the current step ...
         self._gi_t: Tensor | None = None  # ... and its hoisted projection

@@ -37,7 +37,7 @@ from torch.autograd import Function
 
 from recurrentkit.executors.packing import Schedule
 
-__all__ = ["IN", "NEW", "NONE", "OUT", "Spec", "new_rows", "register"]
+__all__ = ["AVAILABLE", "IN", "NEW", "NONE", "OUT", "Spec", "new_rows", "register"]
 
 IN, OUT, NEW, NONE = "in", "out", "new", "none"
 """Where a saved tensor comes from: an argument (by position), an output (by index), a
@@ -82,7 +82,7 @@ class Spec:
     def apply(self, *args: Any) -> Any:
         """``fn.apply(*args)``; while ``torch.compile`` traces, the same through the
         custom ops."""
-        if not (torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
+        if not (AVAILABLE and torch.compiler.is_compiling()) or torch.compiler.is_exporting():
             return self.fn.apply(*args)
         sig, tensors = _encode(args)
         results = _FORWARD(self.name, sig, tensors)
@@ -248,22 +248,6 @@ def _backward_fake(name: str, sig: str, tensors: list[Tensor], *rest: Any) -> li
     return [torch.empty_like(t) for t in tensors]  # a gradient per given tensor
 
 
-_FORWARD = torch.library.custom_op(
-    "recurrentkit::kernel_forward",
-    _forward,
-    mutates_args=(),
-    schema="(str name, str sig, Tensor[] tensors) -> Tensor[]",
-)
-_FORWARD.register_fake(_forward_fake)
-_BACKWARD = torch.library.custom_op(
-    "recurrentkit::kernel_backward",
-    _backward,
-    mutates_args=(),
-    schema=("(str name, str sig, Tensor[] tensors, Tensor[] results, Tensor?[] grads) -> Tensor[]"),
-)
-_BACKWARD.register_fake(_backward_fake)
-
-
 def _setup(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
     name, sig, tensors = inputs
     ctx.call = (name, sig, len(tensors))
@@ -278,4 +262,30 @@ def _autograd(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     return None, None, _BACKWARD(name, sig, tensors, results, list(grads[: ctx.n_out]))
 
 
-_FORWARD.register_autograd(_autograd, setup_context=_setup)
+def _define() -> tuple[Any, Any]:
+    forward = torch.library.custom_op(
+        "recurrentkit::kernel_forward",
+        _forward,
+        mutates_args=(),
+        schema="(str name, str sig, Tensor[] tensors) -> Tensor[]",
+    )
+    forward.register_fake(_forward_fake)
+    backward = torch.library.custom_op(
+        "recurrentkit::kernel_backward",
+        _backward,
+        mutates_args=(),
+        schema=(
+            "(str name, str sig, Tensor[] tensors, Tensor[] results, Tensor?[] grads) -> Tensor[]"
+        ),
+    )
+    backward.register_fake(_backward_fake)
+    forward.register_autograd(_autograd, setup_context=_setup)
+    return forward, backward
+
+
+AVAILABLE = hasattr(torch.library, "custom_op")
+"""Whether this torch defines custom ops in Python (torch >= 2.4); without, compiled
+stacks keep the scan."""
+_FORWARD: Any
+_BACKWARD: Any
+_FORWARD, _BACKWARD = _define() if AVAILABLE else (None, None)
