@@ -11,6 +11,7 @@ serves them. Shapes here are time-major, ``(T, B, F)``; a :class:`Bidirectional`
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, overload
 
 import torch
@@ -21,7 +22,8 @@ from recurrentkit import state as rstate
 from recurrentkit._validation import check_lengths, describe
 from recurrentkit.cells.protocol import StackState
 from recurrentkit.errors import ConfigError, InputTypeError, StateError
-from recurrentkit.stack import Stack, check_resets, repack, run_segments
+from recurrentkit.routing import CarriedStateWarning
+from recurrentkit.stack import Stack, check_resets, repack, run_segments, warn_carried
 
 __all__ = ["Bidirectional", "reverse_within_lengths"]
 
@@ -260,6 +262,8 @@ class Bidirectional(nn.Module):
         if lengths is not None:
             lengths = check_lengths("lengths", lengths, T, B)
         stacks = (self.forward_stack, self.backward_stack)
+        for stack, s in zip(stacks, (s_f, s_b)):  # (the segments' calls below are given
+            warn_carried(stack.routing, s)  # states the caller did not carry: no warning)
         # each stack's state checked as its call checks it (None: its initial state)
         parts = [stack._check_state(s, B, x_tm, unbatched) for stack, s in zip(stacks, (s_f, s_b))]
         L = len(parts[0])
@@ -273,7 +277,9 @@ class Bidirectional(nn.Module):
             x_seg: Tensor, states: tuple[Any, ...], seg_lengths: Tensor | None
         ) -> tuple[Tensor, tuple[Any, ...]]:
             xs = x_seg.transpose(0, 1) if self.batch_first else x_seg  # this module's layout
-            y, (f, b) = self._run(xs, states[:L], states[L:], seg_lengths)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CarriedStateWarning)
+                y, (f, b) = self._run(xs, states[:L], states[L:], seg_lengths)
             return (y.transpose(0, 1) if self.batch_first else y), (*f, *b)  # (T', S, O)
 
         out, finals = run_segments(x_tm, (*parts[0], *parts[1]), lengths, mask, initial, run)

@@ -288,14 +288,7 @@ class Stack(nn.Module):
         :class:`~recurrentkit.ShapeError`.
         """
         _refuse_jit_trace()
-        if state is not None and not self.routing.causal and not torch.compiler.is_compiling():
-            warnings.warn(
-                f"routing {self.routing.name!r} is not causal: a sequence run in chunks with "
-                "the state carried differs from one call over it (streaming and truncated "
-                "BPTT do not compute the whole-sequence function)",
-                CarriedStateWarning,
-                stacklevel=caller_level(),
-            )
+        warn_carried(self.routing, state)
         if isinstance(x, PackedSequence):
             return self._forward_packed(x, state, lengths, resets)
         self._check_input("x", x, ranks=(2, 3))
@@ -1037,6 +1030,19 @@ def _kernel_lstm(device: torch.device, lengths: Tensor | None) -> bool:
     measured on the segments of ``benchmarks/state_bench.py`` (1 thread, a loaded
     2-core machine), the kernel took 0.80-0.88 of that op's time."""
     return lengths is not None and device.type == "cpu"
+
+
+def warn_carried(routing: RoutingPolicy, state: Any) -> None:
+    """Issue :class:`~recurrentkit.routing.CarriedStateWarning` for a call of a non-causal
+    policy given a ``state`` (not while ``torch.compile`` traces)."""
+    if state is not None and not routing.causal and not torch.compiler.is_compiling():
+        warnings.warn(
+            f"routing {routing.name!r} is not causal: a sequence run in chunks with the "
+            "state carried differs from one call over it (streaming and truncated BPTT do "
+            "not compute the whole-sequence function)",
+            CarriedStateWarning,
+            stacklevel=caller_level(),
+        )
 
 
 def _refuse_jit_trace() -> None:

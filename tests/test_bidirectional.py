@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given
@@ -195,6 +197,30 @@ def test_resets_equal_each_segment_run_apart(data) -> None:
     want = _grads_of((want_y * w).sum() + want_f1.sum() + want_c.sum(), params)
     for a, b_ in zip(got, want):
         torch.testing.assert_close(a, b_, rtol=0, atol=1e-10)
+
+
+def test_handoff_with_resets_warns_only_of_a_state_the_caller_carried() -> None:
+    """Resets run the segments with states the caller did not carry: no
+    CarriedStateWarning for them; a given state warns once per handoff stack, as a call
+    without resets does."""
+    bi = Bidirectional(
+        rk.Stack([rk.GRUCell(3, 4), rk.GRUCell(4, 4)], "handoff"),
+        rk.Stack([rk.GRUCell(3, 4)]),
+    ).eval()
+    x = torch.randn(5, 2, 3)
+    resets = torch.zeros(5, 2, dtype=torch.bool)
+    resets[2, 0] = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bi(x, resets=resets)
+    assert not [w for w in caught if issubclass(w.category, rk.routing.CarriedStateWarning)]
+    state = (bi.forward_stack.initial_state(2), bi.backward_stack.initial_state(2))
+    for kw in ({}, {"resets": resets}):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bi(x, state, **kw)
+        carried = [w for w in caught if issubclass(w.category, rk.routing.CarriedStateWarning)]
+        assert len(carried) == 1, kw
 
 
 @pytest.mark.parametrize("layout", ["batch_first", "packed", "unbatched"])
