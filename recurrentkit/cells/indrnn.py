@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_bool, check_choice, check_int, factory_kwargs
+from recurrentkit._validation import check_choice
 from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
 
 __all__ = ["IndRNNCell"]
@@ -73,12 +73,8 @@ class IndRNNCell(CellBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_int("input_size", input_size)
-        self.hidden_size = check_int("hidden_size", hidden_size)
-        self.output_size = self.hidden_size
+        self.bias, factory = self._begin(input_size, hidden_size, bias, device, dtype)
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        self.bias = check_bool("bias", bias)
-        factory: dict[str, Any] = factory_kwargs(device, dtype)
         self.weight_ih = make_weight(hidden_size, input_size, factory)
         self.weight_hh = make_bias(hidden_size, factory)  # a vector (H,)
         if self.bias:

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_bool, check_int, factory_kwargs
 from recurrentkit.cells.lstm import LSTMState
 from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
 
@@ -80,11 +79,7 @@ class LayerNormGRUCell(CellBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_int("input_size", input_size)
-        self.hidden_size = check_int("hidden_size", hidden_size)
-        self.output_size = self.hidden_size
-        self.bias = check_bool("bias", bias)
-        factory: dict[str, Any] = factory_kwargs(device, dtype)
+        self.bias, factory = self._begin(input_size, hidden_size, bias, device, dtype)
         G = 3 * hidden_size
         self._make_gate_parameters(G, hidden_size, self.bias, factory)
         self.ln_ih = nn.LayerNorm(G, bias=self.bias, **factory)
@@ -198,11 +193,7 @@ class LayerNormLSTMCell(CellBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_int("input_size", input_size)
-        self.hidden_size = check_int("hidden_size", hidden_size)
-        self.output_size = self.hidden_size
-        has_bias = check_bool("bias", bias)
-        factory: dict[str, Any] = factory_kwargs(device, dtype)
+        has_bias, factory = self._begin(input_size, hidden_size, bias, device, dtype)
         G = 4 * hidden_size
         self.weight_ih = make_weight(G, input_size, factory)
         self.weight_hh = make_weight(G, hidden_size, factory)

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_bool, factory_kwargs
 from recurrentkit.cells.protocol import CellBase, make_bias, make_weight
 
 __all__ = ["LinearCellBase", "MinGRUCell", "MinLSTMCell", "positive"]
@@ -95,9 +94,7 @@ class _MinCell(LinearCellBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self._set_sizes(input_size, hidden_size)
-        self.bias = check_bool("bias", bias)
-        factory: dict[str, Any] = factory_kwargs(device, dtype)
+        self.bias, factory = self._begin(input_size, hidden_size, bias, device, dtype)
         self.weight_ih = make_weight(self.gates * hidden_size, input_size, factory)
         if self.bias:
             self.bias_ih = make_bias(self.gates * hidden_size, factory)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_bool, check_int, factory_kwargs
+from recurrentkit._validation import check_int
 from recurrentkit.cells.protocol import CellBase, make_weight
 from recurrentkit.errors import ConfigError
 
@@ -82,16 +82,13 @@ class LSTMCell(CellBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_int("input_size", input_size)
-        self.hidden_size = check_int("hidden_size", hidden_size)
+        self.bias, factory = self._begin(input_size, hidden_size, bias, device, dtype)
         self.proj_size = check_int("proj_size", proj_size, minimum=0)
         if proj_size >= hidden_size:
             raise ConfigError(
                 "proj_size", f"0 (no projection) or an int < hidden_size={hidden_size}", proj_size
             )
         self.output_size = proj_size or hidden_size
-        self.bias = check_bool("bias", bias)
-        factory: dict[str, Any] = factory_kwargs(device, dtype)
         self._make_gate_parameters(4 * hidden_size, self.output_size, self.bias, factory)
         if proj_size:
             self.weight_hr = make_weight(proj_size, hidden_size, factory)

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_bool, check_int, factory_kwargs
 from recurrentkit.cells._split import weight_rows
 from recurrentkit.cells.protocol import CellBase
 
@@ -74,11 +73,7 @@ class MGUCell(CellBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_int("input_size", input_size)
-        self.hidden_size = check_int("hidden_size", hidden_size)
-        self.output_size = self.hidden_size
-        self.bias = check_bool("bias", bias)
-        factory: dict[str, Any] = factory_kwargs(device, dtype)
+        self.bias, factory = self._begin(input_size, hidden_size, bias, device, dtype)
         self._make_gate_parameters(2 * hidden_size, hidden_size, self.bias, factory)
         self.reset_parameters()
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_bool, check_int, factory_kwargs
+from recurrentkit._validation import check_int
 from recurrentkit.cells.lstm import LSTMCell
 from recurrentkit.cells.protocol import CellBase
 
@@ -89,12 +89,8 @@ class NestedLSTMCell(CellBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_int("input_size", input_size)
-        self.hidden_size = check_int("hidden_size", hidden_size)
+        self.bias, factory = self._begin(input_size, hidden_size, bias, device, dtype)
         self.depth = check_int("depth", depth, minimum=2)
-        self.output_size = self.hidden_size
-        self.bias = check_bool("bias", bias)
-        factory: dict[str, Any] = factory_kwargs(device, dtype)
         self._make_gate_parameters(4 * hidden_size, hidden_size, self.bias, factory)
         self.inner: LSTMCell | NestedLSTMCell
         if depth == 2:

@@ -54,12 +54,14 @@ from torch import Tensor, nn
 
 from recurrentkit._validation import (
     allocate,
+    check_bool,
     check_device,
     check_dtype,
     check_int,
     check_nonempty,
     check_state,
     check_tensor,
+    factory_kwargs,
     map_state,
 )
 
@@ -267,6 +269,20 @@ class CellBase(nn.Module, ABC):
         self.input_size = check_int("input_size", input_size)
         self.hidden_size = check_int("hidden_size", hidden_size)
         self.output_size = self.hidden_size
+
+    def _begin(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> tuple[bool, dict[str, Any]]:
+        """What every cell's constructor starts with (torch.nn's arguments): the sizes
+        checked and set (:meth:`_set_sizes`); returns ``bias`` checked and the factory
+        keywords for its parameters (``device``, ``dtype``)."""
+        self._set_sizes(input_size, hidden_size)
+        return check_bool("bias", bias), factory_kwargs(device, dtype)
 
     def _make_gate_parameters(
         self, rows: int, recurrent_width: int, bias: bool, factory: dict[str, Any]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from recurrentkit._validation import check_bool, check_choice, check_int, factory_kwargs
+from recurrentkit._validation import check_choice
 from recurrentkit.cells.protocol import CellBase
 
 __all__ = ["RNNCell"]
@@ -64,12 +63,8 @@ class RNNCell(CellBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = check_int("input_size", input_size)
-        self.hidden_size = check_int("hidden_size", hidden_size)
-        self.output_size = self.hidden_size
+        self.bias, factory = self._begin(input_size, hidden_size, bias, device, dtype)
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        self.bias = check_bool("bias", bias)
-        factory: dict[str, Any] = factory_kwargs(device, dtype)
         self._make_gate_parameters(hidden_size, hidden_size, self.bias, factory)
         self.reset_parameters()
 
