@@ -266,7 +266,13 @@ def test_ab_imports_an_earlier_commit_beside_this_checkout() -> None:
         a, b = (ab.build(rk, "gru", "shared", "auto", 4, 5, 2) for rk in (base, ab.new_rk))
         x = torch.randn(3, 2, 4)
         torch.testing.assert_close(a(x)[0], b(x)[0], rtol=0, atol=1e-6)
+        # the copy's torch.library ops do not replace this package's (their namespace is
+        # the copy's name): a compiled stack still runs on this package's kernel ops
+        torch._dynamo.reset()
+        compiled = torch.compile(b, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x)[0], b(x)[0], rtol=0, atol=1e-6)
     finally:
+        torch._dynamo.reset()
         for name in [m for m in sys.modules if m == "rkbase" or m.startswith("rkbase.")]:
             del sys.modules[name]
 

@@ -262,16 +262,22 @@ def _autograd(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     return None, None, _BACKWARD(name, sig, tensors, results, list(grads[: ctx.n_out]))
 
 
+_NAMESPACE = __name__.split(".")[0]
+"""The ops' namespace: ``recurrentkit``, or the name a second copy of the package is
+imported under (``benchmarks/ab.py`` imports an earlier revision as ``rkbase``), so that
+copy's ops do not replace these (each copy's ops read its own registry of specs)."""
+
+
 def _define() -> tuple[Any, Any]:
     forward = torch.library.custom_op(
-        "recurrentkit::kernel_forward",
+        f"{_NAMESPACE}::kernel_forward",
         _forward,
         mutates_args=(),
         schema="(str name, str sig, Tensor[] tensors) -> Tensor[]",
     )
     forward.register_fake(_forward_fake)
     backward = torch.library.custom_op(
-        "recurrentkit::kernel_backward",
+        f"{_NAMESPACE}::kernel_backward",
         _backward,
         mutates_args=(),
         schema=(
