@@ -59,7 +59,7 @@ class Spec:
 
     Attributes:
         fn: the ``Function`` (its ``forward(ctx, *args)`` and ``backward(ctx, *grads)``).
-        n_outputs: ``args -> `` how many tensors ``fn.forward`` returns.
+        n_outputs: ``args -> int``: how many tensors ``fn.forward`` returns.
         outputs: ``args -> [an empty tensor per output]``, shapes from the arguments'
             (``args`` as ``fn.apply`` takes them; symbolic sizes allowed).
         saved: ``args -> [Saved per tensor fn.forward saves]``, in its order (``None``
@@ -132,7 +132,7 @@ def _encode(args: Sequence[Any]) -> tuple[str, list[Tensor]]:
             sig.append("t")
             tensors.append(a)
         elif isinstance(a, Schedule):
-            if not a.uniform:  # pragma: no cover (the plans ask for no lengths)
+            if not a.uniform:  # (the plans send lengths to the scan)
                 raise AssertionError("the kernel ops run on the uniform layout only")
             sig.append("s")
         elif isinstance(a, (bool, int)):
