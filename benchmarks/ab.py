@@ -5,7 +5,8 @@ imports rewritten) and imported beside ``recurrentkit``; both build the same mod
 the same seed and are timed alternately, round by round, so the machine's drift hits both
 alike. Prints per case the median of the per-round ratios new / base and each side's
 median time. Train steps (forward and backward of a ``(16, 64, E)`` batch) at the study's
-beta and gamma sizes; ``--sampling``: 200 steps at B = 1 without grad (beta).
+beta and gamma sizes; ``--sampling``: 200 steps at B = 1 without grad (beta; GRU and LSTM
+stacks and drop-ins, and an ``independent`` stack of each newer cell).
 
     python benchmarks/ab.py --base d5ce90e --threads 1 --rounds 9
     python benchmarks/ab.py --base d5ce90e --threads 2 --rounds 9 --sampling
@@ -58,7 +59,21 @@ SAMPLING_CASES = [
     ("gru", "dropin", "-"),
     ("lstm", "independent", "handbuilt"),
     ("lstm", "dropin", "-"),
+    *((cell, "independent", "auto") for cell in ("mgu", "cifg", "indrnn", "ln_gru")),
+    *((cell, "independent", "auto") for cell in ("mingru", "minlstm", "lru")),
 ]
+CELLS = {
+    "gru": "GRUCell",
+    "lstm": "LSTMCell",
+    "mgu": "cells.MGUCell",
+    "cifg": "cells.CoupledLSTMCell",
+    "indrnn": "cells.IndRNNCell",
+    "ln_gru": "cells.LayerNormGRUCell",
+    "mingru": "MinGRUCell",
+    "minlstm": "MinLSTMCell",
+    "lru": "LRUCell",
+}
+"""Each case's cell: its path in the package (either revision's)."""
 
 
 def base_package(rev: str) -> ModuleType:
@@ -82,7 +97,9 @@ def build(rk: Any, cell: str, routing: str, executor: str, E: int, H: int, L: in
     torch.manual_seed(0)
     if routing == "dropin":
         return getattr(rk, cell.upper())(E, H, L)
-    make = rk.GRUCell if cell == "gru" else rk.LSTMCell
+    make = rk
+    for name in CELLS[cell].split("."):
+        make = getattr(make, name)
     policy = rk.routing.Shared(carry="last") if routing == "shared_last" else routing
     return rk.Stack([make(E if k == 0 else H, H) for k in range(L)], policy, executor=executor)
 

@@ -31,7 +31,20 @@ from torch.nn import functional as F
 from recurrentkit import scan as linear_scan
 from recurrentkit._scan import Restart, length_mask, scan, scan_op, traced
 from recurrentkit._validation import map_state
-from recurrentkit.cells import GRUCell, LSTMCell, RNNCell, scans_linearly
+from recurrentkit.cells import (
+    CoupledLSTMCell,
+    GRUCell,
+    IndRNNCell,
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    LRUCell,
+    LSTMCell,
+    MGUCell,
+    MinGRUCell,
+    MinLSTMCell,
+    RNNCell,
+    scans_linearly,
+)
 from recurrentkit.executors import plans
 from recurrentkit.executors.cross_layer import run as cross_run
 from recurrentkit.executors.cross_layer.mix import cross_step
@@ -96,8 +109,9 @@ def step_layers(
     about 20 µs of a β-size ``cross_layer`` step's 240 inside such a loop (6 µs timed
     alone; ``docs/benchmarks.md``). It is kept only where its plan depends on nothing
     but what is compared here: the cells themselves (their identity, and for built-in RNN, GRU
-    and LSTM cells their torch mode), dropout, train mode, ``torch_ops`` and autocast.
-    Other cells, grad mode and ``torch.compile`` tracing get a new executor each step.
+    and LSTM cells their torch mode), dropout, train mode, ``torch_ops`` and autocast:
+    stacks of the built-in cells of :data:`_PLANNED_BY_TYPE`. Other cells, grad mode and
+    ``torch.compile`` tracing get a new executor each step.
     The kept one gets a fresh ``linear`` each step (no views or slots carried over).
     """
     if torch.is_grad_enabled() or plain_mode():
@@ -119,8 +133,23 @@ _STEP_LAYERS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], FastEx
 )
 """:func:`step_layers`' kept executors, one per owner (gone with it)."""
 
-_PLANNED_BY_TYPE = (RNNCell, GRUCell, LSTMCell)
-"""Cells whose plan (kernel, torch mode) :func:`step_layers`' key fully describes."""
+_PLANNED_BY_TYPE = (
+    RNNCell,
+    GRUCell,
+    LSTMCell,
+    MGUCell,
+    CoupledLSTMCell,
+    IndRNNCell,
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    MinGRUCell,
+    MinLSTMCell,
+    LRUCell,
+)
+"""Cells whose plan :func:`step_layers`' key fully describes: the built-in cells whose
+kernel, torch mode, split step and linear recurrence follow from their exact type (and
+their torch mode). Not the Nested LSTM (its kernel depends on its inner cells) or the
+wrappers (their split step depends on the cell they wrap)."""
 
 
 class FastExecutor:

@@ -150,6 +150,46 @@ def test_a_kept_executor_follows_changes_between_steps(
         _steps_match_reference(stack, x)
 
 
+NEWER_CELLS = {
+    "mgu": rk.cells.MGUCell,
+    "coupled": rk.cells.CoupledLSTMCell,
+    "indrnn": rk.cells.IndRNNCell,
+    "ln_gru": rk.cells.LayerNormGRUCell,
+    "ln_lstm": rk.cells.LayerNormLSTMCell,
+    "mingru": rk.MinGRUCell,
+    "minlstm": rk.MinLSTMCell,
+    "lru": rk.LRUCell,
+}
+
+
+@pytest.mark.parametrize("cell", list(NEWER_CELLS))
+def test_the_newer_built_in_cells_keep_their_executor_and_follow_changes(cell: str) -> None:
+    """The built-in cells without a kernel keep one executor across sampling steps too
+    (their plan follows from their exact type), and a step after their weights change
+    in place, or after a layer is replaced, still equals the reference's."""
+    from recurrentkit.executors import fast
+
+    make = NEWER_CELLS[cell]
+    torch.manual_seed(0)
+    routing = "independent" if cell == "lru" else "cross_layer"  # (the LRU's state is complex)
+    stack = rk.Stack([make(3, 5), make(5, 5)], routing).double().eval()
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    seen = set()
+    with torch.no_grad():
+        s = None
+        for t in range(3):
+            _, s = stack.step(x[t], s)
+            seen.add(id(fast._STEP_LAYERS[stack][1]))
+    assert len(seen) == 1
+    _steps_match_reference(stack, x)
+    with torch.no_grad():
+        for p in stack.cells[1].parameters():
+            p.add_(0.1)
+    _steps_match_reference(stack, x)
+    stack.cells[0] = make(3, 5).double()
+    _steps_match_reference(stack, x)
+
+
 def test_a_kept_executor_follows_train_mode_and_dropout(checks: SimpleNamespace) -> None:
     torch.manual_seed(0)
     stack = rk.Stack([rk.GRUCell(3, 5), rk.GRUCell(5, 5)], dropout=0.0).double()
