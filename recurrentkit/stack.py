@@ -65,6 +65,15 @@ _PACKED_UNTRACEABLE = (
 )
 
 
+def _never_traced(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.disable(fn)``, with the reason a graph break reports where this
+    torch takes one (``reason=``, newer than the oldest torch this package supports)."""
+    try:
+        return cast(Callable[..., Any], torch.compiler.disable(fn, reason=_PACKED_UNTRACEABLE))
+    except TypeError:  # an older torch: no reason
+        return cast(Callable[..., Any], torch.compiler.disable(fn))
+
+
 class Stack(nn.Module):
     r"""Cells composed into a deep recurrent model by an explicit routing policy.
 
@@ -641,7 +650,7 @@ class Stack(nn.Module):
             torch_lstm_rows=not segments,
         )
 
-    @torch.compiler.disable(reason=_PACKED_UNTRACEABLE)
+    @_never_traced
     def _forward_packed(
         self,
         packed: PackedSequence,
