@@ -103,17 +103,25 @@ def _steps_match_reference(stack: rk.Stack, x: torch.Tensor) -> None:
             torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
 
 
+def _kept_executors(stack: rk.Stack, x: torch.Tensor) -> set[int]:
+    """The executors kept for ``stack`` while stepping it over ``x`` without autograd."""
+    from recurrentkit.executors import fast
+
+    seen = set()
+    with torch.no_grad():
+        s = None
+        for t in range(x.shape[0]):
+            _, s = stack.step(x[t], s)
+            seen.add(id(fast._STEP_LAYERS[stack][1]))
+    return seen
+
+
 def test_sampling_steps_keep_one_executor(checks: SimpleNamespace) -> None:
     from recurrentkit.executors import fast
 
     stack = checks.build("gru", "cross_layer", "auto")
     x = torch.randn(4, 2, 3, dtype=torch.float64)
-    seen = set()
-    with torch.no_grad():
-        s = None
-        for t in range(4):
-            _, s = stack.step(x[t], s)
-            seen.add(id(fast._STEP_LAYERS[stack][1]))
+    seen = _kept_executors(stack, x)
     assert len(seen) == 1
     s = None
     for t in range(2):  # with autograd: a new executor per step, none kept for it
@@ -167,20 +175,12 @@ def test_the_newer_built_in_cells_keep_their_executor_and_follow_changes(cell: s
     """The built-in cells without a kernel keep one executor across sampling steps too
     (their plan follows from their exact type), and a step after their weights change
     in place, or after a layer is replaced, still equals the reference's."""
-    from recurrentkit.executors import fast
-
     make = NEWER_CELLS[cell]
     torch.manual_seed(0)
     routing = "independent" if cell == "lru" else "cross_layer"  # (the LRU's state is complex)
     stack = rk.Stack([make(3, 5), make(5, 5)], routing).double().eval()
     x = torch.randn(3, 2, 3, dtype=torch.float64)
-    seen = set()
-    with torch.no_grad():
-        s = None
-        for t in range(3):
-            _, s = stack.step(x[t], s)
-            seen.add(id(fast._STEP_LAYERS[stack][1]))
-    assert len(seen) == 1
+    assert len(_kept_executors(stack, x)) == 1
     _steps_match_reference(stack, x)
     with torch.no_grad():
         for p in stack.cells[1].parameters():
