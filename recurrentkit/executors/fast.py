@@ -75,16 +75,6 @@ def plain_mode() -> bool:
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
-def compiling() -> bool:
-    """Whether ``torch.compile`` traces (not ``torch.export``, outside torch.func
-    transforms): the kernels may run as custom ops (:mod:`.kernels.ops`)."""
-    return (
-        torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-        and not torch._C._are_functorch_transforms_active()
-    )
-
-
 def autocast_on() -> bool:
     """Whether autocast is on (CPU or CUDA): the hand-written ops are written for one
     dtype, so under autocast the plans run on plain ops, which autocast converts."""
@@ -211,7 +201,7 @@ class FastExecutor:
         self.custom = not self.plain and not autocast_on()
         # under torch.compile (not torch.export, not torch.func): the kernels' whole-
         # sequence ops as torch.library custom ops (.kernels.ops)
-        self.kernel_ops = kernel_ops.AVAILABLE and compiling() and not autocast_on()
+        self.kernel_ops = kernel_ops.active() and not autocast_on()
         self._linear: Linear = DeferredLinear() if self.custom else F.linear
         self._x_t: Tensor | None = None  # layer 1's input at the current step ...
         self._gi_t: Tensor | None = None  # ... and its hoisted projection

@@ -134,7 +134,7 @@ def cross_run(
         ]
     h0 = [s if isinstance(s, Tensor) else s.h for s in states]
     c0 = [s.c for s, kind in zip(states, kinds) if kind == "lstm"]
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (compiling: the op)
+    if torch.is_grad_enabled() or ops.active():  # (compiling: the op)
         outs = _CROSS_OP.apply(sched, kinds, x, gi, *h0, *c0, *params)
     else:  # inference: the same arithmetic without the autograd op or the backward's factors
         outs = _CrossRun.forward(_NoGrad(), sched, kinds, x, gi, *h0, *c0, *params)

@@ -37,7 +37,7 @@ from torch.autograd import Function
 
 from recurrentkit.executors.packing import Schedule
 
-__all__ = ["AVAILABLE", "IN", "NEW", "NONE", "OUT", "Spec", "new_rows", "register"]
+__all__ = ["AVAILABLE", "IN", "NEW", "NONE", "OUT", "Spec", "active", "new_rows", "register"]
 
 IN, OUT, NEW, NONE = "in", "out", "new", "none"
 """Where a saved tensor comes from: an argument (by position), an output (by index), a
@@ -82,12 +82,23 @@ class Spec:
     def apply(self, *args: Any) -> Any:
         """``fn.apply(*args)``; while ``torch.compile`` traces, the same through the
         custom ops."""
-        if not (AVAILABLE and torch.compiler.is_compiling()) or torch.compiler.is_exporting():
+        if not active():
             return self.fn.apply(*args)
         sig, tensors = _encode(args)
         results = _FORWARD(self.name, sig, tensors)
         n_out = self.n_outputs(args)
         return results[0] if n_out == 1 else tuple(results[:n_out])
+
+
+def active() -> bool:
+    """Whether the kernels run as these custom ops now: ``torch.compile`` tracing (not
+    ``torch.export``, outside torch.func transforms) on a torch that defines them."""
+    return (
+        AVAILABLE
+        and torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch._C._are_functorch_transforms_active()
+    )
 
 
 def _first_two(args: Sequence[Any]) -> tuple[Tensor, Tensor]:
